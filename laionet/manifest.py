@@ -1,0 +1,144 @@
+"""Stage manifests and atomic writes.
+
+Every stage writes its manifest last (``<dir>/_manifest.json``, or ``<file>.manifest.json`` for a single-file
+output); a stage is complete iff its manifest exists.
+Writers never open a final path directly: they write ``<name>.tmp-<uuid>`` beside it and rename.
+All paths go through fsspec, so a directory may be local or object storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, Field
+
+from laionet import __version__
+
+MANIFEST_NAME = "_manifest.json"
+
+
+class CountMismatchError(ValueError):
+    """Rows in ≠ rows out + rows dropped."""
+
+
+class Manifest(BaseModel):
+    """What a stage read, wrote, dropped and how long it took."""
+
+    stage: str
+    config: dict[str, Any]
+    config_hash: str
+    code_version: str = __version__
+    inputs: list[str] = Field(default_factory=list)
+    outputs: list[str] = Field(default_factory=list)
+    rows_in: int
+    rows_out: int
+    dropped: dict[str, int] = Field(default_factory=dict)
+    wall_time_s: float = 0.0
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    def check_counts(self) -> None:
+        """Raise if the row counts do not add up."""
+        total = self.rows_out + sum(self.dropped.values())
+        if total != self.rows_in:
+            raise CountMismatchError(
+                f"stage {self.stage}: rows_in={self.rows_in} but rows_out + dropped = {self.rows_out} + "
+                f"{sum(self.dropped.values())} = {total} ({self.dropped})"
+            )
+
+
+def config_hash(config: Any) -> str:
+    """A short, stable hash of a JSON-serialisable config (key order does not matter)."""
+    blob = json.dumps(config, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_digest(path: str, chunk: int = 1 << 20) -> str:
+    """sha256 (first 16 hex digits) of a file's bytes."""
+    digest = hashlib.sha256()
+    with fsspec.open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path segments with '/', for local paths and URLs alike."""
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+@contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success rename it to ``path``, on error delete it."""
+    fs, _, (real,) = fsspec.get_fs_token_paths(path)
+    parent = real.rsplit("/", 1)[0] if "/" in real else "."
+    fs.makedirs(parent, exist_ok=True)
+    tmp = f"{real}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        yield tmp
+        fs.mv(tmp, real)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    with atomic_path(path) as tmp, fsspec.open(tmp, "w") as f:
+        f.write(text)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_parquet_atomic(table: pa.Table, path: str) -> None:
+    with atomic_path(path) as tmp, fsspec.open(tmp, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
+
+
+def manifest_path(target: str) -> str:
+    """Where the manifest of a stage output lives: ``<dir>/_manifest.json`` for a directory output,
+    ``<file>.manifest.json`` for a single-file output (``*.parquet``)."""
+    if target.endswith(".parquet"):
+        return f"{target}.manifest.json"
+    return join(target, MANIFEST_NAME)
+
+
+def write_manifest(target: str, manifest: Manifest) -> str:
+    """Check the counts and write the manifest of ``target`` (see ``manifest_path``) atomically; return its path."""
+    manifest.check_counts()
+    path = manifest_path(target)
+    write_text_atomic(path, manifest.model_dump_json(indent=2) + "\n")
+    return path
+
+
+def read_manifest(target: str) -> Manifest | None:
+    """The manifest of a stage output, or None if the stage is not complete."""
+    path = manifest_path(target)
+    fs, _, (real,) = fsspec.get_fs_token_paths(path)
+    if not fs.exists(real):
+        return None
+    with fsspec.open(path, "r") as f:
+        return Manifest.model_validate_json(f.read())
+
+
+class Timer:
+    """Wall-clock seconds since construction."""
+
+    def __init__(self) -> None:
+        self._start = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return round(time.perf_counter() - self._start, 3)

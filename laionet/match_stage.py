@@ -1,0 +1,252 @@
+"""Match stage driver: corpus parts in, one matched-rows parquet per part out, manifest last.
+
+Reads ``<corpus glob>`` (LAION-style parquet parts) and a lemma map parquet; writes ``<out>/<stem>.parquet`` with
+``MATCH_SCHEMA`` (only rows with at least one match), ``<out>/_parts/<stem>.json`` (that part's counts, written
+after its parquet) and ``<out>/_manifest.json`` (written last). A part whose record exists with the same config
+hash is skipped on re-runs, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import lru_cache
+from multiprocessing import get_context
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, Field
+from tqdm.auto import tqdm
+
+from laionet.corpus import BAD_REASONS, CARRIED_TYPES, ColumnMap, CorpusError, iter_part
+from laionet.manifest import (
+    Manifest,
+    Timer,
+    atomic_path,
+    config_hash,
+    file_digest,
+    join,
+    manifest_path,
+    read_manifest,
+    write_json_atomic,
+    write_manifest,
+)
+from laionet.matching import LemmaMatcher
+from laionet.text import Mode
+
+STAGE = "match"
+MATCH_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("row", pa.int64()),
+        *CARRIED_TYPES.items(),
+        ("wnids", pa.list_(pa.string())),
+        ("lemmas", pa.list_(pa.string())),
+    ]
+)
+DROP_REASONS = ("unmatched", *BAD_REASONS)
+
+
+class MatchConfig(BaseModel):
+    """Settings of the match stage."""
+
+    mode: Mode = "default"
+    columns: ColumnMap = Field(default_factory=ColumnMap)
+    batch_size: int = Field(262_144, gt=0, description="rows per record batch read from a part")
+    max_text_bytes: int = Field(65_536, gt=0, description="longer captions are skipped and counted as too_long")
+
+
+def resolve_parts(corpus: str) -> list[str]:
+    """Expand a corpus glob (or a single file / directory) into sorted part paths with unique stems.
+
+    Raises:
+        CorpusError: if nothing matches or two parts share a file name (their outputs would collide).
+    """
+    fs, _, paths = fsspec.get_fs_token_paths(corpus.rstrip("/") + "/*.parquet" if _is_dir(corpus) else corpus)
+    parts = sorted(p for p in paths if p.endswith(".parquet"))
+    if not parts:
+        raise CorpusError(f"no parquet parts match {corpus!r}")
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol not in ("file", "local"):
+        parts = [f"{protocol}://{p}" for p in parts]
+    stems: dict[str, str] = {}
+    for part in parts:
+        stem = _stem(part)
+        if stem in stems:
+            raise CorpusError(f"parts {stems[stem]} and {part} share the name {stem!r}; outputs would collide")
+        stems[stem] = part
+    return parts
+
+
+def _is_dir(path: str) -> bool:
+    fs, _, (real,) = fsspec.get_fs_token_paths(path)
+    return bool(fs.isdir(real))
+
+
+def _stem(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".parquet")
+
+
+def match_part(
+    part: str,
+    out_path: str,
+    matcher: LemmaMatcher,
+    config: MatchConfig,
+    on_rows: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Match one corpus part and write its matched rows to ``out_path`` (atomically).
+
+    Returns:
+        Counts: ``rows_in``, ``rows_out`` and ``dropped`` by reason (unmatched + bad-caption reasons).
+    """
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    rows_in = rows_out = 0
+    with atomic_path(out_path) as tmp, fsspec.open(tmp, "wb") as handle:
+        writer = pq.ParquetWriter(handle, MATCH_SCHEMA, compression="zstd")
+        try:
+            for batch, counts in iter_part(part, config.columns, config.batch_size, config.max_text_bytes):
+                found = matcher.match(batch.column("text"))
+                rows_in += batch.num_rows
+                rows_out += len(found.rows)
+                for reason, n in counts.bad.items():
+                    dropped[reason] += n
+                dropped["unmatched"] += batch.num_rows - len(found.rows) - sum(counts.bad.values())
+                if len(found.rows):
+                    taken = batch.take(pa.array(found.rows))
+                    columns = [taken.column(name) for name in MATCH_SCHEMA.names[:-2]]
+                    writer.write_batch(
+                        pa.RecordBatch.from_arrays([*columns, found.wnids, found.lemmas], schema=MATCH_SCHEMA)
+                    )
+                if on_rows:
+                    on_rows(batch.num_rows)
+        finally:
+            writer.close()
+    return {"rows_in": rows_in, "rows_out": rows_out, "dropped": dropped}
+
+
+@lru_cache(maxsize=4)
+def _load_matcher(lemma_map_path: str, mode: Mode) -> LemmaMatcher:
+    with fsspec.open(lemma_map_path, "rb") as f:
+        table = pd.read_parquet(f, columns=["lemma", "wnid"])
+    return LemmaMatcher(table, mode)
+
+
+def _run_one(part: str, out_dir: str, lemma_map_path: str, config: MatchConfig, chash: str) -> dict[str, Any]:
+    """Process one part end to end (output, then its record); used in-process and in worker processes."""
+    timer = Timer()
+    matcher = _load_matcher(lemma_map_path, config.mode)
+    stem = _stem(part)
+    out_path = join(out_dir, f"{stem}.parquet")
+    bar = tqdm(desc=stem, unit="rows", unit_scale=True, leave=False, disable=None, total=_num_rows(part))
+    try:
+        counts = match_part(part, out_path, matcher, config, on_rows=bar.update)
+    finally:
+        bar.close()
+    record = {"part": part, "output": out_path, "config_hash": chash, **counts, "wall_time_s": timer.elapsed}
+    write_json_atomic(join(out_dir, "_parts", f"{stem}.json"), record)
+    return record
+
+
+def _num_rows(part: str) -> int | None:
+    try:
+        with fsspec.open(part, "rb") as f:
+            return int(pq.ParquetFile(f).metadata.num_rows)
+    except Exception:  # the real read reports the problem with context
+        return None
+
+
+def _done_record(out_dir: str, part: str, chash: str) -> dict[str, Any] | None:
+    stem = _stem(part)
+    record_path = join(out_dir, "_parts", f"{stem}.json")
+    fs, _, (real,) = fsspec.get_fs_token_paths(record_path)
+    if not fs.exists(real):
+        return None
+    with fsspec.open(record_path, "r") as f:
+        record: dict[str, Any] = json.load(f)
+    out_fs, _, (out_real,) = fsspec.get_fs_token_paths(record["output"])
+    if record.get("config_hash") != chash or record.get("part") != part or not out_fs.exists(out_real):
+        return None
+    return record
+
+
+def run_match(
+    corpus: str,
+    out_dir: str,
+    lemma_map_path: str,
+    config: MatchConfig | None = None,
+    workers: int = 1,
+) -> Manifest:
+    """Match every part of ``corpus`` against a lemma map; resume per part; write the manifest last.
+
+    Args:
+        corpus: glob of parquet parts (``DIR/*.parquet``), a directory, or one file; local or fsspec URL.
+        out_dir: output directory of the stage.
+        lemma_map_path: parquet with ``lemma``, ``wnid`` (from ``laionet lemmas`` with the same policy as the mode).
+        config: stage settings (mode, column names, batch size, caption byte limit).
+        workers: parts processed in parallel (one process each).
+
+    Raises:
+        CorpusError: naming the file and column when a part cannot be read as configured.
+    """
+    config = config or MatchConfig()
+    timer = Timer()
+    parts = resolve_parts(corpus)
+    cfg = config.model_dump(mode="json")
+    chash = config_hash({"config": cfg, "lemma_map": file_digest(lemma_map_path)})
+    previous = read_manifest(out_dir)
+    if previous and previous.config_hash == chash and previous.inputs == parts:
+        return previous
+    if previous:  # about to change what the directory holds: it is not complete until the new manifest exists
+        fs, _, (real,) = fsspec.get_fs_token_paths(manifest_path(out_dir))
+        fs.rm(real)
+
+    records: dict[str, dict[str, Any]] = {}
+    todo = []
+    for part in parts:
+        done = _done_record(out_dir, part, chash)
+        if done:
+            records[part] = done
+        else:
+            todo.append(part)
+    if workers > 1 and len(todo) > 1:
+        ctx = get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+            futures = {pool.submit(_run_one, p, out_dir, lemma_map_path, config, chash): p for p in todo}
+            for future in tqdm(as_completed(futures), total=len(futures), desc="parts", unit="part", disable=None):
+                records[futures[future]] = future.result()
+    else:
+        for part in tqdm(todo, desc="parts", unit="part", disable=None if len(todo) > 1 else True):
+            records[part] = _run_one(part, out_dir, lemma_map_path, config, chash)
+
+    ordered = [records[p] for p in parts]
+    dropped = {reason: sum(r["dropped"][reason] for r in ordered) for reason in DROP_REASONS}
+    manifest = Manifest(
+        stage=STAGE,
+        config={**cfg, "lemma_map": lemma_map_path},
+        config_hash=chash,
+        inputs=parts,
+        outputs=[r["output"] for r in ordered],
+        rows_in=sum(r["rows_in"] for r in ordered),
+        rows_out=sum(r["rows_out"] for r in ordered),
+        dropped=dropped,
+        wall_time_s=timer.elapsed,
+        extra={"parts_skipped": len(parts) - len(todo), "workers": workers},
+    )
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
+def read_matches(out_dir: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """Load every matched row of a completed match stage (small corpora / summaries only)."""
+    manifest = read_manifest(out_dir)
+    if manifest is None:
+        raise FileNotFoundError(f"{out_dir}: match stage is not complete (no _manifest.json)")
+    frames = []
+    for path in manifest.outputs:
+        with fsspec.open(path, "rb") as f:
+            frames.append(pq.read_table(f, columns=columns).to_pandas())
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns or MATCH_SCHEMA.names)

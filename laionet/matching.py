@@ -1,0 +1,137 @@
+"""Lemma matching core: which catalog lemmas occur in each caption of an Arrow string array.
+
+Pure: a lemma map (``lemma``, ``wnid``) and captions in; matched row positions with their sorted ``wnids`` and
+``lemmas`` lists out. Works on a whole record batch at once: the batch's captions are normalised by Arrow
+kernels into one contiguous UTF-8 buffer and scanned once by an Aho-Corasick automaton (Rust), so the
+per-caption cost is a few hundred nanoseconds rather than a Python loop over every lemma.
+
+``paper`` mode reproduces the reference rule to the letter: ASCII punctuation → space, pad one space each side,
+and a caption contains a lemma iff ``' ' + lemma + ' '`` is a substring (case-sensitive, overlapping, so nested
+lemmas such as "mountain lion" ⊃ "lion" both match). ``default`` mode normalises captions and lemmas alike
+(``text.default_normalize``) and takes leftmost-longest, non-overlapping word-aligned matches, so "mountain lion"
+yields only the cougar and "lion" alone still yields the lion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ahocorasick_rs
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from laionet.text import PAPER_BYTE_TABLE, WORD_GAP, Mode, default_normalize_array
+
+# Row separator in the default-mode haystack: never produced by normalisation, never inside a pattern.
+_ROW_END = " \n"
+
+
+@dataclass(frozen=True)
+class Matches:
+    """Matches of one batch: ``rows`` are positions in the input array (sorted, unique)."""
+
+    rows: np.ndarray  # int64 (M,)
+    wnids: pa.ListArray  # list<string>, sorted, one entry per row in ``rows``
+    lemmas: pa.ListArray  # list<string>, sorted
+
+
+class LemmaMatcher:
+    """Finds catalog lemmas in captions under one matching mode.
+
+    Args:
+        lemma_map: DataFrame with string columns ``lemma`` (in the mode's normal form, as ``lemmas.build_lemma_map``
+            writes it) and ``wnid``.
+        mode: ``paper`` or ``default``.
+
+    Raises:
+        ValueError: for an unknown mode, an empty map, missing columns, or a repeated/empty lemma.
+    """
+
+    def __init__(self, lemma_map: pd.DataFrame, mode: Mode) -> None:
+        if mode not in ("paper", "default"):
+            raise ValueError(f"unknown matching mode {mode!r}; expected 'paper' or 'default'")
+        missing = {"lemma", "wnid"} - set(lemma_map.columns)
+        if missing:
+            raise ValueError(f"lemma map lacks columns {sorted(missing)}")
+        if lemma_map.empty:
+            raise ValueError("lemma map is empty: nothing could ever match")
+        table = lemma_map.sort_values("lemma", kind="stable").reset_index(drop=True)
+        lemmas = table["lemma"].astype(str).tolist()
+        if len(set(lemmas)) != len(lemmas):
+            dup = table["lemma"][table["lemma"].duplicated()].iloc[0]
+            raise ValueError(f"lemma map repeats lemma {dup!r}")
+        if any(not lemma.strip() for lemma in lemmas):
+            raise ValueError("lemma map contains an empty lemma")
+        self.mode: Mode = mode
+        self._lemma_names = pa.array(lemmas, type=pa.string())
+        wnid_names = sorted(set(table["wnid"]))
+        self._wnid_names = pa.array(wnid_names, type=pa.string())
+        wnid_index = {w: i for i, w in enumerate(wnid_names)}
+        self._pattern_wnid = np.array([wnid_index[w] for w in table["wnid"]], dtype=np.int64)
+        if mode == "paper":
+            patterns = [f" {lemma} ".encode() for lemma in lemmas]
+            kind = ahocorasick_rs.MatchKind.Standard
+        else:
+            patterns = [f" {WORD_GAP.join(lemma.split())} ".encode() for lemma in lemmas]
+            kind = ahocorasick_rs.MatchKind.LeftmostLongest
+        self._overlapping = mode == "paper"
+        self._automaton = ahocorasick_rs.BytesAhoCorasick(patterns, matchkind=kind)
+
+    @property
+    def n_lemmas(self) -> int:
+        return len(self._lemma_names)
+
+    def _haystack(self, texts: pa.Array) -> tuple[bytes, np.ndarray]:
+        """One contiguous buffer of all normalised, padded captions and the byte offsets of each row."""
+        if self.mode == "paper":
+            padded = pc.binary_join_element_wise(" ", texts, " ", "")
+        else:
+            normal = default_normalize_array(texts, gap=WORD_GAP)
+            padded = pc.binary_join_element_wise(" ", normal, _ROW_END, "")
+        if isinstance(padded, pa.ChunkedArray):
+            padded = padded.combine_chunks()
+        padded = padded.cast(pa.large_string())
+        _, offsets_buf, data_buf = padded.buffers()
+        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[padded.offset : padded.offset + len(padded) + 1]
+        data = b"" if data_buf is None else data_buf.to_pybytes()
+        if self.mode == "paper":
+            data = data.translate(PAPER_BYTE_TABLE)
+        return data, offsets
+
+    def match(self, texts: pa.Array | pa.ChunkedArray) -> Matches:
+        """Match every caption of ``texts`` (string or large_string; nulls never match)."""
+        data, offsets = self._haystack(texts)
+        found = self._automaton.find_matches_as_indexes(data, overlapping=self._overlapping) if data else []
+        if not found:
+            empty = pa.array([], type=pa.list_(pa.string()))
+            return Matches(rows=np.empty(0, dtype=np.int64), wnids=empty, lemmas=empty)  # type: ignore[arg-type]
+        hits = np.asarray(found, dtype=np.int64)
+        pattern, start, end = hits[:, 0], hits[:, 1], hits[:, 2]
+        rows = np.searchsorted(offsets, start, side="right") - 1
+        inside = end <= offsets[rows + 1]  # a match never spans two captions; keep the guarantee explicit
+        rows, pattern = rows[inside], pattern[inside]
+        matched_rows, wnids = _group(rows, self._pattern_wnid[pattern], self._wnid_names)
+        _, lemmas = _group(rows, pattern, self._lemma_names)
+        return Matches(rows=matched_rows, wnids=wnids, lemmas=lemmas)
+
+
+def _group(rows: np.ndarray, values: np.ndarray, names: pa.Array) -> tuple[np.ndarray, pa.ListArray]:
+    """Group (row, value index) pairs into unique rows and sorted, de-duplicated lists of names."""
+    width = len(names)
+    pairs = np.unique(rows * width + values)
+    pair_rows, pair_values = pairs // width, pairs % width
+    unique_rows, starts = np.unique(pair_rows, return_index=True)
+    list_offsets = pa.array(np.append(starts, len(pairs)).astype(np.int32))
+    flat = names.take(pa.array(pair_values))
+    return unique_rows, pa.ListArray.from_arrays(list_offsets, flat)
+
+
+def match_strings(matcher: LemmaMatcher, texts: list[str | None]) -> list[list[str]]:
+    """Convenience for small inputs: the sorted matched wnids of each caption (empty list if none)."""
+    result = matcher.match(pa.array(texts, type=pa.string()))
+    out: list[list[str]] = [[] for _ in texts]
+    for row, wnids in zip(result.rows.tolist(), result.wnids.to_pylist(), strict=True):
+        out[row] = wnids
+    return out
