@@ -136,7 +136,7 @@ def match(
         height=height_col or None,
         laion_similarity=similarity_col or None,
     )
-    config = MatchConfig(mode=mode, columns=columns, batch_size=batch_size, max_text_bytes=max_text_bytes)  # type: ignore[arg-type]
+    config = MatchConfig(mode=mode, columns=columns, batch_size=batch_size, max_text_bytes=max_text_bytes)
     try:
         manifest = run_match(corpus, out, lemma_map, config, workers=workers)
     except (CorpusError, ValueError, FileNotFoundError) as exc:

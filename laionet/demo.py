@@ -27,7 +27,9 @@ def run_demo(run_dir: str, mode: Mode = "default", echo: Callable[[str], None] =
     for policy in MODES:
         path = join(run_dir, f"lemma_map_{policy}.parquet")
         manifest = read_manifest(path) or run_lemmas(catalog_path, policy, path)
-        echo(f"lemma map ({policy}): {manifest.extra['lemmas']} lemmas over {manifest.extra['classes_covered']} classes")
+        echo(
+            f"lemma map ({policy}): {manifest.extra['lemmas']} lemmas over {manifest.extra['classes_covered']} classes"
+        )
     corpus_dir = join(run_dir, "corpus")
     corpus = read_manifest(corpus_dir) or build_openclipart_corpus(corpus_dir)
     echo(f"corpus: {corpus.rows_out} openclipart captions ({corpus.extra['rows_without_text']} without text)")

@@ -106,7 +106,7 @@ class LemmaMatcher:
         found = self._automaton.find_matches_as_indexes(data, overlapping=self._overlapping) if data else []
         if not found:
             empty = pa.array([], type=pa.list_(pa.string()))
-            return Matches(rows=np.empty(0, dtype=np.int64), wnids=empty, lemmas=empty)  # type: ignore[arg-type]
+            return Matches(rows=np.empty(0, dtype=np.int64), wnids=empty, lemmas=empty)
         hits = np.asarray(found, dtype=np.int64)
         pattern, start, end = hits[:, 0], hits[:, 1], hits[:, 2]
         rows = np.searchsorted(offsets, start, side="right") - 1
