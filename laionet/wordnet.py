@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,14 @@ def synset_from_wnid(wnid: str) -> Any:
         raise ValueError(f"malformed wnid {wnid!r}: expected 'n' followed by 8 digits")
     wn = open_wordnet()
     try:
-        return wn.synset_from_pos_and_offset("n", int(wnid[1:]))
-    except Exception as exc:  # nltk raises WordNetError / ValueError for unknown offsets
-        raise ValueError(f"wnid {wnid!r} is not a WordNet 3.0 noun synset") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nltk warns and returns None for an unknown offset
+            synset = wn.synset_from_pos_and_offset("n", int(wnid[1:]))
+    except Exception as exc:  # older nltk raises WordNetError / ValueError instead
+        synset = None
+        cause: Exception | None = exc
+    else:
+        cause = None
+    if synset is None:
+        raise ValueError(f"wnid {wnid!r} is not a WordNet 3.0 noun synset") from cause
+    return synset
