@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from laionet.text import PAPER_BYTE_TABLE, WORD_GAP, Mode, default_normalize_array
+from laionet.text import PAPER_BYTE_TABLE, WORD_GAP, Mode, default_normalize_array, paper_normalize
 
 # Row separator in the default-mode haystack: never produced by normalisation, never inside a pattern.
 _ROW_END = " \n"
@@ -134,4 +134,21 @@ def match_strings(matcher: LemmaMatcher, texts: list[str | None]) -> list[list[s
     out: list[list[str]] = [[] for _ in texts]
     for row, wnids in zip(result.rows.tolist(), result.wnids.to_pylist(), strict=True):
         out[row] = wnids
+    return out
+
+
+def reference_paper_match(texts: list[str | None], lemma_map: pd.DataFrame) -> list[list[str]]:
+    """The reference rule written plainly: a Python loop over every lemma for every caption.
+
+    Slow (tens of microseconds per caption); kept as the oracle the tests compare ``LemmaMatcher`` against and
+    as the benchmark's baseline. Returns the sorted matched wnids of each caption.
+    """
+    pairs = list(zip(lemma_map["lemma"], lemma_map["wnid"], strict=True))
+    out: list[list[str]] = []
+    for text in texts:
+        if text is None:
+            out.append([])
+            continue
+        caption = " " + paper_normalize(text) + " "
+        out.append(sorted({wnid for lemma, wnid in pairs if " " + lemma + " " in caption}))
     return out

@@ -1,0 +1,147 @@
+import random
+import string
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from laionet.lemmas import build_lemma_map
+from laionet.matching import LemmaMatcher, match_strings, reference_paper_match
+from laionet.text import default_normalize
+
+ESKIMO_DOG = "n02109961"
+COUGAR, LION, HUSKY, SHIH_TZU, GO_KART, PERSIAN, TIGER, TIGER_CAT = (
+    "n02125311",
+    "n02129165",
+    "n02110185",
+    "n02086240",
+    "n03444034",
+    "n02123394",
+    "n02129604",
+    "n02123159",
+)
+
+
+@pytest.fixture(scope="module")
+def maps(catalog_1k: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    return {policy: build_lemma_map(catalog_1k, policy).table for policy in ("paper", "default")}  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def matchers(maps: dict[str, pd.DataFrame]) -> dict[str, LemmaMatcher]:
+    return {mode: LemmaMatcher(table, mode) for mode, table in maps.items()}  # type: ignore[arg-type]
+
+
+TRICKY = [
+    # caption, paper-mode wnids, default-mode wnids
+    ("a mountain lion at dusk", [COUGAR, LION], [COUGAR]),  # nested lemma: paper yields both (then dropped)
+    ("Mountain Lion at dusk", [], [COUGAR]),  # paper is case-sensitive
+    ("lion.", [LION], [LION]),  # punctuation is a word boundary in both
+    ("lionfish and sea lions", ["n02643566"], ["n02643566"]),  # whole words only ('lionfish' is its own class)
+    ("Shih-Tzu puppy", [], [SHIH_TZU]),  # punctuated lemma: unreachable in paper mode (defect 2)
+    ("my go-kart", [], [GO_KART]),
+    ("persian cat on a sofa", [], [PERSIAN]),  # lower case: paper misses 'Persian cat' (defect 4)
+    ("Persian cat", [PERSIAN], [PERSIAN]),
+    ("Siberian husky sled", [ESKIMO_DOG, HUSKY], [HUSKY]),  # 'husky' (Eskimo dog) is nested in it
+    ("tiger cat sleeping", [TIGER, TIGER_CAT], [TIGER_CAT]),  # nested (defect 3)
+    ("a tiger and a tiger cat", [TIGER, TIGER_CAT], [TIGER, TIGER_CAT]),  # both genuinely mentioned
+    ("mountain  lion", [LION], [COUGAR]),  # paper needs single spaces; default collapses whitespace
+    ("a lion\nin the grass", [], [LION]),  # paper: newline is not a space, so no boundary
+    ("ＬＩＯＮ", [], [LION]),  # full-width letters: NFKC
+    ("the lion's den", [LION], [LION]),
+    ("", [], []),
+    (None, [], []),
+]
+
+
+@pytest.mark.parametrize(("text", "paper", "default"), TRICKY)
+def test_tricky_captions_in_both_modes(matchers, text, paper, default) -> None:
+    assert match_strings(matchers["paper"], [text]) == [sorted(paper)]
+    assert match_strings(matchers["default"], [text]) == [sorted(default)]
+
+
+def _random_captions(lemmas: list[str], n: int, seed: int) -> list[str | None]:
+    rng = random.Random(seed)
+    fillers = ["the", "a", "photo", "of", "my", "new", "Best", "cheap", "on", "sale", "über", "日本", "café", "2019"]
+    seps = [" ", "  ", ", ", "-", "'", "\t", "\n", "!", " (", ") ", "/", "_", "–", "\u00a0", "."]
+    out: list[str | None] = []
+    for _ in range(n):
+        words = []
+        for _ in range(rng.randint(0, 12)):
+            if rng.random() < 0.25:
+                lemma = rng.choice(lemmas)
+                roll = rng.random()
+                lemma = lemma.upper() if roll < 0.1 else lemma.lower() if roll < 0.3 else lemma
+                words.append(lemma)
+            else:
+                words.append(rng.choice(fillers))
+        text = "".join(w + rng.choice(seps) for w in words)
+        out.append(None if rng.random() < 0.02 else text)
+    return out
+
+
+def test_paper_mode_equals_the_plain_reference_loop(maps, matchers) -> None:
+    table = maps["paper"]
+    captions = _random_captions(table["lemma"].tolist(), 3000, seed=1)
+    assert match_strings(matchers["paper"], captions) == reference_paper_match(captions, table)
+
+
+def _oracle_default(texts: list[str | None], table: pd.DataFrame) -> list[list[str]]:
+    """Leftmost-longest whole-word matching over normalised tokens, written plainly."""
+    by_tokens = {tuple(lemma.split()): wnid for lemma, wnid in zip(table["lemma"], table["wnid"], strict=True)}
+    longest = max(len(k) for k in by_tokens)
+    out = []
+    for text in texts:
+        tokens = default_normalize(text).split() if text is not None else []
+        found, i = set(), 0
+        while i < len(tokens):
+            for size in range(min(longest, len(tokens) - i), 0, -1):
+                if tuple(tokens[i : i + size]) in by_tokens:
+                    found.add(by_tokens[tuple(tokens[i : i + size])])
+                    i += size
+                    break
+            else:
+                i += 1
+        out.append(sorted(found))
+    return out
+
+
+def test_default_mode_equals_a_token_oracle(maps, matchers) -> None:
+    table = maps["default"]
+    captions = _random_captions(table["lemma"].tolist(), 3000, seed=2)
+    assert match_strings(matchers["default"], captions) == _oracle_default(captions, table)
+
+
+@pytest.mark.parametrize("mode", ["paper", "default"])
+def test_matches_never_span_two_captions(mode) -> None:
+    table = pd.DataFrame({"lemma": ["mountain lion", "lion"], "wnid": [COUGAR, LION]})
+    matcher = LemmaMatcher(table, mode)
+    assert match_strings(matcher, ["a mountain", "lion", "mountain", "", "lion king"]) == [
+        [],
+        [LION],
+        [],
+        [],
+        [LION],
+    ]
+
+
+def test_match_result_lists_are_sorted_and_deduplicated(matchers) -> None:
+    result = matchers["default"].match(pa.array(["x", "tiger cat, tiger and a tiger cat and a tiger"]))
+    assert result.rows.tolist() == [1]
+    assert result.wnids.to_pylist() == [[TIGER_CAT, TIGER]]  # n02123159 < n02129604
+    assert result.lemmas.to_pylist() == [["tiger", "tiger cat"]]
+
+
+def test_matcher_rejects_bad_maps() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        LemmaMatcher(pd.DataFrame({"lemma": [], "wnid": []}), "paper")
+    with pytest.raises(ValueError, match="repeats lemma 'lion'"):
+        LemmaMatcher(pd.DataFrame({"lemma": ["lion", "lion"], "wnid": [LION, COUGAR]}), "paper")
+    with pytest.raises(ValueError, match="unknown matching mode"):
+        LemmaMatcher(pd.DataFrame({"lemma": ["lion"], "wnid": [LION]}), "fuzzy")  # type: ignore[arg-type]
+
+
+def test_punctuation_table_is_ascii_punctuation() -> None:
+    from laionet.text import paper_normalize
+
+    assert paper_normalize(string.punctuation + "é–") == " " * len(string.punctuation) + "é–"
