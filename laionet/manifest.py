@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import fsspec
+from fsspec.core import url_to_fs
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
@@ -80,7 +81,7 @@ def join(base: str, *parts: str) -> str:
 @contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``, on error delete it."""
-    fs, _, (real,) = fsspec.get_fs_token_paths(path)
+    fs, real = url_to_fs(path)
     parent = real.rsplit("/", 1)[0] if "/" in real else "."
     fs.makedirs(parent, exist_ok=True)
     tmp = f"{real}.tmp-{uuid.uuid4().hex[:8]}"
@@ -126,7 +127,7 @@ def write_manifest(target: str, manifest: Manifest) -> str:
 def read_manifest(target: str) -> Manifest | None:
     """The manifest of a stage output, or None if the stage is not complete."""
     path = manifest_path(target)
-    fs, _, (real,) = fsspec.get_fs_token_paths(path)
+    fs, real = url_to_fs(path)
     if not fs.exists(real):
         return None
     with fsspec.open(path, "r") as f:

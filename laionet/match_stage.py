@@ -16,6 +16,7 @@ from multiprocessing import get_context
 from typing import Any
 
 import fsspec
+from fsspec.core import url_to_fs
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -66,7 +67,13 @@ def resolve_parts(corpus: str) -> list[str]:
     Raises:
         CorpusError: if nothing matches or two parts share a file name (their outputs would collide).
     """
-    fs, _, paths = fsspec.get_fs_token_paths(corpus.rstrip("/") + "/*.parquet" if _is_dir(corpus) else corpus)
+    fs, root = url_to_fs(corpus)
+    if any(ch in root for ch in "*?["):
+        paths = fs.glob(root)
+    elif fs.isdir(root):
+        paths = fs.glob(root.rstrip("/") + "/*.parquet")
+    else:
+        paths = [root] if fs.exists(root) else []
     parts = sorted(p for p in paths if p.endswith(".parquet"))
     if not parts:
         raise CorpusError(f"no parquet parts match {corpus!r}")
@@ -80,11 +87,6 @@ def resolve_parts(corpus: str) -> list[str]:
             raise CorpusError(f"parts {stems[stem]} and {part} share the name {stem!r}; outputs would collide")
         stems[stem] = part
     return parts
-
-
-def _is_dir(path: str) -> bool:
-    fs, _, (real,) = fsspec.get_fs_token_paths(path)
-    return bool(fs.isdir(real))
 
 
 def _stem(path: str) -> str:
@@ -162,12 +164,12 @@ def _num_rows(part: str) -> int | None:
 def _done_record(out_dir: str, part: str, chash: str) -> dict[str, Any] | None:
     stem = _stem(part)
     record_path = join(out_dir, "_parts", f"{stem}.json")
-    fs, _, (real,) = fsspec.get_fs_token_paths(record_path)
+    fs, real = url_to_fs(record_path)
     if not fs.exists(real):
         return None
     with fsspec.open(record_path, "r") as f:
         record: dict[str, Any] = json.load(f)
-    out_fs, _, (out_real,) = fsspec.get_fs_token_paths(record["output"])
+    out_fs, out_real = url_to_fs(record["output"])
     if record.get("config_hash") != chash or record.get("part") != part or not out_fs.exists(out_real):
         return None
     return record
@@ -201,7 +203,7 @@ def run_match(
     if previous and previous.config_hash == chash and previous.inputs == parts:
         return previous
     if previous:  # about to change what the directory holds: it is not complete until the new manifest exists
-        fs, _, (real,) = fsspec.get_fs_token_paths(manifest_path(out_dir))
+        fs, real = url_to_fs(manifest_path(out_dir))
         fs.rm(real)
 
     records: dict[str, dict[str, Any]] = {}
