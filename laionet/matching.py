@@ -22,10 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from laionet.text import PAPER_BYTE_TABLE, WORD_GAP, Mode, default_normalize_array, paper_normalize
-
-# Row separator in the default-mode haystack: never produced by normalisation, never inside a pattern.
-_ROW_END = " \n"
+from laionet.text import PAPER_BYTE_TABLE, Mode, default_haystack, paper_normalize
 
 
 @dataclass(frozen=True)
@@ -70,51 +67,78 @@ class LemmaMatcher:
         self._wnid_names = pa.array(wnid_names, type=pa.string())
         wnid_index = {w: i for i, w in enumerate(wnid_names)}
         self._pattern_wnid = np.array([wnid_index[w] for w in table["wnid"]], dtype=np.int64)
-        if mode == "paper":
-            patterns = [f" {lemma} ".encode() for lemma in lemmas]
-            kind = ahocorasick_rs.MatchKind.Standard
-        else:
-            patterns = [f" {WORD_GAP.join(lemma.split())} ".encode() for lemma in lemmas]
-            kind = ahocorasick_rs.MatchKind.LeftmostLongest
-        self._overlapping = mode == "paper"
-        self._automaton = ahocorasick_rs.BytesAhoCorasick(patterns, matchkind=kind)
+        # every occurrence of ' lemma ' is found (overlapping search); default mode then keeps the leftmost-longest
+        # non-overlapping ones per caption
+        patterns = [f" {lemma if mode == 'paper' else ' '.join(lemma.split())} ".encode() for lemma in lemmas]
+        self._pattern_length = np.array([len(p) for p in patterns], dtype=np.int64)
+        self._automaton = ahocorasick_rs.BytesAhoCorasick(patterns, matchkind=ahocorasick_rs.MatchKind.Standard)
 
     @property
     def n_lemmas(self) -> int:
         return len(self._lemma_names)
 
-    def _haystack(self, texts: pa.Array) -> tuple[bytes, np.ndarray]:
-        """One contiguous buffer of all normalised, padded captions and the byte offsets of each row."""
+    def _find(self, texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """All occurrences of all patterns: (row, pattern) pairs, one per occurrence."""
         if self.mode == "paper":
-            padded = pc.binary_join_element_wise(" ", texts, " ", "")
+            padded = pc.binary_join_element_wise(" ", texts, " ", "").cast(pa.large_string())
+            offsets = np.frombuffer(padded.buffers()[1], dtype=np.int64)[
+                padded.offset : padded.offset + len(padded) + 1
+            ]
+            data_buf = padded.buffers()[2]
+            data = b"" if data_buf is None else data_buf.to_pybytes().translate(PAPER_BYTE_TABLE)
         else:
-            normal = default_normalize_array(texts, gap=WORD_GAP)
-            padded = pc.binary_join_element_wise(" ", normal, _ROW_END, "")
-        if isinstance(padded, pa.ChunkedArray):
-            padded = padded.combine_chunks()
-        padded = padded.cast(pa.large_string())
-        _, offsets_buf, data_buf = padded.buffers()
-        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[padded.offset : padded.offset + len(padded) + 1]
-        data = b"" if data_buf is None else data_buf.to_pybytes()
+            data = default_haystack(texts)
+        found = self._automaton.find_matches_as_indexes(data, overlapping=True) if data else []
+        if not found:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        hits = np.asarray(found, dtype=np.int64)
+        pattern, start, end = hits[:, 0], hits[:, 1], hits[:, 2]
         if self.mode == "paper":
-            data = data.translate(PAPER_BYTE_TABLE)
-        return data, offsets
+            rows = np.searchsorted(offsets, start, side="right") - 1
+            inside = end <= offsets[rows + 1]  # never spans two captions (patterns hold no double space); explicit
+            return rows[inside], pattern[inside]
+        separators = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 0)
+        if len(separators) != len(texts):
+            raise AssertionError(f"haystack has {len(separators)} row separators for {len(texts)} captions")
+        rows = np.searchsorted(separators, start)
+        return _leftmost_longest(rows, start, end, pattern)
 
     def match(self, texts: pa.Array | pa.ChunkedArray) -> Matches:
         """Match every caption of ``texts`` (string or large_string; nulls never match)."""
-        data, offsets = self._haystack(texts)
-        found = self._automaton.find_matches_as_indexes(data, overlapping=self._overlapping) if data else []
-        if not found:
+        if isinstance(texts, pa.ChunkedArray):
+            texts = texts.combine_chunks()
+        rows, pattern = self._find(texts)
+        if len(rows) == 0:
             empty = pa.array([], type=pa.list_(pa.string()))
             return Matches(rows=np.empty(0, dtype=np.int64), wnids=empty, lemmas=empty)
-        hits = np.asarray(found, dtype=np.int64)
-        pattern, start, end = hits[:, 0], hits[:, 1], hits[:, 2]
-        rows = np.searchsorted(offsets, start, side="right") - 1
-        inside = end <= offsets[rows + 1]  # a match never spans two captions; keep the guarantee explicit
-        rows, pattern = rows[inside], pattern[inside]
         matched_rows, wnids = _group(rows, self._pattern_wnid[pattern], self._wnid_names)
         _, lemmas = _group(rows, pattern, self._lemma_names)
         return Matches(rows=matched_rows, wnids=wnids, lemmas=lemmas)
+
+
+def _leftmost_longest(
+    rows: np.ndarray, start: np.ndarray, end: np.ndarray, pattern: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per caption, keep the leftmost-longest non-overlapping word-aligned occurrences.
+
+    Occurrences are ``' w … '`` byte spans; two consecutive words share the space between them, so an occurrence
+    may start on the last byte of the previous kept one.
+    """
+    order = np.lexsort((-end, start, rows))
+    rows, start, end, pattern = rows[order], start[order], end[order], pattern[order]
+    keep = np.ones(len(rows), dtype=bool)
+    first = np.r_[True, rows[1:] != rows[:-1]]
+    last = np.r_[rows[1:] != rows[:-1], True]
+    crowded = ~(first & last)  # rows with a single occurrence need no resolution
+    last_end, last_row = -1, -1
+    for i in np.flatnonzero(crowded).tolist():
+        if rows[i] != last_row:
+            last_row, last_end = int(rows[i]), int(end[i])
+        elif start[i] >= last_end - 1:
+            last_end = int(end[i])
+        else:
+            keep[i] = False
+    return rows[keep], pattern[keep]
 
 
 def _group(rows: np.ndarray, values: np.ndarray, names: pa.Array) -> tuple[np.ndarray, pa.ListArray]:

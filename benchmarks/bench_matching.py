@@ -1,0 +1,170 @@
+"""Caption-matching throughput: our Aho-Corasick matcher vs the reference rule as a plain Python loop.
+
+Builds the ImageNet-1k catalog and both lemma maps from WordNet, generates LAION-like captions (web vocabulary,
+mixed case, punctuation, some non-ASCII; ~5% mention an ImageNet lemma, as 21M of LAION-400M's 414M do), then
+prints, in one run and on the same captions:
+  * captions/s of the reference loop (every lemma tested against every caption) on a sample,
+  * captions/s of ``LemmaMatcher`` (core, in memory) in paper and default mode, and the ratio,
+  * captions/s of the whole stage (``run_match``: parquet read, match, parquet write) per mode,
+  * peak RSS of the stage in a child process at two corpus sizes (memory must not grow with corpus size),
+  * the projection for LAION-400M (413,871,335 captions) on 16 cores.
+
+    .venv/bin/python benchmarks/bench_matching.py [--captions 1000000] [--baseline 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from laionet.catalog import build_catalog, load_class_set
+from laionet.lemmas import build_lemma_map
+from laionet.match_stage import MatchConfig, run_match
+from laionet.matching import LemmaMatcher, reference_paper_match
+from laionet.wordnet import open_wordnet
+
+LAION_400M = 413_871_335
+WEB_WORDS = (
+    "free shipping new sale buy cheap best photo image stock vector illustration design women men kids vintage "
+    "print poster wall art home decor black white red blue green gold silver size small large set pack of for "
+    "with and the a in on by from to at 2019 2020 hd 4k wallpaper background icon logo style fashion summer winter"
+).split()
+ACCENTED = ["café", "über", "niño", "façade", "résumé", "東京", "Москва", "größe", "été", "naïve"]
+
+
+def make_captions(n: int, lemma_map: pd.DataFrame, seed: int = 0) -> list[str]:
+    """LAION-like captions: 4-16 words, ~5% containing an ImageNet lemma in some casing and punctuation.
+
+    The filler vocabulary (every 50th WordNet noun + web words) excludes words that contain a lemma, so the
+    match rate is set by the insertion rate.
+    """
+    rng = random.Random(seed)
+    wn = open_wordnet()
+    vocab = [w.replace("_", " ") for w in list(wn.all_lemma_names(pos="n"))[::50]] + WEB_WORDS * 20
+    hits = LemmaMatcher(lemma_map, "default").match(pa.array(vocab)).rows
+    vocab = [w for i, w in enumerate(vocab) if i not in set(hits.tolist())]
+    lemmas = lemma_map["lemma"].tolist()
+    seps = [" "] * 12 + [", ", " - ", ": ", " | ", "! ", ". ", " (", ") ", "/"]
+    out = []
+    for _ in range(n):
+        words = rng.choices(vocab, k=rng.randint(4, 16))
+        if rng.random() < 0.05:
+            lemma = rng.choice(lemmas)
+            words.insert(rng.randrange(len(words) + 1), lemma.title() if rng.random() < 0.3 else lemma)
+        if rng.random() < 0.1:
+            words.append(rng.choice(ACCENTED))
+        text = "".join(w + rng.choice(seps) for w in words).strip()
+        out.append(text.capitalize() if rng.random() < 0.5 else text)
+    return out
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def child_peak_rss(part: str, lemma_map: str, out: str, mode: str) -> float:
+    """Run the stage in a fresh interpreter; return its peak RSS in MiB."""
+    code = (
+        "import resource,sys;from laionet.match_stage import run_match, MatchConfig;"
+        f"run_match({part!r}, {out!r}, {lemma_map!r}, MatchConfig(mode={mode!r}));"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(result.stdout.split()[-1]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--captions", type=int, default=1_000_000, help="captions matched by our implementation")
+    parser.add_argument("--baseline", type=int, default=20_000, help="captions run through the reference loop")
+    parser.add_argument("--no-memory", action="store_true", help="skip the child-process peak-RSS measurement")
+    args = parser.parse_args()
+
+    catalog = build_catalog(load_class_set("imagenet1k"))
+    maps = {policy: build_lemma_map(catalog, policy).table for policy in ("paper", "default")}
+    t = time.perf_counter()
+    captions = make_captions(args.captions, maps["default"])
+    print(f"generated {len(captions):,} captions in {time.perf_counter() - t:.1f} s; e.g. {captions[:2]}")
+    array = pa.array(captions, type=pa.string())
+
+    sample = captions[: args.baseline]
+    t = time.perf_counter()
+    expected = reference_paper_match(sample, maps["paper"])
+    baseline = rate(len(sample), time.perf_counter() - t)
+
+    rows = []
+    for mode in ("paper", "default"):
+        matcher = LemmaMatcher(maps[mode], mode)  # type: ignore[arg-type]
+        if mode == "paper":
+            got = matcher.match(pa.array(sample))
+            flat = [[] for _ in sample]
+            for r, w in zip(got.rows.tolist(), got.wnids.to_pylist(), strict=True):
+                flat[r] = w
+            assert flat == expected, "paper mode disagrees with the reference loop"
+        t = time.perf_counter()
+        matched = 0
+        for start in range(0, len(array), 262_144):
+            matched += len(matcher.match(array.slice(start, 262_144)).rows)
+        core = rate(len(array), time.perf_counter() - t)
+        rows.append((mode, core, matched))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        part = Path(tmp) / "part-00000.parquet"
+        n = len(captions)
+        pq.write_table(
+            pa.table(
+                {
+                    "URL": pa.array([f"http://example.com/{i}.jpg" for i in range(n)]),
+                    "TEXT": array,
+                    "NSFW": pa.array(["UNLIKELY"] * n),
+                    "WIDTH": pa.array([256] * n, pa.int64()),
+                    "HEIGHT": pa.array([256] * n, pa.int64()),
+                    "similarity": pa.array([0.31] * n, pa.float64()),
+                }
+            ),
+            part,
+        )
+        stage = {}
+        for mode in ("paper", "default"):
+            lemma_map = Path(tmp) / f"lemmas_{mode}.parquet"
+            maps[mode].to_parquet(lemma_map)
+            t = time.perf_counter()
+            run_match(str(part), str(Path(tmp) / f"out_{mode}"), str(lemma_map), MatchConfig(mode=mode))  # type: ignore[arg-type]
+            stage[mode] = rate(n, time.perf_counter() - t)
+
+        memory = {}
+        if not args.no_memory:
+            small = Path(tmp) / "small" / "part-00000.parquet"
+            small.parent.mkdir()
+            pq.write_table(pq.read_table(part).slice(0, n // 4), small)
+            lemma_map = str(Path(tmp) / "lemmas_default.parquet")
+            memory = {
+                f"{n // 4:,} rows": child_peak_rss(str(small), lemma_map, str(Path(tmp) / "m1"), "default"),
+                f"{n:,} rows": child_peak_rss(str(part), lemma_map, str(Path(tmp) / "m2"), "default"),
+            }
+
+    print()
+    print(f"reference loop (paper rule, {len(maps['paper'])} lemmas, {len(sample):,} captions): {baseline:,.0f} captions/s")
+    print(f"{'mode':8s} {'core captions/s':>16s} {'vs reference':>13s} {'stage captions/s':>17s} {'matched':>9s}")
+    for mode, core, matched in rows:
+        print(f"{mode:8s} {core:16,.0f} {core / baseline:12,.0f}x {stage[mode]:17,.0f} {matched:9,d}")
+    for label, mib in memory.items():
+        print(f"peak RSS of the stage (child process), {label}: {mib:,.0f} MiB")
+    slowest = min(stage.values())
+    hours = LAION_400M / (slowest * 16) / 3600
+    print(f"projection, LAION-400M on 16 cores (one part per core, slowest mode's stage rate): {hours * 60:,.1f} min")
+    print(f"machine: {resource.getpagesize()} B pages, python {sys.version.split()[0]}, pandas {pd.__version__}")
+
+
+if __name__ == "__main__":
+    main()
