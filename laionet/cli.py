@@ -101,7 +101,12 @@ def lemmas(
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     _echo_manifest(manifest)
-    typer.echo(f"  {manifest.extra['lemmas']} lemmas over {manifest.extra['classes_covered']} classes")
+    reach = manifest.extra["reachability"]
+    typer.echo(
+        f"  {manifest.extra['lemmas']} lemmas over {manifest.extra['classes_covered']} classes; "
+        f"{reach['lemmas_never_matching']} lemmas can never match, {reach['nested_pairs']} nested lemma pairs, "
+        f"{reach['classes_unreachable']} classes unreachable by a single-class caption"
+    )
 
 
 @app.command()

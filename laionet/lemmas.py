@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from laionet.catalog import read_catalog
 from laionet.manifest import Manifest, Timer, config_hash, file_digest, write_manifest, write_parquet_atomic
-from laionet.text import Mode, default_normalize_array
+from laionet.text import Mode, default_normalize, default_normalize_array, paper_normalize
 
 LEMMA_MAP_COLUMNS = ["lemma", "wnid", "sources"]
 DROP_COLUMNS = ["lemma", "wnids", "reason"]
@@ -130,7 +130,35 @@ def run_lemmas(catalog_path: str, policy: Mode, out_path: str) -> Manifest:
             "classes_covered": result.n_classes,
             "classes": len(catalog),
             "dropped_by_reason": result.dropped["reason"].value_counts().to_dict(),
+            "reachability": reachability(result.table, policy),
         },
     )
     write_manifest(out_path, manifest)
     return manifest
+
+
+def reachability(table: pd.DataFrame, policy: Mode) -> dict[str, int]:
+    """How many lemmas and classes of a lemma map captions can actually select, under the matching rule.
+
+    A lemma is ``nested`` with another class when matching the lemma's own text also yields that class (e.g.
+    "mountain lion" also yields "lion" under the paper rule); such captions are always multi-label and dropped.
+    A lemma ``never matches`` when it is not in the normal form captions are brought to (paper rule: a lemma with
+    ASCII punctuation, since captions lose theirs).
+    A class is ``unreachable`` when none of its lemmas, written alone as a caption, yields exactly that class.
+    """
+    from laionet.matching import LemmaMatcher, match_strings  # matching imports text; avoid a cycle at import
+
+    matcher = LemmaMatcher(table, policy)
+    found = match_strings(matcher, table["lemma"].tolist())
+    own = [wnids == [wnid] for wnid, wnids in zip(table["wnid"], found, strict=True)]
+    nested_pairs = sum(len([w for w in wnids if w != wnid]) for wnid, wnids in zip(table["wnid"], found, strict=True))
+    normalise = paper_normalize if policy == "paper" else default_normalize
+    unmatchable = sum(1 for lemma in table["lemma"] if normalise(lemma) != lemma)
+    reachable = {wnid for wnid, ok in zip(table["wnid"], own, strict=True) if ok}
+    return {
+        "lemmas": len(table),
+        "lemmas_never_matching": unmatchable,
+        "nested_pairs": nested_pairs,
+        "classes": int(table["wnid"].nunique()),
+        "classes_unreachable": int(table["wnid"].nunique()) - len(reachable),
+    }

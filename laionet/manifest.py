@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import fsspec
-from fsspec.core import url_to_fs
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
 from pydantic import BaseModel, Field
 
 from laionet import __version__

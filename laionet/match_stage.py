@@ -16,10 +16,10 @@ from multiprocessing import get_context
 from typing import Any
 
 import fsspec
-from fsspec.core import url_to_fs
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 

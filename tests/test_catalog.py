@@ -65,7 +65,7 @@ def test_bad_class_files_are_rejected_with_the_line(tmp_path, content: str, mess
 def test_unknown_class_set_and_unknown_wnid() -> None:
     with pytest.raises(ValueError, match="neither one of"):
         load_class_set("imagenet5k")
-    with pytest.raises(ValueError, match="'n99999999' is not a WordNet 3.0 noun synset"):
+    with pytest.raises(ValueError, match=r"'n99999999' is not a WordNet 3\.0 noun synset"):
         build_catalog(["n99999999"])
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from laionet.lemmas import build_lemma_map
+from laionet.lemmas import build_lemma_map, reachability
 
 REFERENCE_MAP = Path(__file__).parent / "data" / "paper_lemma2wnid_unique_in_ilsvrc.json"
 
@@ -53,3 +53,19 @@ def test_unknown_policy_and_bad_catalog(catalog_1k: pd.DataFrame) -> None:
         build_lemma_map(catalog_1k, "fuzzy")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"lacks columns \['lemmas'\]"):
         build_lemma_map(catalog_1k.drop(columns=["lemmas"]), "paper")
+
+
+def test_reachability_reproduces_the_reference_defect_counts(catalog_1k: pd.DataFrame) -> None:
+    """REFERENCE.md defects 2-3: 64 punctuated lemmas never match (15 classes), 94 nested pairs, 42 classes
+    effectively unreachable under the paper rule; the default policy leaves none unreachable."""
+    paper = reachability(build_lemma_map(catalog_1k, "paper").table, "paper")
+    assert paper == {
+        "lemmas": 1824,
+        "lemmas_never_matching": 64,
+        "nested_pairs": 94,
+        "classes": 994,
+        "classes_unreachable": 42,
+    }
+    default = reachability(build_lemma_map(catalog_1k, "default").table, "default")
+    assert default["lemmas_never_matching"] == 0 and default["nested_pairs"] == 0
+    assert default["classes_unreachable"] == 0 and default["classes"] == 996

@@ -17,9 +17,7 @@ COUGAR, LION, LEMON = "n02125311", "n02129165", "n07749582"
 @pytest.fixture
 def lemma_map(tmp_path) -> str:
     path = tmp_path / "lemma_map.parquet"
-    table = pd.DataFrame(
-        {"lemma": ["mountain lion", "lion", "lemon", "puma"], "wnid": [COUGAR, LION, LEMON, COUGAR]}
-    )
+    table = pd.DataFrame({"lemma": ["mountain lion", "lion", "lemon", "puma"], "wnid": [COUGAR, LION, LEMON, COUGAR]})
     table.to_parquet(path)
     return str(path)
 

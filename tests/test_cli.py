@@ -1,0 +1,52 @@
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from laionet.cli import app
+from tests.conftest import write_corpus_part
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["catalog"], ["lemmas"], ["match"], ["summary"], ["demo"], ["corpus", "openclipart"], ["wordnet", "install"]],
+)
+def test_every_command_has_help(command) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_catalog_lemmas_match_summary_from_the_command_line(tmp_path) -> None:
+    wnids = tmp_path / "classes.txt"
+    wnids.write_text("n02125311\nn02129165\nn07749582\n")
+    cat, lemmas, out = tmp_path / "cat.parquet", tmp_path / "lemmas.parquet", tmp_path / "m"
+    assert runner.invoke(app, ["catalog", "--classes", str(wnids), "--out", str(cat)]).exit_code == 0
+    result = runner.invoke(app, ["lemmas", "--catalog", str(cat), "--policy", "default", "--out", str(lemmas)])
+    assert result.exit_code == 0, result.output
+    assert "over 3 classes" in result.output
+    write_corpus_part(tmp_path / "c" / "p.parquet", ["a Mountain Lion", "lemons", "a lemon tree", "lion"])
+    args = ["match", "--corpus", str(tmp_path / "c" / "*.parquet"), "--out", str(out), "--lemma-map", str(lemmas)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "rows in=4 out=3 dropped: unmatched=1" in result.output
+    result = runner.invoke(app, ["summary", str(out), "--catalog", str(cat), "--json"])
+    summary = json.loads(result.output)
+    assert summary["classes_hit"] == 3
+    assert {r["name"] for r in summary["top_classes"]} == {"cougar", "lion", "lemon"}
+    assert pd.read_parquet(out / "p.parquet")["key"].tolist() == ["p/0", "p/2", "p/3"]
+
+
+def test_cli_errors_are_one_clear_line(tmp_path) -> None:
+    write_corpus_part(tmp_path / "c" / "p.parquet", ["lion"])
+    lemmas = tmp_path / "l.parquet"
+    pd.DataFrame({"lemma": ["lion"], "wnid": ["n02129165"]}).to_parquet(lemmas)
+    args = ["match", "--corpus", str(tmp_path / "c"), "--out", str(tmp_path / "m"), "--lemma-map", str(lemmas)]
+    result = runner.invoke(app, [*args, "--text-col", "caption"])
+    assert result.exit_code == 2
+    assert "column 'caption' (for text) not found" in result.output
+    result = runner.invoke(app, [*args, "--mode", "fuzzy"])
+    assert result.exit_code == 2 and "expected one of paper, default" in result.output
