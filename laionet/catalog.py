@@ -13,7 +13,7 @@ import fsspec
 import pandas as pd
 import pyarrow as pa
 
-from laionet.manifest import Manifest, Timer, config_hash, write_manifest, write_parquet_atomic
+from laionet.manifest import Manifest, Timer, completed, config_hash, write_manifest, write_parquet_atomic
 from laionet.wordnet import synset_from_wnid
 
 BUILTIN_CLASS_SETS = ("imagenet1k", "imagenet21k")
@@ -91,16 +91,21 @@ def build_catalog(wnids: list[str]) -> pd.DataFrame:
 
 
 def run_catalog(classes: str, out_path: str) -> Manifest:
-    """Driver: build the catalog of a class set and write it to ``out_path`` (parquet), manifest beside it."""
+    """Driver: build the catalog of a class set and write it to ``out_path`` (parquet), manifest beside it.
+    Returns the existing manifest without work if the output is already complete for the same class set."""
     timer = Timer()
     wnids = load_class_set(classes)
+    config = {"classes": classes if classes in BUILTIN_CLASS_SETS else str(Path(classes).resolve())}
+    chash = config_hash({**config, "wnids": wnids})
+    done = completed(out_path, chash)
+    if done:
+        return done
     table = build_catalog(wnids)
     write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False), out_path)
-    config = {"classes": classes if classes in BUILTIN_CLASS_SETS else str(Path(classes).resolve())}
     manifest = Manifest(
         stage="catalog",
         config=config,
-        config_hash=config_hash({**config, "wnids": wnids}),
+        config_hash=chash,
         inputs=[classes],
         outputs=[out_path],
         rows_in=len(wnids),

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from laionet.catalog import read_catalog
-from laionet.manifest import Manifest, Timer, config_hash, file_digest, write_manifest, write_parquet_atomic
+from laionet.manifest import Manifest, Timer, completed, config_hash, file_digest, write_manifest, write_parquet_atomic
 from laionet.text import Mode, default_normalize, default_normalize_array, paper_normalize
 
 LEMMA_MAP_COLUMNS = ["lemma", "wnid", "sources"]
@@ -106,8 +106,13 @@ def build_lemma_map(catalog: pd.DataFrame, policy: Mode) -> LemmaMap:
 
 def run_lemmas(catalog_path: str, policy: Mode, out_path: str) -> Manifest:
     """Driver: build the lemma map of a catalog under ``policy``; write it and its dropped lemmas
-    (``<out stem>.dropped.parquet``), manifest last. Counts are over distinct WordNet lemma strings."""
+    (``<out stem>.dropped.parquet``), manifest last. Counts are over distinct WordNet lemma strings. Returns the
+    existing manifest without work if the output is complete for the same catalog content and policy."""
     timer = Timer()
+    chash = config_hash({"policy": policy, "catalog": file_digest(catalog_path)})
+    done = completed(out_path, chash)
+    if done:
+        return done
     catalog = read_catalog(catalog_path)
     result = build_lemma_map(catalog, policy)
     write_parquet_atomic(pa.Table.from_pandas(result.table, preserve_index=False), out_path)
@@ -118,7 +123,7 @@ def run_lemmas(catalog_path: str, policy: Mode, out_path: str) -> Manifest:
     manifest = Manifest(
         stage="lemmas",
         config={"policy": policy, "catalog": catalog_path},
-        config_hash=config_hash({"policy": policy, "catalog": file_digest(catalog_path)}),
+        config_hash=chash,
         inputs=[catalog_path],
         outputs=[out_path, dropped_path],
         rows_in=n_sources,

@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -28,6 +30,18 @@ from laionet import __version__
 MANIFEST_NAME = "_manifest.json"
 
 
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """``laionet.__version__`` plus a digest of the package's files (source and bundled data), so an edit to the
+    library changes it even without a version bump."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return f"{__version__}+{digest.hexdigest()[:12]}"
+
+
 class CountMismatchError(ValueError):
     """Rows in ≠ rows out + rows dropped."""
 
@@ -38,7 +52,7 @@ class Manifest(BaseModel):
     stage: str
     config: dict[str, Any]
     config_hash: str
-    code_version: str = __version__
+    code_version: str = Field(default_factory=code_version)
     inputs: list[str] = Field(default_factory=list)
     outputs: list[str] = Field(default_factory=list)
     rows_in: int
@@ -132,6 +146,19 @@ def read_manifest(target: str) -> Manifest | None:
         return None
     with fsspec.open(path, "r") as f:
         return Manifest.model_validate_json(f.read())
+
+
+def completed(target: str, chash: str) -> Manifest | None:
+    """The manifest of ``target`` if that stage output is complete for config hash ``chash`` and every output it
+    lists still exists; else None (the stage must run)."""
+    manifest = read_manifest(target)
+    if manifest is None or manifest.config_hash != chash:
+        return None
+    for output in manifest.outputs:
+        fs, real = url_to_fs(output)
+        if not fs.exists(real):
+            return None
+    return manifest
 
 
 class Timer:

@@ -28,6 +28,7 @@ from laionet.manifest import (
     Manifest,
     Timer,
     atomic_path,
+    completed,
     config_hash,
     file_digest,
     join,
@@ -198,31 +199,32 @@ def run_match(
     timer = Timer()
     parts = resolve_parts(corpus)
     cfg = config.model_dump(mode="json")
-    chash = config_hash({"config": cfg, "lemma_map": file_digest(lemma_map_path)})
-    previous = read_manifest(out_dir)
-    if previous and previous.config_hash == chash and previous.inputs == parts:
-        return previous
-    if previous:  # about to change what the directory holds: it is not complete until the new manifest exists
+    part_hash = config_hash({"config": cfg, "lemma_map": file_digest(lemma_map_path)})  # what one part depends on
+    chash = config_hash({"part_hash": part_hash, "parts": parts})
+    complete = completed(out_dir, chash)
+    if complete:
+        return complete
+    if read_manifest(out_dir):  # the directory is about to change: incomplete until the new manifest exists
         fs, real = url_to_fs(manifest_path(out_dir))
         fs.rm(real)
 
     records: dict[str, dict[str, Any]] = {}
     todo = []
     for part in parts:
-        done = _done_record(out_dir, part, chash)
-        if done:
-            records[part] = done
+        record = _done_record(out_dir, part, part_hash)
+        if record:
+            records[part] = record
         else:
             todo.append(part)
     if workers > 1 and len(todo) > 1:
         ctx = get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
-            futures = {pool.submit(_run_one, p, out_dir, lemma_map_path, config, chash): p for p in todo}
+            futures = {pool.submit(_run_one, p, out_dir, lemma_map_path, config, part_hash): p for p in todo}
             for future in tqdm(as_completed(futures), total=len(futures), desc="parts", unit="part", disable=None):
                 records[futures[future]] = future.result()
     else:
         for part in tqdm(todo, desc="parts", unit="part", disable=None if len(todo) > 1 else True):
-            records[part] = _run_one(part, out_dir, lemma_map_path, config, chash)
+            records[part] = _run_one(part, out_dir, lemma_map_path, config, part_hash)
 
     ordered = [records[p] for p in parts]
     dropped = {reason: sum(r["dropped"][reason] for r in ordered) for reason in DROP_REASONS}

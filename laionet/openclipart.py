@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from laionet.manifest import Manifest, Timer, config_hash, join, write_manifest, write_parquet_atomic
+from laionet.manifest import Manifest, Timer, completed, config_hash, join, write_manifest, write_parquet_atomic
 
 DEFAULT_ROOT = Path("/usr/share/openclipart/svg")
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -95,12 +95,16 @@ def parse_svg(head: bytes) -> ClipArt:
 def build_openclipart_corpus(
     out_dir: str, root: Path = DEFAULT_ROOT, base_url: str = DEFAULT_BASE_URL, limit: int | None = None
 ) -> Manifest:
-    """Convert every SVG under ``root`` into one LAION-style parquet part in ``out_dir``.
+    """Convert every SVG under ``root`` into one LAION-style parquet part in ``out_dir`` (no work if complete).
 
     Raises:
         FileNotFoundError: if ``root`` holds no SVG (install Debian's openclipart-svg).
     """
     timer = Timer()
+    config = {"root": str(root), "base_url": base_url, "limit": limit}
+    done = completed(out_dir, config_hash(config))
+    if done:
+        return done
     files = sorted(root.rglob("*.svg"))
     if limit is not None:
         files = files[:limit]
@@ -138,7 +142,6 @@ def build_openclipart_corpus(
     )
     out_path = join(out_dir, "openclipart.parquet")
     write_parquet_atomic(table, out_path)
-    config = {"root": str(root), "base_url": base_url, "limit": limit}
     manifest = Manifest(
         stage=STAGE,
         config=config,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -35,3 +36,40 @@ def write_corpus_part(path: Path, texts: list[object], **extra: list[object]) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(columns), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A Prefect API for the whole session (temporary SQLite server), with Prefect's home and result storage in tmp.
+
+    Not autouse: only tests that run flows pay its ~15 s start-up. Prefect is imported here, after the environment
+    is set, so that importing it does not create ``~/.prefect``; tests import flows/tasks inside the test body.
+    """
+    home = tmp_path_factory.mktemp("prefect-home")
+    env = {
+        "PREFECT_HOME": str(home),
+        "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        from prefect.settings import (
+            PREFECT_HOME,
+            PREFECT_LOCAL_STORAGE_PATH,
+            PREFECT_SERVER_ANALYTICS_ENABLED,
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+            temporary_settings,
+        )
+        from prefect.testing.utilities import prefect_test_harness
+
+        updates = {
+            PREFECT_HOME: home,
+            PREFECT_LOCAL_STORAGE_PATH: home / "storage",
+            PREFECT_SERVER_ANALYTICS_ENABLED: False,
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 120,
+        }
+        # settings too, in case Prefect was imported before this fixture ran (then the environment came too late)
+        with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=None):
+            yield home

@@ -81,3 +81,14 @@ def test_wordnet_installs_from_debian_files_into_a_fresh_data_dir(tmp_path) -> N
     ) % (tmp_path / "nltk_data")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["3.0", "2125311"]
+
+
+def test_run_catalog_skips_a_complete_output_and_rebuilds_a_changed_one(tmp_path) -> None:
+    classes, out = tmp_path / "classes.txt", tmp_path / "cat.parquet"
+    classes.write_text("n02125311\n")
+    first = run_catalog(str(classes), str(out))
+    assert run_catalog(str(classes), str(out)) == first  # complete: nothing rebuilt
+    classes.write_text("n02125311\nn02129165\n")
+    assert run_catalog(str(classes), str(out)).rows_out == 2
+    out.unlink()
+    assert run_catalog(str(classes), str(out)).rows_out == 2 and out.exists()

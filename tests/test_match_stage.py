@@ -155,3 +155,14 @@ def test_no_parts_and_colliding_names(tmp_path, lemma_map) -> None:
     write_corpus_part(tmp_path / "y" / "p.parquet", ["lion"])
     with pytest.raises(CorpusError, match="share the name 'p'"):
         run_match(str(tmp_path / "*" / "p.parquet"), str(tmp_path / "m"), lemma_map)
+
+
+def test_a_new_part_is_matched_alone_and_finished_parts_are_kept(tmp_path, lemma_map) -> None:
+    corpus = _corpus(tmp_path)
+    first = run_match(corpus, str(tmp_path / "m"), lemma_map)
+    kept = (tmp_path / "m" / "part-00000.parquet").stat().st_mtime_ns
+    write_corpus_part(tmp_path / "corpus" / "part-00002.parquet", ["lion", "lemon"])
+    second = run_match(corpus, str(tmp_path / "m"), lemma_map)
+    assert second.extra["parts_skipped"] == 2
+    assert (second.rows_in, second.rows_out) == (first.rows_in + 2, first.rows_out + 2)
+    assert (tmp_path / "m" / "part-00000.parquet").stat().st_mtime_ns == kept

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers around the laionet stage drivers (paths in, manifest dicts out)."""
