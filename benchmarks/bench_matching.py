@@ -15,8 +15,8 @@ prints, in one run and on the same captions:
 from __future__ import annotations
 
 import argparse
+import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -74,11 +74,12 @@ def rate(n: int, seconds: float) -> float:
 
 
 def child_peak_rss(part: str, lemma_map: str, out: str, mode: str) -> float:
-    """Run the stage in a fresh interpreter; return its peak RSS in MiB."""
+    """Run the stage in a fresh interpreter; return its peak RSS in MiB (VmHWM: ru_maxrss would include the
+    forked parent's memory)."""
     code = (
-        "import resource,sys;from laionet.match_stage import run_match, MatchConfig;"
+        "from laionet.match_stage import run_match, MatchConfig;"
         f"run_match({part!r}, {out!r}, {lemma_map!r}, MatchConfig(mode={mode!r}));"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(result.stdout.split()[-1]) / 1024
@@ -115,8 +116,8 @@ def main() -> None:
         matcher.match(array.slice(0, 10_000))  # warm-up (first-call allocations)
         t = time.perf_counter()
         matched = 0
-        for start in range(0, len(array), 262_144):
-            matched += len(matcher.match(array.slice(start, 262_144)).rows)
+        for start in range(0, len(array), 65_536):
+            matched += len(matcher.match(array.slice(start, 65_536)).rows)
         core = rate(len(array), time.perf_counter() - t)
         rows.append((mode, core, matched))
 
@@ -167,7 +168,7 @@ def main() -> None:
     slowest = min(stage.values())
     hours = LAION_400M / (slowest * 16) / 3600
     print(f"projection, LAION-400M on 16 cores (one part per core, slowest mode's stage rate): {hours * 60:,.1f} min")
-    print(f"machine: {resource.getpagesize()} B pages, python {sys.version.split()[0]}, pandas {pd.__version__}")
+    print(f"python {sys.version.split()[0]}, pyarrow {pa.__version__}, {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

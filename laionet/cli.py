@@ -124,7 +124,7 @@ def match(
     similarity_col: Annotated[str, typer.Option(help="LAION image-text similarity column ('' to skip).")] = (
         "similarity"
     ),
-    batch_size: Annotated[int, typer.Option(help="Rows per record batch (memory bound).")] = 262_144,
+    batch_size: Annotated[int, typer.Option(help="Rows per record batch (memory bound).")] = 65_536,
     max_text_bytes: Annotated[int, typer.Option(help="Longer captions are skipped and counted.")] = 65_536,
     workers: Annotated[int, typer.Option(help="Parts matched in parallel, one process each.")] = 1,
 ) -> None:

@@ -124,8 +124,18 @@ def _carried(array: pa.Array, target: pa.DataType, path: str, column: str) -> pa
         raise CorpusError(f"{path}: column {column!r} ({array.type}) cannot be read as {target}: {exc}") from exc
 
 
+def _batches(part: pq.ParquetFile, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+    """Record batches of at most ``batch_size`` rows, one row group in memory at a time.
+
+    (``ParquetFile.iter_batches`` keeps memory growing with the number of row groups read; reading row group by
+    row group keeps the peak at one row group whatever the part size.)
+    """
+    for index in range(part.num_row_groups):
+        yield from part.read_row_group(index, columns=columns).to_batches(max_chunksize=batch_size)
+
+
 def iter_part(
-    path: str, columns: ColumnMap, batch_size: int = 262_144, max_text_bytes: int = 65_536
+    path: str, columns: ColumnMap, batch_size: int = 65_536, max_text_bytes: int = 65_536
 ) -> Iterator[tuple[pa.RecordBatch, BatchCounts]]:
     """Stream a corpus part as canonical record batches.
 
@@ -142,8 +152,7 @@ def iter_part(
     stem = path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".parquet")
     start = 0
     try:
-        batches = part.iter_batches(batch_size=batch_size, columns=read_cols)
-        for batch in batches:
+        for batch in _batches(part, read_cols, batch_size):
             counts = BatchCounts(rows=batch.num_rows)
             n = batch.num_rows
             rows = pa.array(np.arange(start, start + n, dtype=np.int64))

@@ -58,7 +58,7 @@ class MatchConfig(BaseModel):
 
     mode: Mode = "default"
     columns: ColumnMap = Field(default_factory=ColumnMap)
-    batch_size: int = Field(262_144, gt=0, description="rows per record batch read from a part")
+    batch_size: int = Field(65_536, gt=0, description="rows per record batch read from a part")
     max_text_bytes: int = Field(65_536, gt=0, description="longer captions are skipped and counted as too_long")
 
 
