@@ -149,6 +149,73 @@ def match(
     _echo_manifest(manifest)
 
 
+@app.command()
+def similarity(
+    matches: Annotated[str, typer.Option(help="Output directory of `laionet match`.")],
+    catalog: Annotated[str, typer.Option(help="Catalog parquet (synset texts).")],
+    out: Annotated[str, typer.Option(help="Base directory; similarities go to <out>/<encoder slug>/.")],
+    encoder: Annotated[
+        str,
+        typer.Option(
+            help="minilm (offline default), mpnet, clip (ViT-B-32-quickgelu/openai), 'st:<name or dir>', "
+            "'open_clip:<model>[@<tag or checkpoint>]'."
+        ),
+    ] = "minilm",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    batch_size: Annotated[int | None, typer.Option(help="Captions per forward pass (default per backend).")] = None,
+) -> None:
+    """Cosine similarity of every matched caption to its classes' synset texts, stored once per encoder."""
+    from laionet.encoders import EncoderError
+    from laionet.similarity import SimilarityConfig, run_similarity, similarity_dir
+
+    config = SimilarityConfig(encoder=encoder, device=device, batch_size=batch_size)
+    try:
+        target = similarity_dir(out, encoder)
+        manifest = run_similarity(matches, catalog, target, config)
+    except (EncoderError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    _echo_manifest(manifest)
+    typer.echo(f"  written to {target}")
+
+
+@app.command()
+def select(
+    matches: Annotated[str, typer.Option(help="Output directory of `laionet match`.")],
+    similarity: Annotated[str, typer.Option(help="Per-encoder directory written by `laionet similarity`.")],
+    catalog: Annotated[str, typer.Option(help="Catalog parquet.")],
+    out: Annotated[str, typer.Option(help="Output directory: laionet.parquet, class_frequency, sweep, histogram.")],
+    threshold: Annotated[
+        str, typer.Option(help="'auto' (paper value for CLIP/MPNet, else calibrated) or a number; keep iff sim > t.")
+    ] = "auto",
+    multi_label: Annotated[str, typer.Option(help="drop (paper) or best (keep the most similar class).")] = "drop",
+    nsfw_keep: Annotated[str, typer.Option(help="Comma-separated NSFW tags to keep; '' keeps every row.")] = "UNLIKELY",
+    calibration: Annotated[str, typer.Option(help="knee or coverage (used when the threshold is calibrated).")] = (
+        "knee"
+    ),
+    top_k: Annotated[int, typer.Option(help="Rows per class of the top-k variant (0: none).")] = 50,
+) -> None:
+    """Apply the selection rules and threshold; write the LAIONet index, class frequencies and the sweep."""
+    from laionet.selection import SelectionConfig, run_select
+
+    try:
+        value: float | str = threshold if threshold == "auto" else float(threshold)
+        config = SelectionConfig.model_validate(
+            {
+                "threshold": value,
+                "multi_label": multi_label,
+                "nsfw_keep": [t for t in nsfw_keep.split(",") if t] or None,
+                "calibration": calibration,
+                "top_k": top_k or None,
+            }
+        )
+        manifest = run_select(matches, similarity, catalog, out, config)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    _echo_manifest(manifest)
+    extra = manifest.extra
+    typer.echo(f"  threshold {extra['threshold']:.3f} ({extra['threshold_rule']}); {extra['classes']} classes")
+
+
 @corpus_app.command("openclipart")
 def corpus_openclipart(
     out: Annotated[str, typer.Option(help="Output directory (openclipart.parquet + _manifest.json).")],
@@ -200,7 +267,8 @@ def demo(
     run_dir: Annotated[str, typer.Option(help="Where the demo run writes everything.")] = "runs/demo",
     mode: Annotated[str, typer.Option(help="Matching mode / lemma policy.", callback=_mode)] = "default",
 ) -> None:
-    """Run what is built so far on real offline data: catalog, lemma maps, openclipart corpus, matching."""
+    """Run what is built so far on real offline data: catalog, lemma maps, openclipart corpus, matching,
+    MiniLM text-to-synset similarity and selection (threshold sweep and calibrated threshold)."""
     from laionet.demo import run_demo
 
     run_demo(run_dir, mode=mode, echo=typer.echo)  # type: ignore[arg-type]

@@ -1,7 +1,8 @@
 """The offline demo: every stage built so far, on real data that ships with Debian packages.
 
 Writes under ``run_dir``: ``catalog.parquet``, ``lemma_map_{paper,default}.parquet``, ``corpus/openclipart.parquet``,
-``matches/`` (one parquet per part + manifest) and ``summary.json``.
+``matches/`` (one parquet per part + manifest), ``similarity/<encoder>/``, ``selection/`` (the LAIONet index,
+class frequencies, threshold sweep, histogram, top-50 variant) and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -9,17 +10,24 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import numpy as np
+import pandas as pd
+
 from laionet.catalog import run_catalog
 from laionet.lemmas import run_lemmas
 from laionet.manifest import join, read_manifest
 from laionet.match_stage import MatchConfig, run_match
 from laionet.openclipart import build_openclipart_corpus
 from laionet.report import match_summary
+from laionet.selection import SelectionConfig, run_select
+from laionet.similarity import SimilarityConfig, run_similarity, similarity_dir
 from laionet.text import MODES, Mode
 
 
-def run_demo(run_dir: str, mode: Mode = "default", echo: Callable[[str], None] = print) -> dict:
-    """Run catalog → lemma maps → openclipart corpus → matching; skip stages already complete."""
+def run_demo(
+    run_dir: str, mode: Mode = "default", encoder: str = "minilm", echo: Callable[[str], None] = print
+) -> dict:
+    """Run catalog → lemma maps → openclipart corpus → matching → similarity → selection; skip complete stages."""
     catalog_path = join(run_dir, "catalog.parquet")
     if read_manifest(catalog_path) is None:
         run_catalog("imagenet1k", catalog_path)
@@ -44,6 +52,24 @@ def run_demo(run_dir: str, mode: Mode = "default", echo: Callable[[str], None] =
         f"{manifest.wall_time_s:.2f} s"
     )
     echo("top classes (single-class captions):")
-    for row in summary["top_classes"][:15]:
+    for row in summary["top_classes"][:10]:
         echo(f"  {row['n']:5d}  {row['wnid']}  {row['name']}")
+
+    sim_dir = similarity_dir(join(run_dir, "similarity"), encoder)
+    sims = run_similarity(match_dir, catalog_path, sim_dir, SimilarityConfig(encoder=encoder))
+    echo(f"similarity ({sims.config['encoder']}): {sims.rows_out} caption-class pairs in {sims.wall_time_s:.1f} s")
+    selected = run_select(match_dir, sim_dir, catalog_path, join(run_dir, "selection"), SelectionConfig())
+    extra = selected.extra
+    echo(
+        f"selection: threshold {extra['threshold']:.2f} ({extra['threshold_rule']}); "
+        f"{selected.rows_out} of {selected.rows_in} captions kept in {extra['classes']} classes; "
+        f"dropped {selected.dropped}"
+    )
+    sweep = pd.read_parquet(join(run_dir, "selection", "sweep.parquet"))
+    echo("threshold sweep (captions kept / classes with ≥1 sample):")
+    for row in sweep[sweep["threshold"].round(2).isin(np.round(np.arange(0.1, 0.91, 0.1), 2))].itertuples():
+        echo(f"  > {row.threshold:.2f}: {row.n_samples:5d} / {row.n_classes:4d}")
+    summary["selection"] = selected.model_dump(mode="json")
+    with open(join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
     return summary

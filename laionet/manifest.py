@@ -161,6 +161,30 @@ def completed(target: str, chash: str) -> Manifest | None:
     return manifest
 
 
+def part_stem(path: str) -> str:
+    """The name of a part file without directory and ``.parquet``: outputs and records are named after it."""
+    return path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".parquet")
+
+
+def write_part_record(out_dir: str, part: str, record: dict[str, Any]) -> None:
+    """Record that one input part is done (write its output first): ``<out_dir>/_parts/<stem>.json``."""
+    write_json_atomic(join(out_dir, "_parts", f"{part_stem(part)}.json"), {"part": part, **record})
+
+
+def read_part_record(out_dir: str, part: str, part_hash: str) -> dict[str, Any] | None:
+    """The record of a part finished under ``part_hash`` whose output still exists, else None (redo the part)."""
+    path = join(out_dir, "_parts", f"{part_stem(part)}.json")
+    fs, real = url_to_fs(path)
+    if not fs.exists(real):
+        return None
+    with fsspec.open(path, "r") as f:
+        record: dict[str, Any] = json.load(f)
+    out_fs, out_real = url_to_fs(record.get("output", ""))
+    if record.get("config_hash") != part_hash or record.get("part") != part or not out_fs.exists(out_real):
+        return None
+    return record
+
+
 class Timer:
     """Wall-clock seconds since construction."""
 

@@ -8,7 +8,6 @@ hash is skipped on re-runs, so a killed run resumes where it stopped.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import lru_cache
@@ -33,9 +32,11 @@ from laionet.manifest import (
     file_digest,
     join,
     manifest_path,
+    part_stem,
     read_manifest,
-    write_json_atomic,
+    read_part_record,
     write_manifest,
+    write_part_record,
 )
 from laionet.matching import LemmaMatcher
 from laionet.text import Mode
@@ -83,15 +84,11 @@ def resolve_parts(corpus: str) -> list[str]:
         parts = [f"{protocol}://{p}" for p in parts]
     stems: dict[str, str] = {}
     for part in parts:
-        stem = _stem(part)
+        stem = part_stem(part)
         if stem in stems:
             raise CorpusError(f"parts {stems[stem]} and {part} share the name {stem!r}; outputs would collide")
         stems[stem] = part
     return parts
-
-
-def _stem(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".parquet")
 
 
 def match_part(
@@ -142,16 +139,16 @@ def _run_one(part: str, out_dir: str, lemma_map_path: str, config: MatchConfig, 
     """Process one part end to end (output, then its record); used in-process and in worker processes."""
     timer = Timer()
     matcher = _load_matcher(lemma_map_path, config.mode)
-    stem = _stem(part)
+    stem = part_stem(part)
     out_path = join(out_dir, f"{stem}.parquet")
     bar = tqdm(desc=stem, unit="rows", unit_scale=True, leave=False, disable=None, total=_num_rows(part))
     try:
         counts = match_part(part, out_path, matcher, config, on_rows=bar.update)
     finally:
         bar.close()
-    record = {"part": part, "output": out_path, "config_hash": chash, **counts, "wall_time_s": timer.elapsed}
-    write_json_atomic(join(out_dir, "_parts", f"{stem}.json"), record)
-    return record
+    record = {"output": out_path, "config_hash": chash, **counts, "wall_time_s": timer.elapsed}
+    write_part_record(out_dir, part, record)
+    return {"part": part, **record}
 
 
 def _num_rows(part: str) -> int | None:
@@ -160,20 +157,6 @@ def _num_rows(part: str) -> int | None:
             return int(pq.ParquetFile(f).metadata.num_rows)
     except Exception:  # the real read reports the problem with context
         return None
-
-
-def _done_record(out_dir: str, part: str, chash: str) -> dict[str, Any] | None:
-    stem = _stem(part)
-    record_path = join(out_dir, "_parts", f"{stem}.json")
-    fs, real = url_to_fs(record_path)
-    if not fs.exists(real):
-        return None
-    with fsspec.open(record_path, "r") as f:
-        record: dict[str, Any] = json.load(f)
-    out_fs, out_real = url_to_fs(record["output"])
-    if record.get("config_hash") != chash or record.get("part") != part or not out_fs.exists(out_real):
-        return None
-    return record
 
 
 def run_match(
@@ -211,7 +194,7 @@ def run_match(
     records: dict[str, dict[str, Any]] = {}
     todo = []
     for part in parts:
-        record = _done_record(out_dir, part, part_hash)
+        record = read_part_record(out_dir, part, part_hash)
         if record:
             records[part] = record
         else:

@@ -2,6 +2,7 @@ import json
 
 from laionet.demo import run_demo
 from laionet.manifest import read_manifest
+from laionet.match_stage import MatchConfig, run_match
 
 
 def test_demo_runs_every_built_stage_on_the_real_openclipart_corpus(tmp_path) -> None:
@@ -13,7 +14,20 @@ def test_demo_runs_every_built_stage_on_the_real_openclipart_corpus(tmp_path) ->
     assert summary["classes_hit"] > 100  # openclipart's titles mention many ImageNet classes
     assert summary["rows_single_class"] + summary["rows_multi_class"] == summary["rows_matched"]
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
-    assert any(line.startswith("matching (default)") for line in lines)
-    # the paper mode over the same corpus matches fewer captions (case-sensitive, punctuated lemmas unreachable)
-    paper = run_demo(str(tmp_path / "paper"), mode="paper", echo=lines.append)
-    assert paper["rows_matched"] < summary["rows_matched"]
+    selection = read_manifest(str(tmp_path / "selection"))
+    assert selection is not None and selection.rows_in == match.rows_out
+    assert selection.rows_in == selection.rows_out + sum(selection.dropped.values())
+    assert 0 < selection.rows_out < selection.rows_in  # the text filter removes web noise, not everything
+    assert selection.extra["threshold_rule"].startswith("calibrated")
+    assert any(line.startswith("threshold sweep") for line in lines)
+    # a second run reuses every complete stage (no re-encoding)
+    again: list[str] = []
+    assert run_demo(str(tmp_path), mode="default", echo=again.append)["selection"] == summary["selection"]
+    # the paper rule over the same corpus matches fewer captions (case-sensitive, punctuated lemmas unreachable)
+    paper = run_match(
+        str(tmp_path / "corpus"),
+        str(tmp_path / "paper"),
+        str(tmp_path / "lemma_map_paper.parquet"),
+        MatchConfig(mode="paper"),
+    )
+    assert paper.rows_out < match.rows_out
