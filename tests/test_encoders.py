@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+import torch
+
+from laionet.encoders import EncoderError, canonical_spec, create_text_encoder, spec_slug
+
+COUGAR_TEXT = "cougar which is large American feline resembling a lion"
+
+
+def test_specs_resolve_presets_and_reject_unknown_names() -> None:
+    assert canonical_spec("clip") == "open_clip:ViT-B-32-quickgelu@openai"
+    assert canonical_spec("minilm") == "st:all-MiniLM-L6-v2"
+    assert spec_slug("clip") == "open_clip-ViT-B-32-quickgelu-openai"
+    with pytest.raises(EncoderError, match="unknown text encoder 'bert'"):
+        canonical_spec("bert")
+
+
+def test_open_clip_text_tower_trims_padding_exactly(tiny_clip) -> None:
+    encoder = create_text_encoder(f"open_clip:{tiny_clip}", device="cpu")
+    long_caption = "a mountain lion at dusk " * 40  # far beyond 77 tokens: truncated, never a crash
+    texts = ["a lion", long_caption, "a lion", "", "Puma running shoes sale"]
+    emb = encoder.encode(texts)
+    assert emb.shape == (5, 32) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(emb[0], emb[2])  # duplicates encoded once, scattered back
+    with torch.inference_mode():
+        full = torch.nn.functional.normalize(encoder.model.encode_text(encoder.tokenizer(texts)), dim=-1).numpy()
+    np.testing.assert_allclose(emb, full, atol=1e-5)  # trimmed to the batch's longest sequence == full 77 tokens
+
+
+def test_open_clip_loads_a_local_checkpoint(tiny_clip, tmp_path) -> None:
+    first = create_text_encoder(f"open_clip:{tiny_clip}", device="cpu")
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save({"state_dict": first.model.state_dict()}, checkpoint)
+    second = create_text_encoder(f"open_clip:{tiny_clip}@{checkpoint}", device="cpu")
+    np.testing.assert_allclose(second.encode(["a lion"]), first.encode(["a lion"]), atol=1e-6)
+
+
+def test_unknown_open_clip_model_or_weights_fail_before_any_work(tiny_clip) -> None:
+    with pytest.raises(EncoderError, match="open_clip has no model 'ViT-Nope'"):
+        create_text_encoder("open_clip:ViT-Nope", device="cpu")
+    with pytest.raises(EncoderError, match="neither a checkpoint file nor a pretrained tag"):
+        create_text_encoder(f"open_clip:{tiny_clip}@/no/such/file.pt", device="cpu")
+
+
+def test_minilm_offline_ranks_the_animal_above_the_brand() -> None:
+    """The paper's 'puma' example in spirit, with the real offline MiniLM weights."""
+    encoder = create_text_encoder("minilm", device="cpu")
+    assert encoder.dim == 384
+    emb = encoder.encode([COUGAR_TEXT, "a mountain lion at dusk in the Rockies", "Puma running shoes sale -50%"])
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    animal, brand = emb[1] @ emb[0], emb[2] @ emb[0]
+    assert animal > 0.4 > brand
+
+
+def test_sentence_transformer_that_cannot_load_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(EncoderError, match="cannot load sentence-transformers model"):
+        create_text_encoder(f"st:{tmp_path / 'missing-model'}", device="cpu")

@@ -1,0 +1,195 @@
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from laionet.catalog import run_catalog
+from laionet.encoders import EncoderError
+from laionet.manifest import read_manifest
+from laionet.match_stage import run_match
+from laionet.selection import (
+    SelectionConfig,
+    calibrate_threshold,
+    candidates,
+    run_select,
+    sweep_counts,
+    top_k_per_class,
+)
+from laionet.similarity import SimilarityConfig, run_similarity
+from tests.conftest import write_class_file, write_corpus_part
+
+LION, COUGAR, LEMON = "n02129165", "n02125311", "n07749582"
+
+
+def _vec(cos: float, axis: int) -> list[float]:
+    """A unit vector whose cosine with basis vector ``axis`` is ``cos``."""
+    v = [0.0, 0.0, 0.0, 0.0]
+    v[axis], v[3] = cos, math.sqrt(max(0.0, 1 - cos * cos))
+    return v
+
+
+@dataclass
+class FakeEncoder:
+    """Synset texts of class i → basis vector i; captions → vectors with a chosen cosine to their class."""
+
+    spec: str
+    table: dict[str, list[float]]
+    calls: list[int] = field(default_factory=list)
+    dim: int = 4
+
+    def encode(self, texts, progress=None) -> np.ndarray:
+        self.calls.append(len(texts))
+        rows = []
+        for text in texts:
+            if " which is " in text:  # a synset text: class by name
+                rows.append(_vec(1.0, ["lion", "cougar", "lemon"].index(text.split(" which is ")[0])))
+            else:
+                rows.append(self.table[text])
+        return np.asarray(rows, dtype=np.float32).reshape(len(texts), 4)
+
+
+CAPTIONS = {
+    "a lion resting in the grass": _vec(0.9, 0),
+    "Lion brand yarn, 3 pack": _vec(0.2, 0),
+    "lion": _vec(0.5, 0),  # exactly at a 0.5 threshold: dropped (strict >)
+    "a mountain lion at dusk": _vec(0.85, 1),
+    "lemon tart recipe": _vec(0.83, 2),
+    "a lion and a lemon": _vec(0.99, 0),  # two classes: multi-label
+}
+
+
+@pytest.fixture
+def stages(tmp_path):
+    catalog = str(tmp_path / "catalog.parquet")
+    run_catalog(write_class_file(tmp_path / "classes.txt", [LION, COUGAR, LEMON]), catalog)
+    lemma_map = tmp_path / "lemmas.parquet"
+    pd.DataFrame({"lemma": ["lion", "mountain lion", "lemon"], "wnid": [LION, COUGAR, LEMON]}).to_parquet(lemma_map)
+    texts = [*CAPTIONS, "nothing to see"]
+    nsfw = ["UNLIKELY"] * len(texts)
+    nsfw[3] = "NSFW"  # the mountain lion row
+    write_corpus_part(tmp_path / "corpus" / "p.parquet", texts, NSFW=nsfw)
+    run_match(str(tmp_path / "corpus"), str(tmp_path / "matches"), str(lemma_map))
+    return tmp_path, catalog
+
+
+def _similarity(tmp_path, catalog, spec="clip"):
+    encoder = FakeEncoder(spec=spec, table=CAPTIONS)
+    manifest = run_similarity(
+        str(tmp_path / "matches"), catalog, str(tmp_path / "sim"), SimilarityConfig(encoder=spec), lambda c: encoder
+    )
+    return manifest, encoder
+
+
+def test_similarity_scores_every_caption_class_pair_once(stages) -> None:
+    tmp_path, catalog = stages
+    manifest, encoder = _similarity(tmp_path, catalog)
+    assert (manifest.rows_in, manifest.rows_out, manifest.dropped) == (7, 7, {"wnid_not_in_catalog": 0})
+    table = pd.read_parquet(manifest.outputs[0]).set_index(["key", "wnid"])["similarity"]
+    assert table[("p/0", LION)] == pytest.approx(0.9, abs=1e-6)
+    assert table[("p/3", COUGAR)] == pytest.approx(0.85, abs=1e-6)
+    assert table[("p/5", LEMON)] == pytest.approx(0.0, abs=1e-6) and table[("p/5", LION)] == pytest.approx(0.99)
+    assert encoder.calls == [3, 6]  # synset texts once, then the part's 6 distinct captions
+    again, encoder2 = _similarity(tmp_path, catalog)
+    assert again == manifest and encoder2.calls == []  # complete: not re-encoded
+
+
+def test_selection_rules_threshold_and_counts(stages) -> None:
+    tmp_path, catalog = stages
+    _similarity(tmp_path, catalog)
+    out = str(tmp_path / "sel")
+    manifest = run_select(
+        str(tmp_path / "matches"), str(tmp_path / "sim"), catalog, out, SelectionConfig(threshold=0.5)
+    )
+    assert manifest.rows_in == 6
+    assert manifest.dropped == {"multi_label": 1, "nsfw": 1, "no_similarity": 0, "below_threshold": 2}
+    assert manifest.rows_out == 2
+    index = pd.read_parquet(f"{out}/laionet.parquet")
+    assert index["text"].tolist() == ["a lion resting in the grass", "lemon tart recipe"]
+    assert index["class_index"].tolist() == [0, 2]  # the class file's order: lion, cougar, lemon
+    freq = pd.read_parquet(f"{out}/class_frequency.parquet")
+    assert freq.set_index("wnid")["n"].to_dict() == {LION: 1, LEMON: 1}
+    sweep = pd.read_parquet(f"{out}/sweep.parquet").set_index("threshold")
+    assert sweep.loc[0.5, "n_samples"] == 2 and sweep.loc[0.49, "n_samples"] == 3  # strict >: 0.5 itself is out
+    assert sweep.loc[0.0, "n_classes"] == 2  # candidates: lion ×3, lemon ×1 (cougar's only caption is NSFW)
+    top = pd.read_parquet(f"{out}/top50.parquet")
+    assert sorted(top["text"]) == sorted(
+        ["a lion resting in the grass", "Lion brand yarn, 3 pack", "lion", "lemon tart recipe"]
+    )
+
+
+def test_paper_threshold_applies_to_the_paper_encoder_and_reselection_reuses_similarities(stages) -> None:
+    tmp_path, catalog = stages
+    _similarity(tmp_path, catalog, spec="clip")
+    config = SelectionConfig(nsfw_keep=None)
+    manifest = run_select(str(tmp_path / "matches"), str(tmp_path / "sim"), catalog, str(tmp_path / "a"), config)
+    assert manifest.extra["threshold"] == 0.82 and manifest.extra["threshold_rule"] == "paper value for this encoder"
+    index = pd.read_parquet(tmp_path / "a" / "laionet.parquet")
+    assert sorted(index["text"]) == ["a lion resting in the grass", "a mountain lion at dusk", "lemon tart recipe"]
+    best = SelectionConfig(nsfw_keep=None, multi_label="best", threshold=0.95)
+    manifest = run_select(str(tmp_path / "matches"), str(tmp_path / "sim"), catalog, str(tmp_path / "b"), best)
+    assert manifest.dropped["multi_label"] == 0 and manifest.rows_out == 1
+    assert pd.read_parquet(tmp_path / "b" / "laionet.parquet")["wnid"].tolist() == [LION]  # 0.99 beats lemon's 0
+
+
+def test_candidates_rules_on_literal_rows() -> None:
+    matches = pd.DataFrame(
+        {
+            "key": ["a", "b", "c", "d"],
+            "wnids": [[LION], [LION, LEMON], [LEMON], [COUGAR]],
+            "nsfw": ["UNLIKELY", "UNLIKELY", "UNSURE", "UNLIKELY"],
+        }
+    )
+    sims = pd.DataFrame(
+        {"key": ["a", "b", "b", "c"], "wnid": [LION, LION, LEMON, LEMON], "similarity": [0.7, 0.2, 0.6, 0.9]}
+    )
+    cand, dropped = candidates(matches, sims, SelectionConfig())
+    assert cand.to_dict("records") == [{"key": "a", "wnid": LION, "similarity": 0.7}]
+    assert dropped == {"multi_label": 1, "nsfw": 1, "no_similarity": 1, "below_threshold": 0}
+    cand, _ = candidates(matches, sims, SelectionConfig(multi_label="best", nsfw_keep=None))
+    assert cand.set_index("key")["wnid"].to_dict() == {"a": LION, "b": LEMON, "c": LEMON}
+
+
+def test_sweep_is_strict_and_knee_finds_the_drop() -> None:
+    assert sweep_counts(np.array([0.5, 0.6, 0.6]), np.array([0.4, 0.5, 0.6])).tolist() == [3, 2, 0]
+    grid = np.round(np.arange(0.0, 1.0001, 0.1), 2)
+    coverage = [100, 100, 99, 99, 98, 97, 95, 90, 40, 5, 0]  # flat, then falls sharply after 0.7
+    sweep = pd.DataFrame({"threshold": grid, "n_samples": 0, "n_classes": coverage})
+    assert calibrate_threshold(sweep, "knee") == 0.7
+    assert calibrate_threshold(sweep, "coverage", 0.97) == 0.5
+    with pytest.raises(ValueError, match="unknown calibration rule"):
+        calibrate_threshold(sweep, "elbow")
+
+
+def test_top_k_keeps_the_most_similar_rows_per_class() -> None:
+    frame = pd.DataFrame(
+        {"key": list("abcde"), "wnid": [LION] * 3 + [LEMON] * 2, "similarity": [0.1, 0.9, 0.5, 0.3, 0.4]}
+    )
+    assert top_k_per_class(frame, 2)["key"].tolist() == ["b", "c", "e", "d"]  # lion (n02…) first, then lemon
+
+
+def test_bad_encoder_fails_before_any_part_is_written(stages) -> None:
+    tmp_path, catalog = stages
+    with pytest.raises(EncoderError):
+        run_similarity(
+            str(tmp_path / "matches"), catalog, str(tmp_path / "sim"), SimilarityConfig(encoder="open_clip:ViT-Nope")
+        )
+    assert not (tmp_path / "sim").exists() or not any((tmp_path / "sim").glob("*.parquet"))
+    assert read_manifest(str(tmp_path / "sim")) is None
+
+
+def test_wnid_missing_from_the_catalog_is_skipped_and_counted(stages) -> None:
+    tmp_path, _ = stages
+    small = str(tmp_path / "small.parquet")
+    run_catalog(write_class_file(tmp_path / "small.txt", [LION, COUGAR]), small)
+    encoder = FakeEncoder(spec="clip", table=CAPTIONS)
+    manifest = run_similarity(
+        str(tmp_path / "matches"), small, str(tmp_path / "s2"), SimilarityConfig(encoder="clip"), lambda c: encoder
+    )
+    assert manifest.dropped == {"wnid_not_in_catalog": 2} and manifest.rows_out == 5
+    sel = run_select(
+        str(tmp_path / "matches"), str(tmp_path / "s2"), small, str(tmp_path / "x"), SelectionConfig(threshold=0.5)
+    )
+    assert sel.dropped["no_similarity"] == 1  # the lemon tart
+    assert sel.rows_in == sel.rows_out + sum(sel.dropped.values())
