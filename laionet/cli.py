@@ -163,12 +163,15 @@ def similarity(
     ] = "minilm",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
     batch_size: Annotated[int | None, typer.Option(help="Captions per forward pass (default per backend).")] = None,
+    precision: Annotated[
+        str, typer.Option(help="auto (GPU: fp16; CPU: bf16 where native, else fp32), fp32, fp16, bf16.")
+    ] = "auto",
 ) -> None:
     """Cosine similarity of every matched caption to its classes' synset texts, stored once per encoder."""
     from laionet.encoders import EncoderError
     from laionet.similarity import SimilarityConfig, run_similarity, similarity_dir
 
-    config = SimilarityConfig(encoder=encoder, device=device, batch_size=batch_size)
+    config = SimilarityConfig(encoder=encoder, device=device, batch_size=batch_size, precision=precision)
     try:
         target = similarity_dir(out, encoder)
         manifest = run_similarity(matches, catalog, target, config)

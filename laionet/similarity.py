@@ -52,10 +52,13 @@ class SimilarityConfig(BaseModel):
     encoder: str = "minilm"
     device: str = "auto"
     batch_size: int | None = None
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16 (see encoders.create_text_encoder)
 
 
 def default_factory(config: SimilarityConfig) -> TextEncoder:
-    return create_text_encoder(config.encoder, device=config.device, batch_size=config.batch_size)
+    return create_text_encoder(
+        config.encoder, device=config.device, batch_size=config.batch_size, precision=config.precision
+    )
 
 
 def similarity_dir(base: str, encoder: str) -> str:
@@ -146,7 +149,8 @@ def run_similarity(
     if matches is None:
         raise FileNotFoundError(f"{matches_dir}: match stage is not complete (no _manifest.json)")
     catalog = read_catalog(catalog_path)
-    part_hash = config_hash({"encoder": spec, "catalog": file_digest(catalog_path)})
+    # what a part's similarities depend on: encoder, numeric precision, catalog (device and batch size do not)
+    part_hash = config_hash({"encoder": spec, "precision": config.precision, "catalog": file_digest(catalog_path)})
     chash = config_hash({"part_hash": part_hash, "matches": matches.config_hash, "parts": matches.outputs})
     done = completed(out_dir, chash)
     if done:

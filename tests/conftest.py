@@ -73,3 +73,31 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         # settings too, in case Prefect was imported before this fixture ran (then the environment came too late)
         with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=None):
             yield home
+
+
+TINY_CLIP = "laionet-test-tiny-clip"
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide open_clip model registered from a JSON config (random weights: exercises the real code
+    path without any download). Returns its open_clip model name."""
+    import json
+
+    import open_clip
+
+    directory = tmp_path_factory.mktemp("open_clip_configs")
+    config = {
+        "embed_dim": 32,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+    }
+    (directory / f"{TINY_CLIP}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(directory)
+    return TINY_CLIP
+
+
+def write_class_file(path: Path, wnids: list[str]) -> str:
+    path.write_text("\n".join(wnids) + "\n")
+    return str(path)

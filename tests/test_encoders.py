@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from laionet.encoders import EncoderError, canonical_spec, create_text_encoder, spec_slug
+from laionet.encoders import EncoderError, canonical_spec, create_text_encoder, resolve_precision, spec_slug
 
 COUGAR_TEXT = "cougar which is large American feline resembling a lion"
 
@@ -16,7 +16,7 @@ def test_specs_resolve_presets_and_reject_unknown_names() -> None:
 
 
 def test_open_clip_text_tower_trims_padding_exactly(tiny_clip) -> None:
-    encoder = create_text_encoder(f"open_clip:{tiny_clip}", device="cpu")
+    encoder = create_text_encoder(f"open_clip:{tiny_clip}", device="cpu", precision="fp32")
     long_caption = "a mountain lion at dusk " * 40  # far beyond 77 tokens: truncated, never a crash
     texts = ["a lion", long_caption, "a lion", "", "Puma running shoes sale"]
     emb = encoder.encode(texts)
@@ -26,6 +26,19 @@ def test_open_clip_text_tower_trims_padding_exactly(tiny_clip) -> None:
     with torch.inference_mode():
         full = torch.nn.functional.normalize(encoder.model.encode_text(encoder.tokenizer(texts)), dim=-1).numpy()
     np.testing.assert_allclose(emb, full, atol=1e-5)  # trimmed to the batch's longest sequence == full 77 tokens
+    encoder.autocast = "bf16"  # the same (random) weights under bf16 autocast
+    half = encoder.encode(texts)
+    np.testing.assert_allclose(np.linalg.norm(half, axis=1), 1.0, rtol=1e-5)  # re-normalised in fp32
+    assert np.abs(half - emb).max() < 0.05
+
+
+def test_precision_rules() -> None:
+    with pytest.raises(EncoderError, match="unknown precision 'int4'"):
+        resolve_precision("int4", "cpu")
+    with pytest.raises(EncoderError, match="'fp16' needs a GPU"):
+        resolve_precision("fp16", "cpu")
+    assert resolve_precision("auto", "cuda:0") == "fp16"
+    assert resolve_precision("auto", "cpu") in ("bf16", "fp32")
 
 
 def test_open_clip_loads_a_local_checkpoint(tiny_clip, tmp_path) -> None:
