@@ -174,7 +174,13 @@ def run_similarity(
                 part_timer = Timer()
                 with fsspec.open(part, "rb") as f:
                     table = pq.read_table(f, columns=["key", "text", "wnids"])
-                scored, skipped = score_part(table, encoder, synset_emb, wnid_index, progress=None)
+                encoded = [0]
+
+                def advance(n: int, encoded: list[int] = encoded) -> None:
+                    encoded[0] += n
+                    bar.update(n)
+
+                scored, skipped = score_part(table, encoder, synset_emb, wnid_index, progress=advance)
                 out_path = join(out_dir, f"{part_stem(part)}.parquet")
                 write_parquet_atomic(scored, out_path)
                 record = {
@@ -188,7 +194,7 @@ def run_similarity(
                 }
                 write_part_record(out_dir, part, record)
                 records[part] = {"part": part, **record}
-                bar.update(table.num_rows)
+                bar.update(max(0, table.num_rows - encoded[0]))  # duplicates were encoded once
 
     ordered = [records[p] for p in matches.outputs]
     manifest = Manifest(

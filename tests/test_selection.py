@@ -193,3 +193,24 @@ def test_wnid_missing_from_the_catalog_is_skipped_and_counted(stages) -> None:
     )
     assert sel.dropped["no_similarity"] == 1  # the lemon tart
     assert sel.rows_in == sel.rows_out + sum(sel.dropped.values())
+
+
+def test_empty_and_all_null_parts_flow_through_every_stage(tmp_path) -> None:
+    catalog = str(tmp_path / "catalog.parquet")
+    run_catalog(write_class_file(tmp_path / "classes.txt", [LION]), catalog)
+    lemma_map = tmp_path / "lemmas.parquet"
+    pd.DataFrame({"lemma": ["lion"], "wnid": [LION]}).to_parquet(lemma_map)
+    write_corpus_part(tmp_path / "corpus" / "empty.parquet", [])
+    write_corpus_part(tmp_path / "corpus" / "nulls.parquet", [None, None])
+    write_corpus_part(tmp_path / "corpus" / "some.parquet", ["a lion resting in the grass"])
+    match = run_match(str(tmp_path / "corpus"), str(tmp_path / "m"), str(lemma_map))
+    assert (match.rows_in, match.rows_out, match.dropped["null_text"]) == (3, 1, 2)
+    encoder = FakeEncoder(spec="clip", table=CAPTIONS)
+    sims = run_similarity(
+        str(tmp_path / "m"), catalog, str(tmp_path / "s"), SimilarityConfig(encoder="clip"), lambda c: encoder
+    )
+    assert (sims.rows_in, sims.rows_out, len(sims.outputs)) == (1, 1, 3)
+    sel = run_select(
+        str(tmp_path / "m"), str(tmp_path / "s"), catalog, str(tmp_path / "x"), SelectionConfig(threshold=0.5)
+    )
+    assert (sel.rows_in, sel.rows_out) == (1, 1)
