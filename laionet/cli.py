@@ -166,12 +166,29 @@ def similarity(
     precision: Annotated[
         str, typer.Option(help="auto (GPU: fp16; CPU: bf16 where native, else fp32), fp32, fp16, bf16.")
     ] = "auto",
+    caption_embeddings: Annotated[
+        str | None, typer.Option(help="Glob of precomputed caption embeddings (LAION text_emb_<i>.npy).")
+    ] = None,
+    caption_metadata: Annotated[
+        str | None, typer.Option(help="Glob of their metadata_<i>.parquet (url + caption columns, same row order).")
+    ] = None,
+    synset_embeddings: Annotated[
+        str | None, typer.Option(help=".npy of synset-text embeddings in catalog order (then no text model loads).")
+    ] = None,
 ) -> None:
     """Cosine similarity of every matched caption to its classes' synset texts, stored once per encoder."""
     from laionet.encoders import EncoderError
     from laionet.similarity import SimilarityConfig, run_similarity, similarity_dir
 
-    config = SimilarityConfig(encoder=encoder, device=device, batch_size=batch_size, precision=precision)
+    config = SimilarityConfig(
+        encoder=encoder,
+        device=device,
+        batch_size=batch_size,
+        precision=precision,
+        caption_embeddings=caption_embeddings,
+        caption_metadata=caption_metadata,
+        synset_embeddings=synset_embeddings,
+    )
     try:
         target = similarity_dir(out, encoder)
         manifest = run_similarity(matches, catalog, target, config)

@@ -5,7 +5,8 @@ Reads a completed match stage (``key``, ``text``, ``wnids`` per part) and the ca
 ``<out>/<stem>.parquet`` with one row per (caption, matched wnid): ``key``, ``wnid``, ``similarity`` (float32);
 ``<out>/_synsets.npy`` (the catalog's synset-text embeddings, encoded once), per-part records and the manifest.
 Similarities are stored once per encoder, so selection at any threshold re-reads them and never re-encodes.
-Pairs whose wnid is not in the catalog are skipped and counted (``wnid_not_in_catalog``).
+Pairs whose wnid is not in the catalog are skipped and counted (``wnid_not_in_catalog``). With precomputed caption
+embeddings (``laionet.precomputed``), captions without one are skipped and counted (``no_caption_embedding``).
 """
 
 from __future__ import annotations
@@ -40,10 +41,12 @@ from laionet.manifest import (
     write_parquet_atomic,
     write_part_record,
 )
+from laionet.precomputed import EmbeddingShardError, gather, pair_shards
 
 STAGE = "similarity"
 SIM_SCHEMA = pa.schema([("key", pa.string()), ("wnid", pa.string()), ("similarity", pa.float32())])
 EncoderFactory = Callable[["SimilarityConfig"], TextEncoder]
+DROP_REASONS = ("wnid_not_in_catalog", "no_caption_embedding")
 
 
 class SimilarityConfig(BaseModel):
@@ -53,6 +56,14 @@ class SimilarityConfig(BaseModel):
     device: str = "auto"
     batch_size: int | None = None
     precision: str = "auto"  # auto | fp32 | fp16 | bf16 (see encoders.create_text_encoder)
+    # Precomputed caption embeddings instead of encoding captions (LAION's text_emb_<i>.npy + metadata_<i>.parquet,
+    # joined on url + caption), and optionally precomputed synset-text embeddings (.npy in catalog row order):
+    # with both, no text model is loaded at all. ``encoder`` must then name the model they came from.
+    caption_embeddings: str | None = None
+    caption_metadata: str | None = None
+    metadata_url_col: str = "url"
+    metadata_text_col: str = "caption"
+    synset_embeddings: str | None = None
 
 
 def default_factory(config: SimilarityConfig) -> TextEncoder:
@@ -98,16 +109,47 @@ def pair_similarity(
 
 
 def score_part(
-    table: pa.Table, encoder: TextEncoder, synset_emb: np.ndarray, wnid_index: dict[str, int], progress: Any = None
-) -> tuple[pa.Table, int]:
-    """Similarities of one match part (``key``, ``text``, ``wnids``). Returns (SIM_SCHEMA table, pairs skipped)."""
+    table: pa.Table,
+    encoder: TextEncoder | None,
+    synset_emb: np.ndarray,
+    wnid_index: dict[str, int],
+    progress: Any = None,
+    caption_emb: np.ndarray | None = None,
+) -> tuple[pa.Table, dict[str, int]]:
+    """Similarities of one match part (``key``, ``text``, ``wnids``), encoding its captions with ``encoder`` or
+    taking them from ``caption_emb`` (rows aligned with ``table``; NaN rows: no embedding).
+
+    Returns:
+        (SIM_SCHEMA table, pairs skipped by reason: ``wnid_not_in_catalog``, ``no_caption_embedding``)
+    """
     pairs, caption_row, class_row, skipped = explode_pairs(table, wnid_index)
+    dropped = {"wnid_not_in_catalog": skipped, "no_caption_embedding": 0}
     used = np.unique(caption_row)
-    texts = table.column("text").combine_chunks().take(pa.array(used)).to_pylist()
-    emb = encoder.encode([t or "" for t in texts], progress=progress)
+    if caption_emb is not None:
+        emb = caption_emb[used].astype(np.float32)
+        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        has = ~np.isnan(emb).any(axis=1)
+        if not has.all():
+            keep = has[np.searchsorted(used, caption_row)]
+            dropped["no_caption_embedding"] = int((~keep).sum())
+            pairs, caption_row, class_row = pairs.filter(pa.array(keep)), caption_row[keep], class_row[keep]
+    elif encoder is not None:
+        texts = table.column("text").combine_chunks().take(pa.array(used)).to_pylist()
+        emb = encoder.encode([t or "" for t in texts], progress=progress)
+    else:
+        raise ValueError("score_part needs an encoder or precomputed caption embeddings")
     local = np.searchsorted(used, caption_row)
     sims = pair_similarity(emb, synset_emb, local, class_row)
-    return pairs.append_column("similarity", pa.array(sims, type=pa.float32())), skipped
+    return pairs.append_column("similarity", pa.array(sims, type=pa.float32())), dropped
+
+
+def _load_synset_embeddings(path: str, n_classes: int) -> np.ndarray:
+    """Precomputed synset-text embeddings (.npy, catalog row order), L2-normalised float32."""
+    with fsspec.open(path, "rb") as f:
+        emb = np.asarray(np.load(f), dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] != n_classes:
+        raise EmbeddingShardError(f"{path} has shape {emb.shape}; expected ({n_classes}, D), one row per catalog class")
+    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
 
 def _synset_embeddings(out_dir: str, catalog: Any, encoder: TextEncoder) -> np.ndarray:
@@ -150,7 +192,14 @@ def run_similarity(
         raise FileNotFoundError(f"{matches_dir}: match stage is not complete (no _manifest.json)")
     catalog = read_catalog(catalog_path)
     # what a part's similarities depend on: encoder, numeric precision, catalog (device and batch size do not)
-    part_hash = config_hash({"encoder": spec, "precision": config.precision, "catalog": file_digest(catalog_path)})
+    sources = {
+        "caption_embeddings": config.caption_embeddings,
+        "caption_metadata": config.caption_metadata,
+        "synset_embeddings": config.synset_embeddings and file_digest(config.synset_embeddings),
+    }
+    part_hash = config_hash(
+        {"encoder": spec, "precision": config.precision, "catalog": file_digest(catalog_path), **sources}
+    )
     chash = config_hash({"part_hash": part_hash, "matches": matches.config_hash, "parts": matches.outputs})
     done = completed(out_dir, chash)
     if done:
@@ -165,9 +214,20 @@ def run_similarity(
         else:
             todo.append(part)
     if todo:
-        encoder = encoder_factory(config)  # fails here, before any part, for a bad spec
+        shards = None
+        if config.caption_embeddings or config.caption_metadata:
+            if not (config.caption_embeddings and config.caption_metadata):
+                raise ValueError("precomputed caption embeddings need both caption_embeddings and caption_metadata")
+            shards = pair_shards(config.caption_embeddings, config.caption_metadata)  # checked before any work
+        # a text model is needed unless both captions and synset texts come precomputed
+        encoder = None if (shards and config.synset_embeddings) else encoder_factory(config)
         wnid_index = {w: i for i, w in enumerate(catalog["wnid"])}
-        synset_emb = _synset_embeddings(out_dir, catalog, encoder)
+        if config.synset_embeddings:
+            synset_emb = _load_synset_embeddings(config.synset_embeddings, len(catalog))
+        else:
+            assert encoder is not None
+            synset_emb = _synset_embeddings(out_dir, catalog, encoder)
+        gathered = gather(todo, shards, out_dir, config.metadata_url_col, config.metadata_text_col) if shards else {}
         total = sum(pq.ParquetFile(fsspec.open(p, "rb").open()).metadata.num_rows for p in todo)
         with tqdm(total=total, desc=f"similarity {spec}", unit="captions", unit_scale=True, disable=None) as bar:
             for part in todo:
@@ -180,15 +240,26 @@ def run_similarity(
                     encoded[0] += n
                     bar.update(n)
 
-                scored, skipped = score_part(table, encoder, synset_emb, wnid_index, progress=advance)
+                caption_emb = None
+                if part in gathered:
+                    with fsspec.open(gathered[part], "rb") as f:
+                        caption_emb = np.load(f)
+                    if caption_emb.shape[0] and caption_emb.shape[1] != synset_emb.shape[1]:
+                        raise EmbeddingShardError(
+                            f"caption embeddings are {caption_emb.shape[1]}-d but synset embeddings are "
+                            f"{synset_emb.shape[1]}-d: they must come from the same model"
+                        )
+                scored, dropped = score_part(
+                    table, encoder, synset_emb, wnid_index, progress=advance, caption_emb=caption_emb
+                )
                 out_path = join(out_dir, f"{part_stem(part)}.parquet")
                 write_parquet_atomic(scored, out_path)
                 record = {
                     "output": out_path,
                     "config_hash": part_hash,
-                    "rows_in": scored.num_rows + skipped,
+                    "rows_in": scored.num_rows + sum(dropped.values()),
                     "rows_out": scored.num_rows,
-                    "dropped": {"wnid_not_in_catalog": skipped},
+                    "dropped": dropped,
                     "captions": table.num_rows,
                     "wall_time_s": part_timer.elapsed,
                 }
@@ -205,7 +276,7 @@ def run_similarity(
         outputs=[r["output"] for r in ordered],
         rows_in=sum(r["rows_in"] for r in ordered),
         rows_out=sum(r["rows_out"] for r in ordered),
-        dropped={"wnid_not_in_catalog": sum(r["dropped"]["wnid_not_in_catalog"] for r in ordered)},
+        dropped={reason: sum(r["dropped"].get(reason, 0) for r in ordered) for reason in DROP_REASONS},
         wall_time_s=timer.elapsed,
         extra={"captions": sum(r["captions"] for r in ordered), "parts_skipped": len(ordered) - len(todo)},
     )

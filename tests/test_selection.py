@@ -9,6 +9,7 @@ from laionet.catalog import run_catalog
 from laionet.encoders import EncoderError
 from laionet.manifest import read_manifest
 from laionet.match_stage import run_match
+from laionet.precomputed import EmbeddingShardError
 from laionet.selection import (
     SelectionConfig,
     calibrate_threshold,
@@ -85,7 +86,11 @@ def _similarity(tmp_path, catalog, spec="clip"):
 def test_similarity_scores_every_caption_class_pair_once(stages) -> None:
     tmp_path, catalog = stages
     manifest, encoder = _similarity(tmp_path, catalog)
-    assert (manifest.rows_in, manifest.rows_out, manifest.dropped) == (7, 7, {"wnid_not_in_catalog": 0})
+    assert (manifest.rows_in, manifest.rows_out, manifest.dropped) == (
+        7,
+        7,
+        {"wnid_not_in_catalog": 0, "no_caption_embedding": 0},
+    )
     table = pd.read_parquet(manifest.outputs[0]).set_index(["key", "wnid"])["similarity"]
     assert table[("p/0", LION)] == pytest.approx(0.9, abs=1e-6)
     assert table[("p/3", COUGAR)] == pytest.approx(0.85, abs=1e-6)
@@ -187,7 +192,7 @@ def test_wnid_missing_from_the_catalog_is_skipped_and_counted(stages) -> None:
     manifest = run_similarity(
         str(tmp_path / "matches"), small, str(tmp_path / "s2"), SimilarityConfig(encoder="clip"), lambda c: encoder
     )
-    assert manifest.dropped == {"wnid_not_in_catalog": 2} and manifest.rows_out == 5
+    assert manifest.dropped == {"wnid_not_in_catalog": 2, "no_caption_embedding": 0} and manifest.rows_out == 5
     sel = run_select(
         str(tmp_path / "matches"), str(tmp_path / "s2"), small, str(tmp_path / "x"), SelectionConfig(threshold=0.5)
     )
@@ -214,3 +219,64 @@ def test_empty_and_all_null_parts_flow_through_every_stage(tmp_path) -> None:
         str(tmp_path / "m"), str(tmp_path / "s"), catalog, str(tmp_path / "x"), SelectionConfig(threshold=0.5)
     )
     assert (sel.rows_in, sel.rows_out) == (1, 1)
+
+
+def _write_laion_embeddings(directory, rows: list[tuple[str, str, list[float]]], shard: int, extra_rows: int = 0):
+    """A LAION-style pair text_emb_<i>.npy + metadata_<i>.parquet (float16 embeddings, url + caption columns)."""
+    (directory / "text_emb").mkdir(parents=True, exist_ok=True)
+    (directory / "metadata").mkdir(parents=True, exist_ok=True)
+    emb = np.asarray([r[2] for r in rows] + [[0.0, 0.0, 0.0, 1.0]] * extra_rows, dtype=np.float16)
+    np.save(directory / "text_emb" / f"text_emb_{shard}.npy", emb)
+    pd.DataFrame({"url": [r[0] for r in rows], "caption": [r[1] for r in rows]}).to_parquet(
+        directory / "metadata" / f"metadata_{shard}.parquet"
+    )
+
+
+def test_precomputed_caption_and_synset_embeddings_need_no_text_model(stages) -> None:
+    tmp_path, catalog = stages
+    urls = [f"http://127.0.0.1:1/{i}.jpg" for i in range(7)]  # write_corpus_part's URLs
+    texts = list(CAPTIONS)
+    emb_dir = tmp_path / "laion"
+    # shard 0 holds rows 0-2 and an unrelated row; shard 1 holds rows 4-5; row 3 (mountain lion) has no embedding
+    _write_laion_embeddings(
+        emb_dir, [(urls[i], texts[i], CAPTIONS[texts[i]]) for i in range(3)] + [("x", "y", _vec(0, 0))], 0
+    )
+    _write_laion_embeddings(emb_dir, [(urls[i], texts[i], CAPTIONS[texts[i]]) for i in (4, 5)], 1)
+    synsets = tmp_path / "synsets.npy"
+    np.save(synsets, np.eye(3, 4, dtype=np.float32))  # catalog order: lion, cougar, lemon
+
+    def no_model(config):
+        raise AssertionError("no text model may be loaded")
+
+    config = SimilarityConfig(
+        encoder="clip",
+        caption_embeddings=str(emb_dir / "text_emb" / "text_emb_*.npy"),
+        caption_metadata=str(emb_dir / "metadata" / "metadata_*.parquet"),
+        synset_embeddings=str(synsets),
+    )
+    manifest = run_similarity(str(tmp_path / "matches"), catalog, str(tmp_path / "sim"), config, no_model)
+    assert manifest.dropped == {"wnid_not_in_catalog": 0, "no_caption_embedding": 1}
+    assert manifest.rows_out == 6
+    table = pd.read_parquet(manifest.outputs[0]).set_index(["key", "wnid"])["similarity"]
+    assert table[("p/0", LION)] == pytest.approx(0.9, abs=2e-3)  # float16 storage, as LAION ships it
+    assert table[("p/4", LEMON)] == pytest.approx(0.83, abs=2e-3)
+    assert ("p/3", COUGAR) not in table.index
+
+
+def test_misaligned_or_unpaired_embedding_files_are_refused(stages) -> None:
+    tmp_path, catalog = stages
+    emb_dir = tmp_path / "laion"
+    _write_laion_embeddings(emb_dir, [("u", "t", _vec(1, 0))], 0)
+    np.save(emb_dir / "text_emb" / "text_emb_0.npy", np.zeros((3, 4), dtype=np.float16))  # 3 rows vs 1 metadata row
+    config = SimilarityConfig(
+        encoder="clip",
+        caption_embeddings=str(emb_dir / "text_emb" / "*.npy"),
+        caption_metadata=str(emb_dir / "metadata" / "*.parquet"),
+        synset_embeddings=None,
+    )
+    encoder = FakeEncoder(spec="clip", table=CAPTIONS)
+    with pytest.raises(EmbeddingShardError, match=r"text_emb_0\.npy has 3 rows but .*metadata_0\.parquet has 1"):
+        run_similarity(str(tmp_path / "matches"), catalog, str(tmp_path / "s"), config, lambda c: encoder)
+    np.save(emb_dir / "text_emb" / "text_emb_1.npy", np.zeros((1, 4), dtype=np.float16))
+    with pytest.raises(EmbeddingShardError, match=r"text_emb_1\.npy has no partner with number 1"):
+        run_similarity(str(tmp_path / "matches"), catalog, str(tmp_path / "s"), config, lambda c: encoder)
