@@ -1,19 +1,22 @@
-"""The build flow: catalog → lemma map → corpus → match, laid out under ``run_dir``.
+"""The build flow: catalog → lemma map → corpus → match → similarity → select, laid out under ``run_dir``.
 
 ``run_dir/catalog.parquet``, ``run_dir/lemma_map_<mode>.parquet``, ``run_dir/corpus/`` (only when no corpus is
-given: Debian's openclipart clip art), ``run_dir/matches/``; each with its manifest beside it or inside it.
+given: Debian's openclipart clip art), ``run_dir/matches/``, ``run_dir/similarity/<encoder slug>/`` (one directory
+per encoder, so selecting again at another threshold, or switching back to an encoder, never re-encodes),
+``run_dir/selection/``; each with its manifest beside it or inside it.
 The catalog and the corpus do not depend on each other and run concurrently.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
 
 from laionet.manifest import join
+from laionet.similarity import similarity_dir
 from laionet.text import Mode
-from tasks.build import catalog, lemma_map, match, openclipart_corpus
+from tasks.build import catalog, lemma_map, match, openclipart_corpus, select, similarity
 
 
 @flow(name="build")
@@ -23,8 +26,11 @@ def build(
     mode: Mode = "default",
     corpus: str | None = None,
     corpus_limit: int | None = None,
+    encoder: str = "minilm",
+    threshold: float | Literal["auto"] = "auto",
+    top_k: int | None = 50,
 ) -> dict[str, dict[str, Any]]:
-    """Build the matched-caption table of a corpus.
+    """Build the LAIONet index of a corpus: match captions to classes, score them, select.
 
     Args:
         run_dir: where every output of the run goes (local path or fsspec URL).
@@ -32,6 +38,11 @@ def build(
         mode: matching mode, 'default' or 'paper' (the lemma map is built with the same policy).
         corpus: glob / directory / file of LAION-style parquet parts; None builds the openclipart corpus.
         corpus_limit: take only the first N openclipart SVGs (ignored when ``corpus`` is given).
+        encoder: text encoder of the caption-to-synset similarity: 'minilm' (offline default), 'mpnet', 'clip' or a
+            full spec ('st:<model>', 'open_clip:<model>@<tag>'); see ``laionet.encoders``.
+        threshold: keep captions whose similarity is above it; 'auto' uses the paper's value for its encoders and
+            calibrates one on the data for others.
+        top_k: also write the top-k-per-class variant of the index (None: don't).
 
     Returns:
         The manifest of each stage, by stage name.
@@ -46,9 +57,23 @@ def build(
         corpus = join(run_dir, "corpus")
         corpus_future = openclipart_corpus.submit(corpus, limit=corpus_limit)
         upstream.append(corpus_future)
-    match_future = match.submit(corpus, join(run_dir, "matches"), lemma_path, mode, wait_for=upstream)
+    matches_dir = join(run_dir, "matches")
+    match_future = match.submit(corpus, matches_dir, lemma_path, mode, wait_for=upstream)
+    sim_dir = similarity_dir(join(run_dir, "similarity"), encoder)
+    similarity_future = similarity.submit(matches_dir, catalog_path, sim_dir, encoder, wait_for=[match_future])
+    select_future = select.submit(
+        matches_dir,
+        sim_dir,
+        catalog_path,
+        join(run_dir, "selection"),
+        threshold=threshold,
+        top_k=top_k,
+        wait_for=[similarity_future],
+    )
     manifests = {"catalog": catalog_future.result(), "lemmas": lemma_future.result()}
     if corpus_future is not None:
         manifests["corpus"] = corpus_future.result()
     manifests["match"] = match_future.result()
+    manifests["similarity"] = similarity_future.result()
+    manifests["select"] = select_future.result()
     return manifests

@@ -93,9 +93,10 @@ def candidates(
         bad = keep & ~matches["nsfw"].isin(config.nsfw_keep).to_numpy()
         dropped["nsfw"] = int(bad.sum())
         keep &= ~bad
-    rows = matches.loc[keep, ["key"]]
-    scored = rows.merge(sims, on="key", how="left")
-    scored = scored.sort_values(["key", "similarity"], ascending=[True, False], kind="stable")
+    # only pairs of a caption with one of its own matched classes count (similarities are joined on both)
+    allowed = matches.loc[keep, ["key", "wnids"]].explode("wnids").rename(columns={"wnids": "wnid"})
+    scored = allowed.merge(sims, on=["key", "wnid"], how="left")
+    scored = scored.sort_values(["key", "similarity"], ascending=[True, False], na_position="last", kind="stable")
     best = scored.drop_duplicates("key", keep="first")  # single-label captions have one pair; "best" keeps the max
     missing = best["similarity"].isna()
     dropped["no_similarity"] = int(missing.sum())

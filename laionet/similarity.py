@@ -205,10 +205,12 @@ def run_similarity(
     if done:
         return done
 
+    # each part's result also depends on that match part's content (a rebuilt match stage must not be reused)
+    hashes = {part: config_hash({"stage": part_hash, "part": file_digest(part)}) for part in matches.outputs}
     records: dict[str, dict[str, Any]] = {}
     todo = []
     for part in matches.outputs:
-        record = read_part_record(out_dir, part, part_hash)
+        record = read_part_record(out_dir, part, hashes[part])
         if record:
             records[part] = record
         else:
@@ -256,7 +258,7 @@ def run_similarity(
                 write_parquet_atomic(scored, out_path)
                 record = {
                     "output": out_path,
-                    "config_hash": part_hash,
+                    "config_hash": hashes[part],
                     "rows_in": scored.num_rows + sum(dropped.values()),
                     "rows_out": scored.num_rows,
                     "dropped": dropped,

@@ -1,14 +1,19 @@
-"""Tasks of the build flow: catalog → lemma map → corpus → match.
+"""Tasks of the build flow: catalog → lemma map → corpus → match → similarity → select.
 
 Each task calls exactly one laionet driver and returns its manifest as a plain dict; inputs are paths and plain
 values. Caching (persisted, keyed on inputs + task source + laionet code version, validated against the output)
 and the manifest artifact are in ``tasks._common``.
+
+GPU stages (similarity) carry the tag ``gpu`` as well as their stage tag: with a tag concurrency limit
+(``prefect concurrency-limit create gpu 1``) at most that many of them run at once, across flow runs and workers,
+so they never oversubscribe a device. Without the limit the tag does nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import task
 from prefect.tasks import exponential_backoff
@@ -18,6 +23,8 @@ from laionet.corpus import ColumnMap
 from laionet.lemmas import run_lemmas
 from laionet.match_stage import MatchConfig, run_match
 from laionet.openclipart import DEFAULT_BASE_URL, DEFAULT_ROOT, build_openclipart_corpus
+from laionet.selection import SelectionConfig, run_select
+from laionet.similarity import SimilarityConfig, run_similarity
 from laionet.text import Mode
 from tasks._common import is_transient, publish, stage_cache
 
@@ -64,3 +71,58 @@ def match(
     """Captions of ``corpus`` (glob, directory or file of parquet parts) matched against a lemma map → ``out_dir``."""
     config = MatchConfig(mode=mode, columns=ColumnMap(**(columns or {})))
     return publish(run_match(corpus, out_dir, lemma_map_path, config, workers=workers), out_dir)
+
+
+@task(
+    name="similarity",
+    tags=["stage:similarity", "gpu"],
+    cache_policy=stage_cache("out_dir", exclude=("device", "batch_size")),
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=10),
+    retry_condition_fn=is_transient,
+)
+def similarity(
+    matches_dir: str,
+    catalog_path: str,
+    out_dir: str,
+    encoder: str = "minilm",
+    device: str = "auto",
+    batch_size: int | None = None,
+    precision: str = "auto",
+) -> Manifest:
+    """Text-to-synset similarity of every (caption, matched class) pair of a match stage under ``encoder`` →
+    ``out_dir`` (one directory per encoder: ``laionet.similarity.similarity_dir``). ``device`` and ``batch_size``
+    only change how fast it runs and are left out of the cache key."""
+    config = SimilarityConfig(encoder=encoder, device=device, batch_size=batch_size, precision=precision)
+    return publish(run_similarity(matches_dir, catalog_path, out_dir, config), out_dir)
+
+
+@task(
+    name="select",
+    tags=["stage:select"],
+    cache_policy=stage_cache("out_dir"),
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=10),
+    retry_condition_fn=is_transient,
+)
+def select(
+    matches_dir: str,
+    similarity_dir: str,
+    catalog_path: str,
+    out_dir: str,
+    threshold: float | Literal["auto"] = "auto",
+    multi_label: Literal["drop", "best"] = "drop",
+    nsfw_keep: Sequence[str] | None = ("UNLIKELY",),
+    top_k: int | None = 50,
+) -> Manifest:
+    """The LAIONet index from a match stage and one encoder's similarities → ``out_dir``. ``threshold="auto"``: the
+    paper's value for its encoders, else calibrated on the data; ``nsfw_keep=None`` keeps every NSFW tag."""
+    config = SelectionConfig(
+        threshold=threshold,
+        multi_label=multi_label,
+        nsfw_keep=None if nsfw_keep is None else list(nsfw_keep),
+        top_k=top_k,
+    )
+    return publish(run_select(matches_dir, similarity_dir, catalog_path, out_dir, config), out_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import cachetools
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -55,6 +56,7 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)
+        from prefect.concurrency import services
         from prefect.settings import (
             PREFECT_HOME,
             PREFECT_LOCAL_STORAGE_PATH,
@@ -63,6 +65,13 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             temporary_settings,
         )
         from prefect.testing.utilities import prefect_test_harness
+
+        # Every task here is tagged, so each task run first asks the API for its tags' concurrency slots; Prefect
+        # remembers "these tags have no limit" for only 5 s, and against the harness's SQLite server that request
+        # often collides with the server recording the run's events ("database is locked" → 503 → the client
+        # retries after a 2 s back-off): ~2 s per task run of every flow run. No test creates a tag limit, so keep
+        # the answer for the session. (Private Prefect state: if it is renamed this just stops having an effect.)
+        patch.setattr(services, "_no_limits_cache", cachetools.TTLCache(maxsize=1000, ttl=3600), raising=False)
 
         updates = {
             PREFECT_HOME: home,

@@ -1,5 +1,9 @@
 """The Prefect layer: the build flow on tiny data, cross-run caching and its invalidation, the deployment file.
 
+The similarity stage runs the real offline MiniLM (sentence-transformers all-MiniLM-L6-v2) on a dozen captions
+against 5 synset texts: a couple of seconds per run. The captions are chosen so that the selection at ``THRESHOLD``
+is known (MiniLM caption-to-synset cosines, measured once, in the comments of ``CAPTIONS``).
+
 Every test here runs against the session's temporary Prefect API (``prefect_harness``). Prefect, the flows and the
 tasks are imported inside the tests, after the harness has pointed Prefect's home at a tmp directory.
 """
@@ -11,11 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from laionet.manifest import manifest_path, read_manifest
 from laionet.match_stage import read_matches
+from laionet.selection import DROP_REASONS as SELECT_DROP_REASONS
 from tests.conftest import write_corpus_part
 
 pytestmark = pytest.mark.prefect
@@ -28,27 +35,48 @@ CLASSES = {
     "n07749582": "lemon",
     "n03126707": "crane",
 }
+# MiniLM cosine with the matched class's synset text (default mode) in brackets
 CAPTIONS = [
-    "a mountain lion at dusk",
-    "Siberian husky puppy in the snow",
-    "lion cub sleeping",
-    "fresh lemon slices",
-    "a construction crane over the city",
+    "a mountain lion at dusk",  # cougar (0.50)
+    "Siberian husky puppy in the snow",  # husky (0.69)
+    "lion cub sleeping",  # lion (0.40)
+    "fresh lemon slices",  # lemon (0.65)
+    "a construction crane over the city",  # crane (0.56)
     "sunset over the sea",
     "my cat on the sofa",
     None,
-    "Cougar and lion side by side",
+    "Cougar and lion side by side",  # cougar + lion: multi-label
     "lemonade stand",
+    "a lion resting in the savanna grass",  # lion (0.55)
+    "Lion brand yarn 3 pack sale",  # lion (0.26): below the threshold
+    "crane lifting steel beams",  # crane (0.62), but tagged NSFW "UNSURE"
 ]
-TASKS = ("catalog", "lemma-map", "match")
+NSFW = ["UNSURE" if text == "crane lifting steel beams" else "UNLIKELY" for text in CAPTIONS]
+THRESHOLD = 0.33  # between the yarn ad (0.26) and the lion cub (0.40)
+HIGHER = 0.45  # between the lion cub (0.40) and the mountain lion (0.50)
+SELECTED = {  # (caption, class) of the index at THRESHOLD
+    ("a mountain lion at dusk", "n02125311"),
+    ("Siberian husky puppy in the snow", "n02110185"),
+    ("lion cub sleeping", "n02129165"),
+    ("fresh lemon slices", "n07749582"),
+    ("a construction crane over the city", "n03126707"),
+    ("a lion resting in the savanna grass", "n02129165"),
+}
+TASKS = ("catalog", "lemma-map", "match", "similarity", "select")
+SIM_DIR = "similarity/st-all-MiniLM-L6-v2"
 
 
 @pytest.fixture
-def inputs(tmp_path: Path) -> dict[str, str]:
+def inputs(tmp_path: Path) -> dict[str, Any]:
     classes = tmp_path / "classes.txt"
     classes.write_text("\n".join(CLASSES) + "\n")
-    write_corpus_part(tmp_path / "laion" / "part-00000.parquet", CAPTIONS)
-    return {"classes": str(classes), "corpus": str(tmp_path / "laion" / "*.parquet"), "run_dir": str(tmp_path / "run")}
+    write_corpus_part(tmp_path / "laion" / "part-00000.parquet", CAPTIONS, NSFW=pa.array(NSFW, pa.string()))
+    return {
+        "classes": str(classes),
+        "corpus": str(tmp_path / "laion" / "*.parquet"),
+        "run_dir": str(tmp_path / "run"),
+        "threshold": THRESHOLD,
+    }
 
 
 def run_build(**parameters: Any) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
@@ -79,8 +107,9 @@ def run_build(**parameters: Any) -> tuple[dict[str, dict[str, Any]], dict[str, s
     return state.result(), states
 
 
-def mtimes(run_dir: str) -> dict[str, int]:
-    return {str(p): p.stat().st_mtime_ns for p in sorted(Path(run_dir).rglob("*")) if p.is_file()}
+def mtimes(run_dir: str, under: str = "") -> dict[str, int]:
+    root = Path(run_dir) / under
+    return {str(p): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def wnids_of(run_dir: str) -> dict[str, list[str]]:
@@ -88,18 +117,58 @@ def wnids_of(run_dir: str) -> dict[str, list[str]]:
     return {text: sorted(wnids) for text, wnids in zip(table["text"], table["wnids"], strict=True)}
 
 
-def test_build_flow_on_tiny_data(prefect_harness: Path, inputs: dict[str, str]) -> None:
+def keys_of(run_dir: str) -> dict[str, str]:
+    table = read_matches(f"{run_dir}/matches")
+    return dict(zip(table["text"], table["key"], strict=True))
+
+
+def selected(run_dir: str) -> set[tuple[str, str]]:
+    """(caption, class) of the index in ``run_dir/selection``; checks its keys are those of the matched captions."""
+    index = pq.read_table(f"{run_dir}/selection/laionet.parquet").to_pylist()
+    keys = keys_of(run_dir)
+    assert [row["key"] for row in index] == [keys[row["text"]] for row in index]
+    return {(row["text"], row["wnid"]) for row in index}
+
+
+def similarity_pairs(run_dir: str) -> set[tuple[str, str]]:
+    """(key, class) pairs stored by the similarity stage."""
+    table = pq.read_table(f"{run_dir}/{SIM_DIR}/part-00000.parquet")
+    return set(zip(table["key"].to_pylist(), table["wnid"].to_pylist(), strict=True))
+
+
+def matched_pairs(run_dir: str) -> set[tuple[str, str]]:
+    """(key, class) pairs of the match stage."""
+    table = read_matches(f"{run_dir}/matches")
+    return {(key, wnid) for key, wnids in zip(table["key"], table["wnids"], strict=True) for wnid in wnids}
+
+
+def assert_select_counts(manifest: dict[str, Any]) -> None:
+    """Every matched caption is either selected or dropped under exactly one reason."""
+    assert set(manifest["dropped"]) == set(SELECT_DROP_REASONS)
+    assert manifest["rows_in"] == manifest["rows_out"] + sum(manifest["dropped"].values())
+
+
+def test_build_flow_on_tiny_data(prefect_harness: Path, inputs: dict[str, Any]) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, TaskRunFilter
     from prefect.client.schemas.sorting import ArtifactSort
 
     manifests, states = run_build(**inputs)
 
-    assert set(manifests) == {"catalog", "lemmas", "match"}  # a corpus was given: no openclipart stage
+    # a corpus was given: no openclipart stage
+    assert set(manifests) == {"catalog", "lemmas", "match", "similarity", "select"}
     assert states == dict.fromkeys(TASKS, "Completed")
     run_dir = Path(inputs["run_dir"])
-    for target in ["catalog.parquet", "lemma_map_default.parquet", "matches"]:
-        assert read_manifest(str(run_dir / target)) is not None, target
+    targets = {
+        "catalog": "catalog.parquet",
+        "lemmas": "lemma_map_default.parquet",
+        "match": "matches",
+        "similarity": SIM_DIR,
+        "select": "selection",
+    }
+    assert manifests == {
+        stage: read_manifest(str(run_dir / target)).model_dump(mode="json") for stage, target in targets.items()
+    }
     assert not (run_dir / "corpus").exists()
 
     catalog = manifests["catalog"]
@@ -107,13 +176,8 @@ def test_build_flow_on_tiny_data(prefect_harness: Path, inputs: dict[str, str]) 
     assert manifests["lemmas"]["config"]["policy"] == "default"
     assert manifests["lemmas"]["extra"]["classes_covered"] == 5
     match = manifests["match"]
-    assert manifests == {
-        "catalog": read_manifest(str(run_dir / "catalog.parquet")).model_dump(mode="json"),
-        "lemmas": read_manifest(str(run_dir / "lemma_map_default.parquet")).model_dump(mode="json"),
-        "match": read_manifest(str(run_dir / "matches")).model_dump(mode="json"),
-    }
     assert match["config"]["mode"] == "default"
-    assert (match["rows_in"], match["rows_out"]) == (10, 6)
+    assert (match["rows_in"], match["rows_out"]) == (13, 9)
     assert match["dropped"]["unmatched"] == 3 and match["dropped"]["null_text"] == 1
     assert wnids_of(inputs["run_dir"]) == {
         "a mountain lion at dusk": ["n02125311"],  # the cougar only: leftmost-longest, not also the lion
@@ -122,23 +186,48 @@ def test_build_flow_on_tiny_data(prefect_harness: Path, inputs: dict[str, str]) 
         "fresh lemon slices": ["n07749582"],
         "a construction crane over the city": ["n03126707"],
         "Cougar and lion side by side": ["n02125311", "n02129165"],
+        "a lion resting in the savanna grass": ["n02129165"],
+        "Lion brand yarn 3 pack sale": ["n02129165"],
+        "crane lifting steel beams": ["n03126707"],
     }
 
+    # similarity: one row per (matched caption, matched class), under the offline MiniLM
+    sim = manifests["similarity"]
+    assert sim["config"]["encoder"] == "st:all-MiniLM-L6-v2"
+    assert (sim["rows_in"], sim["rows_out"], sim["extra"]["captions"]) == (10, 10, 9)
+    assert sum(sim["dropped"].values()) == 0
+    assert similarity_pairs(inputs["run_dir"]) == matched_pairs(inputs["run_dir"])
+
+    # selection: each matched caption selected or dropped once; the exact index is known at THRESHOLD
+    chosen = manifests["select"]
+    assert_select_counts(chosen)
+    assert (chosen["rows_in"], chosen["rows_out"]) == (9, 6)
+    assert chosen["dropped"] == {"multi_label": 1, "nsfw": 1, "no_similarity": 0, "below_threshold": 1}
+    assert chosen["extra"]["threshold"] == THRESHOLD and chosen["extra"]["threshold_rule"] == "given"
+    assert chosen["config"]["similarity"] == str(run_dir / SIM_DIR)
+    assert selected(inputs["run_dir"]) == SELECTED
+
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(  # every field explicit: the server here rejects the client's None defaults
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["laionet-match"])),
-            flow_run_filter=FlowRunFilter(),
-            task_run_filter=TaskRunFilter(),
-            sort=ArtifactSort.CREATED_DESC,
-            limit=10,
-            offset=0,
-        )
-    assert artifacts, "the match task publishes a Markdown summary"
-    assert artifacts[0].type == "markdown"
-    assert "| 10 | 6 | 4 |" in artifacts[0].data and "| unmatched | 3 |" in artifacts[0].data
+        artifacts = {
+            key: client.read_artifacts(  # every field explicit: the server here rejects the client's None defaults
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                flow_run_filter=FlowRunFilter(),
+                task_run_filter=TaskRunFilter(),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=10,
+                offset=0,
+            )
+            for key in ("laionet-match", "laionet-similarity", "laionet-select")
+        }
+    assert all(artifacts.values()), "every stage task publishes a Markdown summary"
+    match_summary = artifacts["laionet-match"][0]
+    assert match_summary.type == "markdown"
+    assert "| 13 | 9 | 4 |" in match_summary.data and "| unmatched | 3 |" in match_summary.data
+    select_summary = artifacts["laionet-select"][0].data
+    assert "| 9 | 6 | 3 |" in select_summary and "| below_threshold | 1 |" in select_summary
 
 
-def test_second_run_is_cached_and_mode_change_recomputes(prefect_harness: Path, inputs: dict[str, str]) -> None:
+def test_second_run_is_cached_and_mode_change_recomputes(prefect_harness: Path, inputs: dict[str, Any]) -> None:
     first, states = run_build(**inputs)
     assert states == dict.fromkeys(TASKS, "Completed")
     before = mtimes(inputs["run_dir"])
@@ -149,46 +238,128 @@ def test_second_run_is_cached_and_mode_change_recomputes(prefect_harness: Path, 
     assert mtimes(inputs["run_dir"]) == before  # nothing rewritten
 
     paper, states = run_build(**inputs, mode="paper")
-    assert states == {"catalog": "Cached", "lemma-map": "Completed", "match": "Completed"}
+    assert states == {**dict.fromkeys(TASKS, "Completed"), "catalog": "Cached"}
     assert paper["match"]["config"]["mode"] == "paper"
     assert paper["catalog"] == first["catalog"]
     # paper rule: nested lemmas both match, and matching is case-sensitive
     assert wnids_of(inputs["run_dir"])["a mountain lion at dusk"] == ["n02125311", "n02129165"]
     assert wnids_of(inputs["run_dir"])["Cougar and lion side by side"] == ["n02129165"]
+    assert "Lion brand yarn 3 pack sale" not in wnids_of(inputs["run_dir"])
+    assert paper["similarity"]["config"]["matches"] == paper["select"]["config"]["matches"]
+    assert_select_counts(paper["select"])
+    assert paper["select"]["rows_in"] == paper["match"]["rows_out"]
 
     # matches/ now holds paper results, so the default-mode result cached in the first run is stale: recomputed
     back, states = run_build(**inputs)
-    assert states == {"catalog": "Cached", "lemma-map": "Cached", "match": "Completed"}
+    assert states == {**dict.fromkeys(TASKS, "Completed"), "catalog": "Cached", "lemma-map": "Cached"}
     assert back["lemmas"] == first["lemmas"]
     assert back["match"]["config"]["mode"] == "default"
     assert wnids_of(inputs["run_dir"])["a mountain lion at dusk"] == ["n02125311"]
+    assert (back["select"]["rows_in"], back["select"]["rows_out"]) == (9, 6)
 
 
-def test_deleted_output_is_recomputed(prefect_harness: Path, inputs: dict[str, str]) -> None:
-    run_dir = Path(inputs["run_dir"])
-    first, _ = run_build(**inputs)
+def test_similarity_follows_rebuilt_matches(prefect_harness: Path, inputs: dict[str, Any]) -> None:
+    run_build(**inputs)
+    run_build(**inputs, mode="paper")
+    assert similarity_pairs(inputs["run_dir"]) == matched_pairs(inputs["run_dir"])
 
-    shutil.rmtree(run_dir / "matches")
-    second, states = run_build(**inputs)
-    assert states == {"catalog": "Cached", "lemma-map": "Cached", "match": "Completed"}
-    assert read_manifest(str(run_dir / "matches")) is not None
-    assert second["match"]["created_at"] >= first["match"]["created_at"]
-    assert (second["match"]["rows_in"], second["match"]["rows_out"]) == (10, 6)
 
-    # an upstream output rebuilt: the catalog reruns and the lemma task reruns; the lemma driver sees a catalog
-    # with the same content (same digest) and keeps its complete output, so match stays cached
-    (run_dir / "catalog.parquet").unlink()
-    Path(manifest_path(str(run_dir / "catalog.parquet"))).unlink()
-    third, states = run_build(**inputs)
-    assert states == {"catalog": "Completed", "lemma-map": "Completed", "match": "Cached"}
-    assert (run_dir / "catalog.parquet").exists()
-    assert third["lemmas"] == second["lemmas"]
+def test_threshold_change_reruns_only_selection(prefect_harness: Path, inputs: dict[str, Any]) -> None:
+    run_dir = inputs["run_dir"]
+    first, states = run_build(**inputs)
+    assert states == dict.fromkeys(TASKS, "Completed")
+    similarities = mtimes(run_dir, SIM_DIR)
+
+    # similarities are stored once per encoder: selecting at another threshold re-reads them, never re-encodes
+    higher, states = run_build(**{**inputs, "threshold": HIGHER})
+    assert states == {**dict.fromkeys(TASKS, "Cached"), "select": "Completed"}
+    assert mtimes(run_dir, SIM_DIR) == similarities
+    assert higher["similarity"] == first["similarity"]
+    assert_select_counts(higher["select"])
+    assert higher["select"]["dropped"]["below_threshold"] == 2
+    assert selected(run_dir) == SELECTED - {("lion cub sleeping", "n02129165")}
+
+    auto, states = run_build(**{**inputs, "threshold": "auto"})
+    assert states == {**dict.fromkeys(TASKS, "Cached"), "select": "Completed"}
+    assert auto["select"]["extra"]["threshold_rule"].startswith("calibrated")  # MiniLM has no paper threshold
+    assert isinstance(auto["select"]["extra"]["threshold"], float)
+    assert_select_counts(auto["select"])
+
+    # selection/ now holds the 'auto' index: the result cached for THRESHOLD is stale and the task runs again
+    again, states = run_build(**inputs)
+    assert states == {**dict.fromkeys(TASKS, "Cached"), "select": "Completed"}
+    assert mtimes(run_dir, SIM_DIR) == similarities
+    assert {k: v for k, v in again["select"].items() if k not in ("created_at", "wall_time_s")} == {
+        k: v for k, v in first["select"].items() if k not in ("created_at", "wall_time_s")
+    }
+    assert selected(run_dir) == SELECTED
 
     _, states = run_build(**inputs)
     assert states == dict.fromkeys(TASKS, "Cached")
 
 
-def test_failure_fails_the_flow(prefect_harness: Path, inputs: dict[str, str]) -> None:
+def test_similarity_task_device_and_batch_size_keep_the_cache(prefect_harness: Path, inputs: dict[str, Any]) -> None:
+    from prefect import flow
+
+    from tasks.build import similarity
+
+    run_dir = inputs["run_dir"]
+    run_build(**inputs)
+    before = mtimes(run_dir, SIM_DIR)
+
+    @flow
+    def rescore(device: str, batch_size: int) -> str:
+        state = similarity(
+            f"{run_dir}/matches",
+            f"{run_dir}/catalog.parquet",
+            f"{run_dir}/{SIM_DIR}",
+            "minilm",
+            device=device,
+            batch_size=batch_size,
+            return_state=True,
+        )
+        return state.name
+
+    assert rescore("cpu", 3) == "Cached"  # how it runs, not what it computes: same key
+    assert mtimes(run_dir, SIM_DIR) == before
+    assert {"gpu", "stage:similarity"} == set(similarity.tags)  # the `gpu` tag concurrency limit applies to it
+
+
+def test_deleted_output_is_recomputed(prefect_harness: Path, inputs: dict[str, Any]) -> None:
+    run_dir = Path(inputs["run_dir"])
+    first, _ = run_build(**inputs)
+
+    shutil.rmtree(run_dir / "matches")
+    second, states = run_build(**inputs)
+    # the match is redone; the similarity and select tasks see a new match manifest and run, and their drivers
+    # find their complete outputs for the same match config (nothing re-encoded)
+    assert states == {**dict.fromkeys(TASKS, "Completed"), "catalog": "Cached", "lemma-map": "Cached"}
+    assert read_manifest(str(run_dir / "matches")) is not None
+    assert second["match"]["created_at"] >= first["match"]["created_at"]
+    assert (second["match"]["rows_in"], second["match"]["rows_out"]) == (13, 9)
+    assert second["similarity"] == first["similarity"] and second["select"] == first["select"]
+
+    shutil.rmtree(run_dir / SIM_DIR)
+    third, states = run_build(**inputs)
+    assert states == {**dict.fromkeys(TASKS, "Cached"), "similarity": "Completed", "select": "Completed"}
+    assert third["similarity"]["created_at"] > first["similarity"]["created_at"]
+    assert (third["select"]["rows_in"], third["select"]["rows_out"]) == (9, 6)
+    assert selected(inputs["run_dir"]) == SELECTED
+
+    # an upstream output rebuilt: the catalog reruns and the lemma task reruns; the lemma driver sees a catalog
+    # with the same content (same digest) and keeps its complete output, so match stays cached
+    (run_dir / "catalog.parquet").unlink()
+    Path(manifest_path(str(run_dir / "catalog.parquet"))).unlink()
+    fourth, states = run_build(**inputs)
+    assert states == {**dict.fromkeys(TASKS, "Completed"), "match": "Cached"}
+    assert (run_dir / "catalog.parquet").exists()
+    assert fourth["lemmas"] == third["lemmas"] and fourth["similarity"] == third["similarity"]
+
+    _, states = run_build(**inputs)
+    assert states == dict.fromkeys(TASKS, "Cached")
+
+
+def test_failure_fails_the_flow(prefect_harness: Path, inputs: dict[str, Any]) -> None:
     from flows.build import build
     from laionet.corpus import CorpusError
 
@@ -197,7 +368,8 @@ def test_failure_fails_the_flow(prefect_harness: Path, inputs: dict[str, str]) -
     assert state.is_failed()
     with pytest.raises(CorpusError, match="no parquet parts"):
         state.result()
-    assert read_manifest(f"{inputs['run_dir']}/matches") is None
+    for target in ["matches", SIM_DIR, "selection"]:
+        assert read_manifest(f"{inputs['run_dir']}/{target}") is None
 
 
 @pytest.mark.skipif(not Path("/usr/share/openclipart/svg").is_dir(), reason="Debian openclipart-svg not installed")
@@ -209,6 +381,9 @@ def test_openclipart_corpus_when_no_corpus_given(prefect_harness: Path, tmp_path
     assert manifests["corpus"]["rows_in"] == 20
     assert manifests["match"]["inputs"] == [str(tmp_path / "run" / "corpus" / "openclipart.parquet")]
     assert manifests["match"]["rows_in"] == manifests["corpus"]["rows_out"]
+    assert manifests["similarity"]["extra"]["captions"] == manifests["match"]["rows_out"]
+    assert manifests["select"]["rows_in"] == manifests["match"]["rows_out"]
+    assert_select_counts(manifests["select"])
 
 
 def test_deployment_file(prefect_harness: Path) -> None:
@@ -227,4 +402,5 @@ def test_deployment_file(prefect_harness: Path) -> None:
     assert flow.name == "build"
     assert set(deployment.parameters) <= set(flow.parameters.properties)
     assert set(flow.parameters.required) <= set(deployment.parameters)
+    assert {"encoder", "threshold", "top_k"} <= set(deployment.parameters)
     flow.validate_parameters(deployment.parameters)  # raises if a default parameter has the wrong type

@@ -280,3 +280,27 @@ def test_misaligned_or_unpaired_embedding_files_are_refused(stages) -> None:
     np.save(emb_dir / "text_emb" / "text_emb_1.npy", np.zeros((1, 4), dtype=np.float16))
     with pytest.raises(EmbeddingShardError, match=r"text_emb_1\.npy has no partner with number 1"):
         run_similarity(str(tmp_path / "matches"), catalog, str(tmp_path / "s"), config, lambda c: encoder)
+
+
+def test_similarities_of_a_rebuilt_match_stage_are_not_reused(stages) -> None:
+    """Rebuilding matches/ with other contents must re-score the changed part (its records key on its content)."""
+    tmp_path, catalog = stages
+    _similarity(tmp_path, catalog)
+    lemma_map = tmp_path / "lemmas_lion_only.parquet"
+    pd.DataFrame({"lemma": ["lion"], "wnid": [LION]}).to_parquet(lemma_map)
+    run_match(str(tmp_path / "corpus"), str(tmp_path / "matches"), str(lemma_map))  # same dir, new contents
+    again, encoder2 = _similarity(tmp_path, catalog)
+    assert encoder2.calls  # re-encoded
+    pairs = pd.read_parquet(again.outputs[0])
+    assert set(pairs["wnid"]) == {LION}  # no stale cougar/lemon pairs from the first match stage
+    sel = run_select(
+        str(tmp_path / "matches"), str(tmp_path / "sim"), catalog, str(tmp_path / "x"), SelectionConfig(threshold=0.5)
+    )
+    assert sel.rows_in == sel.rows_out + sum(sel.dropped.values())
+
+
+def test_selection_ignores_similarities_of_classes_the_caption_did_not_match() -> None:
+    matches = pd.DataFrame({"key": ["a"], "wnids": [[LION]], "nsfw": ["UNLIKELY"]})
+    stale = pd.DataFrame({"key": ["a", "a"], "wnid": [COUGAR, LION], "similarity": [0.99, 0.4]})
+    cand, _ = candidates(matches, stale, SelectionConfig())
+    assert cand.to_dict("records") == [{"key": "a", "wnid": LION, "similarity": 0.4}]
