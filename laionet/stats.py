@@ -1,0 +1,174 @@
+"""Intra-class image similarity and dataset comparisons.
+
+Pure: L2-normalised embeddings and class labels in, tidy tables out. Per class, a seeded random sample of at most
+``cap`` images (the reference took the first 100 in hash order); all pairwise cosines from one matrix product.
+Comparing datasets A and B class by class:
+``paper`` — the reference's normal approximation over pairs: err = 1.96·std/√(n_pairs−1) per dataset,
+Δ = mean_A − mean_B, err_Δ = √(err_A² + err_B²); lower iff Δ + err_Δ < 0, higher iff Δ − err_Δ > 0 (pairs sharing
+an image are not independent, so these intervals are too narrow);
+``bootstrap`` (default) — images (not pairs) resampled with replacement in each class; the mean over pairs of
+distinct images of a resample is computed for all resamples at once from the Gram matrix; percentile interval.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+Z95 = 1.959963984540054
+
+
+def sample_by_class(labels: np.ndarray, cap: int | None = 100, seed: int = 0) -> dict[object, np.ndarray]:
+    """Positions of at most ``cap`` randomly chosen samples per class (seeded; sorted positions)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    out: dict[object, np.ndarray] = {}
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        if cap is not None and len(idx) > cap:
+            idx = np.sort(rng.choice(idx, size=cap, replace=False))
+        out[cls.item() if hasattr(cls, "item") else cls] = idx
+    return out
+
+
+def pair_similarities(emb: np.ndarray) -> np.ndarray:
+    """Cosines of all pairs i < j of L2-normalised rows: float64 (n(n−1)/2,)."""
+    emb = np.asarray(emb, dtype=np.float64)
+    gram = emb @ emb.T
+    return gram[np.triu_indices(len(emb), k=1)]
+
+
+def intra_class(emb: np.ndarray, labels: np.ndarray, cap: int | None = 100, seed: int = 0) -> pd.DataFrame:
+    """Per class: images used, pairs, mean/std of pairwise cosine similarity. Columns: class, n, n_pairs, mean, std."""
+    rows = []
+    for cls, idx in sample_by_class(labels, cap, seed).items():
+        sims = pair_similarities(emb[idx])
+        rows.append(
+            {
+                "class": cls,
+                "n": len(idx),
+                "n_pairs": len(sims),
+                "mean": float(sims.mean()) if len(sims) else np.nan,
+                "std": float(sims.std(ddof=0)) if len(sims) else np.nan,
+            }
+        )
+    return pd.DataFrame(rows, columns=["class", "n", "n_pairs", "mean", "std"])
+
+
+def compare_paper(
+    pairs_a: dict[object, np.ndarray], pairs_b: dict[object, np.ndarray], min_values: int = 7
+) -> pd.DataFrame:
+    """The reference's per-class comparison over pair similarities (classes with ≥ ``min_values`` in both)."""
+    rows = []
+    for cls in _ordered(set(pairs_a) & set(pairs_b)):
+        a, b = np.asarray(pairs_a[cls]), np.asarray(pairs_b[cls])
+        if len(a) < min_values or len(b) < min_values:
+            continue
+        err_a = Z95 * a.std() / np.sqrt(len(a) - 1)
+        err_b = Z95 * b.std() / np.sqrt(len(b) - 1)
+        delta, err = a.mean() - b.mean(), float(np.hypot(err_a, err_b))
+        rows.append({"class": cls, "mean_a": a.mean(), "mean_b": b.mean(), "delta": delta, "lower": delta - err,
+                     "upper": delta + err})  # fmt: skip
+    return _verdict(pd.DataFrame(rows, columns=["class", "mean_a", "mean_b", "delta", "lower", "upper"]))
+
+
+def _resampled_means(emb: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Mean cosine over pairs of distinct images for ``n_boot`` with-replacement resamples: float64 (n_boot,).
+
+    With multiplicities w (a resample), Σ_{i≠j images} w_i w_j G_ij / Σ_{i≠j} w_i w_j
+    = (wᵀGw − Σ w_i² G_ii) / ((Σw)² − Σ w_i²): no identical-image pair is counted as similarity 1.
+    """
+    n = len(emb)
+    gram = (emb @ emb.T).astype(np.float32)
+    draws = rng.integers(0, n, size=(n_boot, n))  # image multiplicities of each resample, via one bincount
+    w = np.bincount((draws + np.arange(n_boot)[:, None] * n).ravel(), minlength=n_boot * n).reshape(n_boot, n)
+    w = w.astype(np.float32)
+    quad = np.einsum("bi,bi->b", w @ gram, w, dtype=np.float64)
+    self_terms = (w.astype(np.float64) ** 2) @ np.diag(gram).astype(np.float64)
+    denom = n * n - (w.astype(np.float64) ** 2).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (quad - self_terms) / denom
+
+
+def compare_bootstrap(
+    emb_a: np.ndarray,
+    labels_a: np.ndarray,
+    emb_b: np.ndarray,
+    labels_b: np.ndarray,
+    cap: int | None = 100,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    min_images: int = 4,
+) -> pd.DataFrame:
+    """Per-class Δ = mean intra-class similarity of A − of B, with a bootstrap interval that resamples images."""
+    rng = np.random.default_rng(seed)
+    sample_a, sample_b = sample_by_class(labels_a, cap, seed), sample_by_class(labels_b, cap, seed + 1)
+    alpha = (1 - level) / 2
+    rows = []
+    for cls in _ordered(set(sample_a) & set(sample_b)):
+        ea, eb = np.asarray(emb_a[sample_a[cls]], np.float64), np.asarray(emb_b[sample_b[cls]], np.float64)
+        if len(ea) < min_images or len(eb) < min_images:
+            continue
+        mean_a, mean_b = pair_similarities(ea).mean(), pair_similarities(eb).mean()
+        diff = _resampled_means(ea, n_boot, rng) - _resampled_means(eb, n_boot, rng)
+        diff = diff[np.isfinite(diff)]
+        rows.append(
+            {
+                "class": cls,
+                "mean_a": mean_a,
+                "mean_b": mean_b,
+                "delta": mean_a - mean_b,
+                "lower": float(np.quantile(diff, alpha)),
+                "upper": float(np.quantile(diff, 1 - alpha)),
+            }
+        )
+    return _verdict(pd.DataFrame(rows, columns=["class", "mean_a", "mean_b", "delta", "lower", "upper"]))
+
+
+def _ordered(classes: set[object]) -> list[object]:
+    try:
+        return sorted(classes)  # type: ignore[type-var]
+    except TypeError:  # mixed label types
+        return sorted(classes, key=str)
+
+
+def _verdict(table: pd.DataFrame) -> pd.DataFrame:
+    table["significantly_lower"] = table["upper"] < 0
+    table["significantly_higher"] = table["lower"] > 0
+    return table
+
+
+def proportions(comparison: pd.DataFrame) -> dict[str, float]:
+    """Share of compared classes where A is significantly lower / higher than B."""
+    n = len(comparison)
+    return {
+        "classes": n,
+        "lower": float(comparison["significantly_lower"].mean()) if n else float("nan"),
+        "higher": float(comparison["significantly_higher"].mean()) if n else float("nan"),
+    }
+
+
+def pooled_pairs(pairs: dict[object, np.ndarray], per_class: int = 100, seed: int = 0) -> np.ndarray:
+    """Figure 6a's pooled distribution: per class, min(#pairs, ``per_class``) pair similarities drawn with
+    replacement, pooled over classes."""
+    rng = np.random.default_rng(seed)
+    draws = [rng.choice(v, size=min(len(v), per_class), replace=True) for v in pairs.values() if len(v)]
+    return np.concatenate(draws) if draws else np.empty(0)
+
+
+def spearman_interval(x: np.ndarray, y: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """Spearman correlation with a percentile bootstrap interval over (x, y) points: (rho, lower, upper)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    rx, ry = pd.Series(x[keep]).rank().to_numpy(), pd.Series(y[keep]).rank().to_numpy()
+    rho = float(np.corrcoef(rx, ry)[0, 1])
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(rx), size=(n_boot, len(rx)))
+    xs, ys = x[keep][idx], y[keep][idx]
+    rxs = np.argsort(np.argsort(xs, axis=1), axis=1).astype(float)  # ranks (ties broken by order)
+    rys = np.argsort(np.argsort(ys, axis=1), axis=1).astype(float)
+    rxs -= rxs.mean(axis=1, keepdims=True)
+    rys -= rys.mean(axis=1, keepdims=True)
+    rhos = (rxs * rys).sum(axis=1) / np.sqrt((rxs**2).sum(axis=1) * (rys**2).sum(axis=1))
+    return rho, float(np.nanquantile(rhos, 0.025)), float(np.nanquantile(rhos, 0.975))
