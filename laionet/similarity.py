@@ -29,6 +29,7 @@ from laionet.encoders import TextEncoder, canonical_spec, create_text_encoder, s
 from laionet.manifest import (
     Manifest,
     Timer,
+    atomic_path,
     completed,
     config_hash,
     file_digest,
@@ -143,6 +144,11 @@ def score_part(
     return pairs.append_column("similarity", pa.array(sims, type=pa.float32())), dropped
 
 
+def _num_rows(path: str) -> int:
+    with fsspec.open(path, "rb") as f:
+        return int(pq.ParquetFile(f).metadata.num_rows)
+
+
 def _load_synset_embeddings(path: str, n_classes: int) -> np.ndarray:
     """Precomputed synset-text embeddings (.npy, catalog row order), L2-normalised float32."""
     with fsspec.open(path, "rb") as f:
@@ -165,7 +171,7 @@ def _synset_embeddings(out_dir: str, catalog: Any, encoder: TextEncoder) -> np.n
             with fsspec.open(path, "rb") as f:
                 return np.asarray(np.load(f), dtype=np.float32)
     emb = encoder.encode(texts)
-    with fsspec.open(path, "wb") as f:  # the json written after it is what marks it valid
+    with atomic_path(path) as tmp, fsspec.open(tmp, "wb") as f:  # the json written after it marks it valid
         np.save(f, emb)
     write_json_atomic(meta, {"encoder": encoder.spec, "wnids": wnids, "texts": texts})
     return emb
@@ -230,7 +236,7 @@ def run_similarity(
             assert encoder is not None
             synset_emb = _synset_embeddings(out_dir, catalog, encoder)
         gathered = gather(todo, shards, out_dir, config.metadata_url_col, config.metadata_text_col) if shards else {}
-        total = sum(pq.ParquetFile(fsspec.open(p, "rb").open()).metadata.num_rows for p in todo)
+        total = sum(_num_rows(p) for p in todo)
         with tqdm(total=total, desc=f"similarity {spec}", unit="captions", unit_scale=True, disable=None) as bar:
             for part in todo:
                 part_timer = Timer()
