@@ -186,3 +186,5 @@ def iter_part(
         raise
     except (OSError, pa.ArrowException) as exc:
         raise CorpusError(f"{path}: failed reading after row {start} ({exc}); the part may be truncated") from exc
+    finally:
+        part.close(force=True)  # the file handle open_part opened
