@@ -236,6 +236,54 @@ def select(
     typer.echo(f"  threshold {extra['threshold']:.3f} ({extra['threshold_rule']}); {extra['classes']} classes")
 
 
+@app.command()
+def accuracy(
+    predictions: Annotated[str, typer.Option(help="Parquet glob with key, topk (list of class indices, best first).")],
+    labels: Annotated[str, typer.Option(help="Parquet with key, class_index (e.g. the LAIONet index).")],
+    out: Annotated[str, typer.Option(help="Output directory: per_class.parquet, summary.parquet, manifest.")],
+    weights: Annotated[
+        str | None, typer.Option(help="Parquet with class_index, share for LAION-weighted accuracy.")
+    ] = None,
+    flags: Annotated[
+        str | None, typer.Option(help="Parquet with key, flagged (e.g. OCR); flagged are excluded.")
+    ] = None,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Per-class recall@1/5 and equally/LAION-weighted accuracy with paper (Wilson) and bootstrap intervals."""
+    from laionet.evaluation import run_accuracy
+
+    try:
+        manifest = run_accuracy(predictions, labels, out, weights=weights, flags=flags, n_boot=n_boot, seed=seed)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    _echo_manifest(manifest)
+
+
+@app.command("intra-class")
+def intra_class_command(
+    embeddings_a: Annotated[str, typer.Option(help="Glob of <stem>.npy embeddings (with <stem>.keys.parquet), A.")],
+    labels_a: Annotated[str, typer.Option(help="Parquet with key, class_index for A.")],
+    embeddings_b: Annotated[str, typer.Option(help="Glob of embeddings of dataset B.")],
+    labels_b: Annotated[str, typer.Option(help="Parquet with key, class_index for B.")],
+    out: Annotated[str, typer.Option(help="Output directory.")],
+    cap: Annotated[int, typer.Option(help="Images sampled per class (seeded, random).")] = 100,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples of images per class.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Intra-class similarity of A and B, per-class differences, share of classes significantly lower/higher."""
+    from laionet.evaluation import run_intra_class
+
+    try:
+        manifest = run_intra_class(embeddings_a, labels_a, embeddings_b, labels_b, out, cap, n_boot, seed)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    _echo_manifest(manifest)
+    for row in manifest.extra["proportions"]:
+        share = f"A lower in {row['lower']:.1%}, higher in {row['higher']:.1%}"
+        typer.echo(f"  {row['method']}: {share} of {row['classes']} classes")
+
+
 @corpus_app.command("openclipart")
 def corpus_openclipart(
     out: Annotated[str, typer.Option(help="Output directory (openclipart.parquet + _manifest.json).")],

@@ -12,7 +12,20 @@ runner = CliRunner()
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["catalog"], ["lemmas"], ["match"], ["summary"], ["demo"], ["corpus", "openclipart"], ["wordnet", "install"]],
+    [
+        [],
+        ["catalog"],
+        ["lemmas"],
+        ["match"],
+        ["summary"],
+        ["similarity"],
+        ["select"],
+        ["accuracy"],
+        ["intra-class"],
+        ["demo"],
+        ["corpus", "openclipart"],
+        ["wordnet", "install"],
+    ],
 )
 def test_every_command_has_help(command) -> None:
     result = runner.invoke(app, [*command, "--help"])
