@@ -284,6 +284,38 @@ def intra_class_command(
         typer.echo(f"  {row['method']}: {share} of {row['classes']} classes")
 
 
+@app.command()
+def download(
+    index: Annotated[str, typer.Option(help="Index parquet (key, url, text, wnid, class_index): the LAIONet index.")],
+    out: Annotated[str, typer.Option(help="Output directory of WebDataset shards (NNNNNNNN.tar + .parquet).")],
+    image_size: Annotated[int, typer.Option(help="Shorter side at most this many pixels (never upscaled).")] = 448,
+    processes: Annotated[int | None, typer.Option(help="Download processes (default: all cores).")] = None,
+    threads: Annotated[int, typer.Option(help="Threads per process.")] = 64,
+    samples_per_shard: Annotated[int, typer.Option(help="Samples per shard.")] = 10_000,
+    timeout: Annotated[int, typer.Option(help="Seconds per request.")] = 10,
+    attempts: Annotated[int, typer.Option(help="Passes over transiently failed rows.")] = 2,
+    respect_opt_out: Annotated[bool, typer.Option(help="Honour X-Robots-Tag noai/noindex directives.")] = True,
+) -> None:
+    """Download the images of an index into RGB WebDataset shards; re-running retries transient failures only."""
+    from laionet.download import DownloadConfig, run_download
+
+    settings: dict[str, Any] = {
+        "image_size": image_size,
+        "threads": threads,
+        "samples_per_shard": samples_per_shard,
+        "timeout": timeout,
+        "attempts": attempts,
+        "respect_opt_out": respect_opt_out,
+    }
+    if processes:
+        settings["processes"] = processes
+    try:
+        manifest = run_download(index, out, DownloadConfig(**settings))
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    _echo_manifest(manifest)
+
+
 @corpus_app.command("openclipart")
 def corpus_openclipart(
     out: Annotated[str, typer.Option(help="Output directory (openclipart.parquet + _manifest.json).")],

@@ -29,7 +29,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
    || [ scripts/constraints.txt -nt "$stamp" ]; then
   echo "[setup] installing the project into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -c scripts/constraints.txt -e ".[dev]"
+  NO_ALBUMENTATIONS_UPDATE=1 "$VENV/bin/python" -m pip install -q -c scripts/constraints.txt -e ".[dev]"
+  # img2dataset installs the old `dataclasses` backport, which shadows the stdlib inside Prefect's server process
+  "$VENV/bin/python" -m pip uninstall -q -y dataclasses 2>/dev/null || true
   touch "$stamp"
 fi
 

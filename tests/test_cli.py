@@ -22,6 +22,7 @@ runner = CliRunner()
         ["select"],
         ["accuracy"],
         ["intra-class"],
+        ["download"],
         ["demo"],
         ["corpus", "openclipart"],
         ["wordnet", "install"],

@@ -1,0 +1,252 @@
+"""Image download into WebDataset shards with img2dataset (the only module that imports it).
+
+Reads an index parquet (``key``, ``url``, ``text``, ``wnid``, ``class_index``: the LAIONet index); writes
+``<out>/NNNNN.tar`` shards whose samples are ``<__key__>.jpg`` (RGB), ``.txt`` (caption) and ``.json`` (``key``,
+``wnid``, ``class_index``, caption, size, url), ``__key__`` being our key made tar-safe (``shards.safe_key``,
+reversible), plus ``NNNNN.parquet`` (every row of the shard with its status) and the manifest (last).
+
+img2dataset downloads into ``<out>/_attempts/<n>/`` (its own shard layout; a killed run resumes there: shards
+whose ``_stats.json`` exists are not fetched again). Each finished attempt shard is rewritten into a final shard
+(temp name, rename) with our keys and grayscale/palette/CMYK images converted to RGB (img2dataset already mattes
+alpha onto white). Rows that failed for a transient reason (timeout, connection error, HTTP 5xx/429) are retried
+in a further attempt — also when the stage is run again later (``retry_failed``); 404s, opt-outs and undecodable
+images are final. Counts: rows in = downloaded + failed by reason.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+from pydantic import BaseModel, Field
+
+from laionet.manifest import Manifest, Timer, atomic_path, config_hash, join, write_manifest
+from laionet.shards import safe_key
+
+OPT_OUT_DIRECTIVES = ["noai", "noimageai", "noindex", "noimageindex"]
+TRANSIENT = ("timeout", "connection", "http_error")  # reasons worth another attempt
+
+
+class DownloadConfig(BaseModel):
+    """img2dataset settings. Images are resized so their shorter side is at most ``image_size`` (aspect kept,
+    never upscaled): 448 keeps enough resolution for 384-px models."""
+
+    image_size: int = Field(448, gt=0)
+    encode_quality: int = Field(95, ge=1, le=100)
+    processes: int = Field(default_factory=lambda: max(1, len(os.sched_getaffinity(0))))
+    threads: int = Field(64, gt=0)
+    samples_per_shard: int = Field(10_000, gt=0)
+    timeout: int = Field(10, gt=0)
+    retries: int = Field(1, ge=0, description="img2dataset's immediate retries per URL")
+    attempts: int = Field(2, ge=1, description="passes over rows that failed for a transient reason")
+    respect_opt_out: bool = True
+    user_agent_token: str | None = None
+
+
+def failure_reason(status: str | None, message: str | None) -> str:
+    """A coarse reason for a row's outcome: success, http_404, http_error, timeout, connection, opt_out,
+    decode_error, other."""
+    if status == "success":
+        return "success"
+    text = message or ""
+    if "X-Robots-Tag" in text:
+        return "opt_out"
+    if "HTTP Error 404" in text:
+        return "http_404"
+    if "timed out" in text.lower() or "timeout" in text.lower():
+        return "timeout"
+    if text.startswith("HTTP Error"):
+        return "http_error"
+    if status == "failed_to_resize":
+        return "decode_error"
+    if re.search(r"connection|reset|refused", text, re.I):
+        return "connection"
+    return "other"
+
+
+def _attempt(index: pd.DataFrame, folder: str, config: DownloadConfig) -> None:
+    """One img2dataset run over ``index`` (our columns renamed around img2dataset's reserved ``key``)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would look for updates online
+    import img2dataset
+
+    source = join(folder, "_input.parquet")
+    fs, real = url_to_fs(folder)
+    fs.makedirs(real, exist_ok=True)
+    frame = index.rename(columns={"key": "sample_key"})[["sample_key", "url", "text", "wnid", "class_index"]]
+    with fsspec.open(source, "wb") as f:
+        frame.to_parquet(f, index=False)
+    img2dataset.download(
+        url_list=source,
+        input_format="parquet",
+        url_col="url",
+        caption_col="text",
+        save_additional_columns=["sample_key", "wnid", "class_index"],
+        output_format="webdataset",
+        output_folder=join(folder, "shards"),
+        processes_count=config.processes,
+        thread_count=config.threads,
+        number_sample_per_shard=config.samples_per_shard,
+        image_size=config.image_size,
+        resize_mode="keep_ratio",
+        resize_only_if_bigger=True,
+        encode_quality=config.encode_quality,
+        timeout=config.timeout,
+        retries=config.retries,
+        enable_wandb=False,
+        incremental_mode="incremental",
+        disallowed_header_directives=OPT_OUT_DIRECTIVES if config.respect_opt_out else [],
+        user_agent_token=config.user_agent_token,
+    )
+
+
+def _to_rgb_jpeg(data: bytes, quality: int) -> bytes:
+    """Re-encode as an RGB JPEG unless it already is one."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        if image.mode == "RGB" and image.format == "JPEG":
+            return data
+        out = io.BytesIO()
+        image.convert("RGB").save(out, format="JPEG", quality=quality)
+        return out.getvalue()
+
+
+def _finalise(raw_tar: str, raw_parquet: str, out_tar: str, quality: int) -> pd.DataFrame:
+    """Rewrite one img2dataset shard with our keys and RGB images; return its rows (with status)."""
+    with fsspec.open(raw_parquet, "rb") as f:
+        rows = pd.read_parquet(f)
+    by_raw_key = rows.set_index("key")
+    undecodable: set[str] = set()
+    with (
+        atomic_path(out_tar) as tmp,
+        fsspec.open(tmp, "wb") as out,
+        fsspec.open(raw_tar, "rb") as src,
+        tarfile.open(fileobj=src, mode="r|") as reader,
+        tarfile.open(fileobj=out, mode="w") as writer,
+    ):
+        for member in reader:
+            if not member.isfile():
+                continue
+            raw_key, _, ext = member.name.partition(".")
+            handle = reader.extractfile(member)
+            if handle is None or raw_key not in by_raw_key.index:
+                continue
+            row = by_raw_key.loc[raw_key]
+            data = handle.read()
+            if ext == "jpg":
+                try:
+                    data = _to_rgb_jpeg(data, quality)
+                except OSError:  # img2dataset wrote it, PIL cannot read it: not silently kept
+                    undecodable.add(raw_key)
+                    continue
+            elif ext == "json":
+                meta = json.loads(data)
+                meta = {"key": row["sample_key"], **{k: v for k, v in meta.items() if k != "key"}}
+                meta["img2dataset_key"] = raw_key
+                data = json.dumps(meta).encode()
+            info = tarfile.TarInfo(f"{safe_key(str(row['sample_key']))}.{ext}")
+            info.size = len(data)
+            writer.addfile(info, io.BytesIO(data))
+    failed = rows["key"].isin(undecodable)
+    rows.loc[failed, "status"] = "failed_to_resize"
+    rows.loc[failed, "error_message"] = "undecodable after download"
+    return rows
+
+
+def run_download(index_path: str, out_dir: str, config: DownloadConfig | None = None) -> Manifest:
+    """Download every row of an index into final shards; retry transient failures; manifest last.
+
+    Re-running a complete stage retries only its transiently failed rows (new shards); finished shards are kept.
+    """
+    config = config or DownloadConfig()
+    timer = Timer()
+    with fsspec.open(index_path, "rb") as f:
+        index = pq.read_table(f, columns=["key", "url", "text", "wnid", "class_index"]).to_pandas()
+    if index["key"].duplicated().any():
+        repeated = index["key"][index["key"].duplicated()].iloc[0]
+        raise ValueError(f"{index_path}: keys must be unique; {repeated!r} repeats")
+    status = _collect(out_dir)
+    fs, _ = url_to_fs(out_dir)
+    attempt = _next_attempt(out_dir)
+    todo = index if status.empty else index[~index["key"].isin(status["key"])]  # never tried (or killed)
+    retry = status[status["reason"].isin(TRANSIENT)]["key"]
+    for _ in range(config.attempts):
+        batch = pd.concat([todo, index[index["key"].isin(retry)]]).drop_duplicates("key")
+        if batch.empty:
+            break
+        folder = join(out_dir, "_attempts", f"{attempt:03d}")
+        _attempt(batch, folder, config)
+        _finalise_attempt(folder, out_dir, config.encode_quality)
+        status = _collect(out_dir)
+        todo = index.iloc[0:0]
+        retry = status[status["reason"].isin(TRANSIENT) & status["key"].isin(batch["key"])]["key"]
+        attempt += 1
+    reasons = status.set_index("key")["reason"].reindex(index["key"]).fillna("not_attempted")
+    counts = reasons.value_counts().to_dict()
+    success = int(counts.pop("success", 0))
+    shards = sorted(p for p in fs.glob(url_to_fs(out_dir)[1].rstrip("/") + "/*.tar"))
+    cfg = config.model_dump(mode="json")
+    manifest = Manifest(
+        stage="download",
+        config=cfg,
+        config_hash=config_hash(cfg),
+        inputs=[index_path],
+        outputs=shards,
+        rows_in=len(index),
+        rows_out=success,
+        dropped={k: int(v) for k, v in counts.items()},
+        wall_time_s=timer.elapsed,
+        extra={"attempts": attempt},
+    )
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
+def _next_attempt(out_dir: str) -> int:
+    fs, real = url_to_fs(join(out_dir, "_attempts"))
+    if not fs.exists(real):
+        return 0
+    done = [int(p.rstrip("/").rsplit("/", 1)[-1]) for p in fs.ls(real) if p.rstrip("/").rsplit("/", 1)[-1].isdigit()]
+    return max(done) + 1 if done else 0
+
+
+def _finalise_attempt(folder: str, out_dir: str, quality: int) -> None:
+    """Turn every finished raw shard of an attempt into a final shard (skipping those already done)."""
+    fs, raw = url_to_fs(join(folder, "shards"))
+    attempt = folder.rstrip("/").rsplit("/", 1)[-1]
+    for stats in sorted(fs.glob(raw.rstrip("/") + "/*_stats.json")):
+        shard = stats.rsplit("/", 1)[-1].removesuffix("_stats.json")
+        final = join(out_dir, f"{attempt}{shard}.tar")
+        final_rows = join(out_dir, f"{attempt}{shard}.parquet")
+        out_fs, final_real = url_to_fs(final_rows)
+        if out_fs.exists(final_real):
+            continue
+        base = stats.removesuffix("_stats.json")
+        rows = _finalise(f"{base}.tar", f"{base}.parquet", final, quality)
+        rows["reason"] = [failure_reason(s, m) for s, m in zip(rows["status"], rows["error_message"], strict=True)]
+        table = rows.rename(columns={"key": "img2dataset_key", "sample_key": "key"})
+        with atomic_path(final_rows) as tmp, fsspec.open(tmp, "wb") as f:
+            pq.write_table(pa.Table.from_pandas(table, preserve_index=False), f)
+
+
+def _collect(out_dir: str) -> pd.DataFrame:
+    """Latest status of every key in the final shards' row tables (later attempts override earlier ones)."""
+    fs, real = url_to_fs(out_dir)
+    if not fs.exists(real):
+        return pd.DataFrame(columns=["key", "status", "reason"])
+    frames: list[Any] = []
+    for path in sorted(fs.glob(real.rstrip("/") + "/*.parquet")):
+        with fs.open(path, "rb") as f:
+            frames.append(pq.read_table(f, columns=["key", "status", "reason"]).to_pandas())
+    if not frames:
+        return pd.DataFrame(columns=["key", "status", "reason"])
+    return pd.concat(frames, ignore_index=True).drop_duplicates("key", keep="last")

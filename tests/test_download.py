@@ -1,0 +1,123 @@
+"""Downloads over a loopback HTTP server started by the test (no network)."""
+
+import collections
+import http.server
+import io
+import socketserver
+import threading
+import time
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from laionet.download import DownloadConfig, failure_reason, run_download
+from laionet.shards import iter_samples, original_key, safe_key
+
+
+def _image(mode: str, fmt: str, color) -> bytes:
+    out = io.BytesIO()
+    image = Image.new(mode, (64, 48), color)
+    if mode == "P":
+        image.putpalette([0, 0, 0, 200, 30, 30] * 128)
+    image.save(out, format=fmt)
+    return out.getvalue()
+
+
+FILES = {
+    "/rgb.jpg": (_image("RGB", "JPEG", (255, 0, 0)), {}),
+    "/gray.png": (_image("L", "PNG", 128), {}),
+    "/palette.png": (_image("P", "PNG", 1), {}),
+    "/cmyk.jpg": (_image("CMYK", "JPEG", (0, 255, 255, 0)), {}),
+    "/alpha.png": (_image("RGBA", "PNG", (0, 0, 255, 128)), {}),
+    "/noai.jpg": (_image("RGB", "JPEG", (0, 255, 0)), {"X-Robots-Tag": "noai"}),
+    "/corrupt.jpg": (b"\xff\xd8\xff\xe0 not really a jpeg", {}),
+    "/flaky.jpg": (_image("RGB", "JPEG", (9, 9, 9)), {}),
+}
+
+
+@pytest.fixture
+def server():
+    hits: collections.Counter[str] = collections.Counter()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            hits[self.path] += 1
+            if self.path == "/slow.jpg":
+                time.sleep(2.5)
+            if self.path == "/flaky.jpg" and hits[self.path] == 1:
+                self.send_response(503)
+                self.end_headers()
+                return
+            if self.path not in FILES:
+                self.send_response(404)
+                self.end_headers()
+                return
+            data, headers = FILES[self.path]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+    httpd = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", hits
+    httpd.shutdown()
+    httpd.server_close()
+
+
+NAMES = ["rgb.jpg", "gray.png", "palette.png", "cmyk.jpg", "alpha.png", "noai.jpg", "corrupt.jpg", "missing.jpg",
+         "slow.jpg", "flaky.jpg"]  # fmt: skip
+
+
+def test_download_converts_counts_retries_and_resumes(tmp_path, server) -> None:
+    base, hits = server
+    index = pd.DataFrame(
+        {
+            "key": [f"part-0/{i}.x" for i in range(len(NAMES))],  # '/' and '.' must survive as __key__
+            "url": [f"{base}/{name}" for name in NAMES],
+            "text": NAMES,
+            "wnid": ["n02129165"] * len(NAMES),
+            "class_index": [291] * len(NAMES),
+        }
+    )
+    index_path = tmp_path / "index.parquet"
+    index.to_parquet(index_path)
+    config = DownloadConfig(processes=1, threads=4, timeout=1, samples_per_shard=4, image_size=32, retries=0)
+    manifest = run_download(str(index_path), str(tmp_path / "shards"), config)
+    assert manifest.rows_in == 10 and manifest.rows_in == manifest.rows_out + sum(manifest.dropped.values())
+    assert manifest.rows_out == 6  # rgb, gray, palette, cmyk, alpha, and flaky on its second attempt
+    assert manifest.dropped == {"opt_out": 1, "decode_error": 1, "http_404": 1, "timeout": 1}
+    samples = [s for shard in manifest.outputs for s in iter_samples(shard)]
+    keys = {key for key, _, _ in samples}
+    assert keys == {f"part-0/{i}.x" for i in (0, 1, 2, 3, 4, 9)}
+    for key, image, meta in samples:
+        assert image.mode == "RGB" and max(image.size) <= 48 and min(image.size) == 32
+        assert meta["key"] == key and meta["wnid"] == "n02129165" and meta["class_index"] == 291
+    assert hits["/flaky.jpg"] == 2 and hits["/rgb.jpg"] == 1 and hits["/slow.jpg"] == 2  # transient ones retried
+    # a later run retries only the transient failure; finished rows are not fetched again
+    again = run_download(str(index_path), str(tmp_path / "shards"), config)
+    assert hits["/rgb.jpg"] == 1 and hits["/slow.jpg"] == 4 and hits["/missing.jpg"] == 1
+    assert again.rows_out == 6 and again.dropped["timeout"] == 1
+
+
+def test_keys_are_tar_safe_and_reversible() -> None:
+    for key in ["part-0/12", "a.b.c", "ünï code/ 1%"]:
+        safe = safe_key(key)
+        assert "/" not in safe and "." not in safe and original_key(safe) == key
+
+
+def test_failure_reasons() -> None:
+    assert failure_reason("success", None) == "success"
+    assert failure_reason("failed_to_download", "Use of image disallowed by X-Robots-Tag directive") == "opt_out"
+    assert failure_reason("failed_to_download", "HTTP Error 404: Not Found") == "http_404"
+    assert failure_reason("failed_to_download", "HTTP Error 503: Service Unavailable") == "http_error"
+    assert failure_reason("failed_to_download", "timed out") == "timeout"
+    assert failure_reason("failed_to_resize", "Image decoding error") == "decode_error"
