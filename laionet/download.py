@@ -174,9 +174,11 @@ def run_download(index_path: str, out_dir: str, config: DownloadConfig | None = 
     if index["key"].duplicated().any():
         repeated = index["key"][index["key"].duplicated()].iloc[0]
         raise ValueError(f"{index_path}: keys must be unique; {repeated!r} repeats")
+    attempt = _next_attempt(out_dir)
+    for previous in range(attempt):  # a run killed after img2dataset wrote shards: keep what it finished
+        _finalise_attempt(join(out_dir, "_attempts", f"{previous:03d}"), out_dir, config.encode_quality)
     status = _collect(out_dir)
     fs, _ = url_to_fs(out_dir)
-    attempt = _next_attempt(out_dir)
     todo = index if status.empty else index[~index["key"].isin(status["key"])]  # never tried (or killed)
     retry = status[status["reason"].isin(TRANSIENT)]["key"]
     for _ in range(config.attempts):
@@ -222,6 +224,8 @@ def _next_attempt(out_dir: str) -> int:
 def _finalise_attempt(folder: str, out_dir: str, quality: int) -> None:
     """Turn every finished raw shard of an attempt into a final shard (skipping those already done)."""
     fs, raw = url_to_fs(join(folder, "shards"))
+    if not fs.exists(raw):
+        return
     attempt = folder.rstrip("/").rsplit("/", 1)[-1]
     for stats in sorted(fs.glob(raw.rstrip("/") + "/*_stats.json")):
         shard = stats.rsplit("/", 1)[-1].removesuffix("_stats.json")

@@ -121,3 +121,21 @@ def test_failure_reasons() -> None:
     assert failure_reason("failed_to_download", "HTTP Error 503: Service Unavailable") == "http_error"
     assert failure_reason("failed_to_download", "timed out") == "timeout"
     assert failure_reason("failed_to_resize", "Image decoding error") == "decode_error"
+
+
+def test_shards_finished_before_a_kill_are_kept(tmp_path, server) -> None:
+    """img2dataset finished its shards but the run died before they were finalised: the next run keeps them."""
+    from laionet.download import _attempt
+
+    base, hits = server
+    names = ["rgb.jpg", "gray.png", "missing.jpg"]
+    index = pd.DataFrame(
+        {"key": names, "url": [f"{base}/{n}" for n in names], "text": names, "wnid": ["n1"] * 3, "class_index": [0] * 3}
+    )
+    index.to_parquet(tmp_path / "index.parquet")
+    config = DownloadConfig(processes=1, threads=2, timeout=1, samples_per_shard=2, image_size=32, retries=0)
+    _attempt(index, str(tmp_path / "out" / "_attempts" / "000"), config)  # the part of a run that got done
+    assert hits["/rgb.jpg"] == 1
+    manifest = run_download(str(tmp_path / "index.parquet"), str(tmp_path / "out"), config)
+    assert hits["/rgb.jpg"] == 1 and hits["/missing.jpg"] == 1  # nothing fetched again
+    assert (manifest.rows_out, manifest.dropped) == (2, {"http_404": 1})
