@@ -316,6 +316,41 @@ def download(
     _echo_manifest(manifest)
 
 
+@app.command()
+def ingest(
+    kind: Annotated[str, typer.Argument(help="imagenet-val, imagenetv2 or imagenet-captions.")],
+    out: Annotated[str, typer.Option(help="Output directory of shards.")],
+    root: Annotated[
+        Path | None, typer.Option(help="Image folder (imagenet-val) or variant folder (imagenetv2).")
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="imagenet-val: '<file> <wnid>' lines or LOC_val_solution.csv.")
+    ] = None,
+    class_info: Annotated[Path | None, typer.Option(help="imagenetv2: class_info.json (cid → wnid).")] = None,
+    captions: Annotated[Path | None, typer.Option(help="imagenet-captions: its JSON file.")] = None,
+    images: Annotated[Path | None, typer.Option(help="imagenet-captions: its image folder.")] = None,
+    samples_per_shard: Annotated[int, typer.Option(help="Samples per shard.")] = 10_000,
+) -> None:
+    """Convert a reference dataset (ImageNet val, ImageNetV2, ImageNet-Captions) into RGB WebDataset shards."""
+    from laionet.references import ingest as run_ingest
+
+    given = {"root": root, "labels": labels, "class_info": class_info, "captions": captions, "images": images}
+    needed = {"imagenet-val": ("root", "labels"), "imagenetv2": ("root", "class_info"),
+              "imagenet-captions": ("captions", "images")}.get(kind)  # fmt: skip
+    if needed is None:
+        _fail(f"unknown reference dataset {kind!r}; expected imagenet-val, imagenetv2 or imagenet-captions")
+        return
+    missing = [f"--{n.replace('_', '-')}" for n in needed if given[n] is None]
+    if missing:
+        _fail(f"{kind} needs {' and '.join(missing)}")
+    paths = {n: given[n] for n in needed}
+    try:
+        manifest = run_ingest(kind, out, samples_per_shard, **paths)  # type: ignore[arg-type]
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    _echo_manifest(manifest)
+
+
 @corpus_app.command("openclipart")
 def corpus_openclipart(
     out: Annotated[str, typer.Option(help="Output directory (openclipart.parquet + _manifest.json).")],

@@ -30,7 +30,7 @@ from fsspec.core import url_to_fs
 from pydantic import BaseModel, Field
 
 from laionet.manifest import Manifest, Timer, atomic_path, config_hash, join, write_manifest
-from laionet.shards import safe_key
+from laionet.shards import encode_rgb_jpeg, safe_key
 
 OPT_OUT_DIRECTIVES = ["noai", "noimageai", "noindex", "noimageindex"]
 TRANSIENT = ("timeout", "connection", "http_error")  # reasons worth another attempt
@@ -108,18 +108,6 @@ def _attempt(index: pd.DataFrame, folder: str, config: DownloadConfig) -> None:
     )
 
 
-def _to_rgb_jpeg(data: bytes, quality: int) -> bytes:
-    """Re-encode as an RGB JPEG unless it already is one."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        if image.mode == "RGB" and image.format == "JPEG":
-            return data
-        out = io.BytesIO()
-        image.convert("RGB").save(out, format="JPEG", quality=quality)
-        return out.getvalue()
-
-
 def _finalise(raw_tar: str, raw_parquet: str, out_tar: str, quality: int) -> pd.DataFrame:
     """Rewrite one img2dataset shard with our keys and RGB images; return its rows (with status)."""
     with fsspec.open(raw_parquet, "rb") as f:
@@ -144,7 +132,7 @@ def _finalise(raw_tar: str, raw_parquet: str, out_tar: str, quality: int) -> pd.
             data = handle.read()
             if ext == "jpg":
                 try:
-                    data = _to_rgb_jpeg(data, quality)
+                    data = encode_rgb_jpeg(data, quality)
                 except OSError:  # img2dataset wrote it, PIL cannot read it: not silently kept
                     undecodable.add(raw_key)
                     continue

@@ -57,3 +57,60 @@ def iter_samples(path: str) -> Iterator[tuple[str, Any, dict[str, Any]]]:
             item = emit(sample, current)
             if item:
                 yield item
+
+
+def encode_rgb_jpeg(data: bytes, quality: int = 95) -> bytes:
+    """The image in ``data`` as an RGB JPEG (kept byte-for-byte when it already is one).
+
+    Raises:
+        OSError: if PIL cannot decode it.
+    """
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        if image.mode == "RGB" and image.format == "JPEG":
+            return data
+        out = io.BytesIO()
+        image.convert("RGB").save(out, format="JPEG", quality=quality)
+        return out.getvalue()
+
+
+class ShardWriter:
+    """Write samples into ``<out>/NNNNN.tar`` shards of at most ``per_shard`` samples, each tar written under a
+    temporary name and renamed when full, with ``NNNNN.parquet`` (its samples' metadata) beside it."""
+
+    def __init__(self, out_dir: str, per_shard: int = 10_000, start: int = 0) -> None:
+        self.out_dir, self.per_shard, self.shard = out_dir, per_shard, start
+        self.outputs: list[str] = []
+        self._rows: list[dict[str, Any]] = []
+        self._buffer: list[tuple[str, bytes, str, dict[str, Any]]] = []
+
+    def write(self, key: str, jpg: bytes, text: str, meta: dict[str, Any]) -> None:
+        self._buffer.append((key, jpg, text, {"key": key, **meta}))
+        if len(self._buffer) >= self.per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        import pandas as pd
+        import pyarrow as pa
+
+        from laionet.manifest import atomic_path, join, write_parquet_atomic
+
+        name = join(self.out_dir, f"{self.shard:05d}")
+        with atomic_path(f"{name}.tar") as tmp, fsspec.open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
+            for key, jpg, text, meta in self._buffer:
+                for ext, data in (("jpg", jpg), ("txt", text.encode()), ("json", json.dumps(meta).encode())):
+                    info = tarfile.TarInfo(f"{safe_key(key)}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        rows = pd.DataFrame([meta for _, _, _, meta in self._buffer])
+        write_parquet_atomic(pa.Table.from_pandas(rows, preserve_index=False), f"{name}.parquet")
+        self.outputs.append(f"{name}.tar")
+        self._buffer = []
+        self.shard += 1
+
+    def close(self) -> list[str]:
+        self.flush()
+        return self.outputs

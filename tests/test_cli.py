@@ -23,6 +23,7 @@ runner = CliRunner()
         ["accuracy"],
         ["intra-class"],
         ["download"],
+        ["ingest"],
         ["demo"],
         ["corpus", "openclipart"],
         ["wordnet", "install"],

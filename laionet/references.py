@@ -1,0 +1,110 @@
+"""Reference datasets → the same WebDataset shard format as downloaded LAIONet samples.
+
+Reads one of three layouts and writes ``<out>/NNNNN.tar`` + ``NNNNN.parquet`` shards (samples: RGB JPEG, text,
+json with ``key``, ``wnid``, ``class_index``, ``dataset``) and a manifest; unreadable images and rows whose wnid is
+not an ImageNet-1k class are skipped and counted.
+- ImageNet val: a folder of ``ILSVRC2012_val_%08d.JPEG`` and a labels file, either ``<filename> <wnid>`` lines
+  (whitespace or comma separated) or Kaggle's ``LOC_val_solution.csv`` (``ImageId,PredictionString``).
+- ImageNetV2: a variant folder of class-id sub-folders ``0..999`` and ``class_info.json`` (``cid`` → ``wnid``).
+  Paper letters: a = threshold0.7, b = matched-frequency, c = top-images.
+- ImageNet-Captions: its JSON list of ``{filename, title, tags, description, wnid}`` and the image folder;
+  text = ``" ".join([title] + tags + [description])``; repeated filenames are kept once.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from laionet.catalog import load_class_set
+from laionet.manifest import Manifest, Timer, config_hash, write_manifest
+from laionet.shards import ShardWriter, encode_rgb_jpeg
+
+IMAGENETV2_VARIANTS = {"a": "threshold0.7", "b": "matched-frequency", "c": "top-images"}
+
+Item = tuple[str, Path, str, str]  # key, image path, wnid, text
+
+
+def _imagenet_val(root: Path, labels: Path) -> Iterator[Item]:
+    with labels.open() as f:
+        first = f.readline()
+        f.seek(0)
+        if first.startswith("ImageId"):
+            rows = [(r["ImageId"], r["PredictionString"].split()[0]) for r in csv.DictReader(f)]
+        else:
+            rows = [tuple(line.replace(",", " ").split()[:2]) for line in f if line.strip()]  # type: ignore[misc]
+    for name, wnid in rows:
+        stem = Path(name).stem
+        yield f"imagenet-val/{stem}", root / f"{stem}.JPEG", wnid, ""
+
+
+def _imagenetv2(root: Path, class_info: Path) -> Iterator[Item]:
+    cid_to_wnid = {int(r["cid"]): r["wnid"] for r in json.loads(class_info.read_text())}
+    for folder in sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+        for image in sorted(folder.iterdir()):
+            yield f"imagenetv2-{root.name}/{folder.name}/{image.stem}", image, cid_to_wnid[int(folder.name)], ""
+
+
+def _imagenet_captions(captions: Path, images: Path) -> Iterator[Item]:
+    seen: set[str] = set()
+    for record in json.loads(captions.read_text()):
+        name = record["filename"]
+        if name in seen:
+            continue
+        seen.add(name)
+        text = " ".join([record.get("title") or "", *(record.get("tags") or []), record.get("description") or ""])
+        yield f"imagenet-captions/{Path(name).stem}", images / name, record["wnid"], " ".join(text.split())
+
+
+def ingest(kind: str, out_dir: str, per_shard: int = 10_000, **paths: Path) -> Manifest:
+    """Ingest a reference dataset layout (``kind``: imagenet-val, imagenetv2, imagenet-captions) into shards.
+
+    Paths: imagenet-val: ``root``, ``labels``; imagenetv2: ``root``, ``class_info``; imagenet-captions:
+    ``captions``, ``images``.
+    """
+    timer = Timer()
+    readers = {
+        "imagenet-val": lambda: _imagenet_val(paths["root"], paths["labels"]),
+        "imagenetv2": lambda: _imagenetv2(paths["root"], paths["class_info"]),
+        "imagenet-captions": lambda: _imagenet_captions(paths["captions"], paths["images"]),
+    }
+    if kind not in readers:
+        raise ValueError(f"unknown reference dataset {kind!r}; expected one of {sorted(readers)}")
+    for name, path in paths.items():
+        if not path.exists():
+            raise FileNotFoundError(f"{kind}: {name} {path} does not exist")
+    class_index = {w: i for i, w in enumerate(load_class_set("imagenet1k"))}
+    writer = ShardWriter(out_dir, per_shard)
+    dropped = {"missing_image": 0, "unreadable_image": 0, "not_imagenet1k": 0}
+    rows_in = 0
+    for key, image, wnid, text in readers[kind]():
+        rows_in += 1
+        if wnid not in class_index:
+            dropped["not_imagenet1k"] += 1
+            continue
+        if not image.is_file():
+            dropped["missing_image"] += 1
+            continue
+        try:
+            jpg = encode_rgb_jpeg(image.read_bytes())
+        except OSError:
+            dropped["unreadable_image"] += 1
+            continue
+        writer.write(key, jpg, text, {"wnid": wnid, "class_index": class_index[wnid], "dataset": kind})
+    outputs = writer.close()
+    config = {"kind": kind, **{k: str(v) for k, v in paths.items()}, "per_shard": per_shard}
+    manifest = Manifest(
+        stage=f"ingest-{kind}",
+        config=config,
+        config_hash=config_hash(config),
+        inputs=[str(p) for p in paths.values()],
+        outputs=outputs,
+        rows_in=rows_in,
+        rows_out=rows_in - sum(dropped.values()),
+        dropped=dropped,
+        wall_time_s=timer.elapsed,
+    )
+    write_manifest(out_dir, manifest)
+    return manifest
