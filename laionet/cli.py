@@ -351,6 +351,21 @@ def ingest(
     _echo_manifest(manifest)
 
 
+@app.command()
+def verify(
+    shards: Annotated[str, typer.Option(help="Directory of .tar shards (download or ingest output).")],
+    out: Annotated[str, typer.Option(help="Output directory: quarantine.parquet + manifest.")],
+) -> None:
+    """Read every shard: tar integrity, decodable images, metadata; quarantine bad samples with their reason."""
+    from laionet.verify import run_verify
+
+    try:
+        manifest = run_verify(shards, out)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    _echo_manifest(manifest)
+
+
 @corpus_app.command("openclipart")
 def corpus_openclipart(
     out: Annotated[str, typer.Option(help="Output directory (openclipart.parquet + _manifest.json).")],

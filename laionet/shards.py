@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 import fsspec
+from fsspec.core import url_to_fs
 
 
 def safe_key(key: str) -> str:
@@ -114,3 +115,62 @@ class ShardWriter:
     def close(self) -> list[str]:
         self.flush()
         return self.outputs
+
+
+def _check_sample(sample: dict[str, bytes]) -> str | None:
+    """The reason a sample is unusable, or None."""
+    from PIL import Image
+
+    if "jpg" not in sample:
+        return "no_image"
+    if "json" not in sample:
+        return "no_metadata"
+    try:
+        meta = json.loads(sample["json"])
+    except ValueError:
+        return "bad_metadata"
+    if "key" not in meta:
+        return "bad_metadata"
+    try:
+        with Image.open(io.BytesIO(sample["jpg"])) as image:
+            image.convert("RGB").load()
+    except Exception:  # PIL raises a zoo of types for broken images
+        return "undecodable_image"
+    return None
+
+
+def verify_shard(path: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """Read a whole shard: (keys of good samples, [(key, reason)] of bad ones). A tar that ends early adds
+    ``("*", "truncated_shard")``; samples its ``.parquet`` lists as downloaded but the tar lacks are
+    ``missing_from_tar``."""
+    good: list[str] = []
+    bad: list[tuple[str, str]] = []
+    samples: dict[str, dict[str, bytes]] = {}
+    order: list[str] = []
+    try:
+        with fsspec.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.rpartition("/")[2].partition(".")
+                handle = tar.extractfile(member)
+                if key not in samples:
+                    samples[key] = {}
+                    order.append(key)
+                samples[key][ext] = handle.read() if handle else b""
+    except (tarfile.TarError, OSError, EOFError):
+        bad.append(("*", "truncated_shard"))
+    for key in order:
+        reason = _check_sample(samples[key])
+        (good.append(original_key(key)) if reason is None else bad.append((original_key(key), reason)))
+    listing = path.removesuffix(".tar") + ".parquet"
+    fs, real = url_to_fs(listing)
+    if fs.exists(real):
+        import pyarrow.parquet as pq
+
+        with fs.open(real, "rb") as f:
+            table = pq.read_table(f).to_pandas()
+        expected = table.loc[table["status"] == "success", "key"] if "status" in table.columns else table["key"]
+        seen = set(good) | {k for k, _ in bad}
+        bad.extend((str(k), "missing_from_tar") for k in expected if str(k) not in seen)
+    return good, bad

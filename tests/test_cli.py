@@ -24,6 +24,7 @@ runner = CliRunner()
         ["intra-class"],
         ["download"],
         ["ingest"],
+        ["verify"],
         ["demo"],
         ["corpus", "openclipart"],
         ["wordnet", "install"],

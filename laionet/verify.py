@@ -1,0 +1,50 @@
+"""Shard verification: read every shard before inference, check tar integrity and that every sample decodes,
+and quarantine bad samples with their reason.
+
+Reads ``<shards>/*.tar`` (+ the per-shard ``.parquet`` listings when present); writes ``<out>/quarantine.parquet``
+(``shard``, ``key``, ``reason``) and the manifest (samples in = good + quarantined by reason). Nothing is deleted:
+downstream stages skip the quarantined keys.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow as pa
+from fsspec.core import url_to_fs
+from tqdm.auto import tqdm
+
+from laionet.manifest import Manifest, Timer, config_hash, join, write_manifest, write_parquet_atomic
+from laionet.shards import verify_shard
+
+
+def run_verify(shards_dir: str, out_dir: str) -> Manifest:
+    """Verify every shard of a directory; write the quarantine table and the manifest."""
+    timer = Timer()
+    fs, real = url_to_fs(shards_dir)
+    shards = sorted(fs.glob(real.rstrip("/") + "/*.tar"))
+    if not shards:
+        raise FileNotFoundError(f"no .tar shards in {shards_dir}")
+    rows: list[dict[str, str]] = []
+    good_total = 0
+    for shard in tqdm(shards, desc="verify", unit="shard", disable=None):
+        good, bad = verify_shard(shard)
+        good_total += len(good)
+        rows.extend({"shard": shard, "key": key, "reason": reason} for key, reason in bad)
+    quarantine = pd.DataFrame(rows, columns=["shard", "key", "reason"])
+    write_parquet_atomic(pa.Table.from_pandas(quarantine, preserve_index=False), join(out_dir, "quarantine.parquet"))
+    per_sample = quarantine[quarantine["key"] != "*"]
+    dropped = per_sample["reason"].value_counts().to_dict()
+    manifest = Manifest(
+        stage="verify",
+        config={"shards": shards_dir},
+        config_hash=config_hash({"shards": shards_dir, "files": [(s, fs.size(s)) for s in shards]}),
+        inputs=shards,
+        outputs=[join(out_dir, "quarantine.parquet")],
+        rows_in=good_total + len(per_sample),
+        rows_out=good_total,
+        dropped={str(k): int(v) for k, v in dropped.items()},
+        wall_time_s=timer.elapsed,
+        extra={"truncated_shards": int((quarantine["reason"] == "truncated_shard").sum()), "shards": len(shards)},
+    )
+    write_manifest(out_dir, manifest)
+    return manifest
