@@ -366,6 +366,23 @@ def verify(
     _echo_manifest(manifest)
 
 
+@app.command()
+def ocr(
+    shards: Annotated[str, typer.Option(help="Directory of .tar shards.")],
+    catalog: Annotated[str, typer.Option(help="Catalog parquet (class head names).")],
+    out: Annotated[str, typer.Option(help="Output directory: one flags parquet per shard + manifest.")],
+) -> None:
+    """Flag samples whose image shows their class name as text (RapidOCR, offline); evaluation excludes them."""
+    from laionet.ocr import run_ocr
+
+    try:
+        manifest = run_ocr(shards, catalog, out)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    _echo_manifest(manifest)
+    typer.echo(f"  flagged: {manifest.extra['flagged']}")
+
+
 @corpus_app.command("openclipart")
 def corpus_openclipart(
     out: Annotated[str, typer.Option(help="Output directory (openclipart.parquet + _manifest.json).")],

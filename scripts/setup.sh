@@ -32,6 +32,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
   NO_ALBUMENTATIONS_UPDATE=1 "$VENV/bin/python" -m pip install -q -c scripts/constraints.txt -e ".[dev]"
   # img2dataset installs the old `dataclasses` backport, which shadows the stdlib inside Prefect's server process
   "$VENV/bin/python" -m pip uninstall -q -y dataclasses 2>/dev/null || true
+  # the OCR engine without its opencv-python requirement (opencv-python-headless provides cv2; see pyproject.toml)
+  "$VENV/bin/python" -m pip install -q --no-deps "rapidocr-onnxruntime>=1.3"
   touch "$stamp"
 fi
 

@@ -25,6 +25,7 @@ runner = CliRunner()
         ["download"],
         ["ingest"],
         ["verify"],
+        ["ocr"],
         ["demo"],
         ["corpus", "openclipart"],
         ["wordnet", "install"],
