@@ -433,12 +433,15 @@ def summary(
 def demo(
     run_dir: Annotated[str, typer.Option(help="Where the demo run writes everything.")] = "runs/demo",
     mode: Annotated[str, typer.Option(help="Matching mode / lemma policy.", callback=_mode)] = "default",
+    images: Annotated[bool, typer.Option(help="Also download, verify and OCR the selected images.")] = True,
+    image_limit: Annotated[int | None, typer.Option(help="Download only the first N selected samples.")] = None,
 ) -> None:
     """Run what is built so far on real offline data: catalog, lemma maps, openclipart corpus, matching,
-    MiniLM text-to-synset similarity and selection (threshold sweep and calibrated threshold)."""
+    MiniLM text-to-synset similarity, selection (threshold sweep, calibrated threshold), and the selected images
+    downloaded over a loopback HTTP server into verified shards with the OCR filter."""
     from laionet.demo import run_demo
 
-    run_demo(run_dir, mode=mode, echo=typer.echo)  # type: ignore[arg-type]
+    run_demo(run_dir, mode=mode, echo=typer.echo, images=images, image_limit=image_limit)  # type: ignore[arg-type]
 
 
 def main() -> None:

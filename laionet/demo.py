@@ -2,7 +2,8 @@
 
 Writes under ``run_dir``: ``catalog.parquet``, ``lemma_map_{paper,default}.parquet``, ``corpus/openclipart.parquet``,
 ``matches/`` (one parquet per part + manifest), ``similarity/<encoder>/``, ``selection/`` (the LAIONet index,
-class frequencies, threshold sweep, histogram, top-50 variant) and ``summary.json``.
+class frequencies, threshold sweep, histogram, top-50 variant), ``shards/`` (the selected clip art downloaded over a
+loopback HTTP server as RGB WebDataset shards), ``verify/``, ``ocr/`` and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -14,20 +15,30 @@ import numpy as np
 import pandas as pd
 
 from laionet.catalog import run_catalog
+from laionet.download import DownloadConfig, run_download
 from laionet.lemmas import run_lemmas
 from laionet.manifest import join, read_manifest
 from laionet.match_stage import MatchConfig, run_match
-from laionet.openclipart import build_openclipart_corpus
+from laionet.ocr import run_ocr
+from laionet.openclipart import DEFAULT_BASE_URL, DEFAULT_ROOT, build_openclipart_corpus
 from laionet.report import match_summary
 from laionet.selection import SelectionConfig, run_select
+from laionet.serve import ImageServer
 from laionet.similarity import SimilarityConfig, run_similarity, similarity_dir
 from laionet.text import MODES, Mode
+from laionet.verify import run_verify
 
 
 def run_demo(
-    run_dir: str, mode: Mode = "default", encoder: str = "minilm", echo: Callable[[str], None] = print
+    run_dir: str,
+    mode: Mode = "default",
+    encoder: str = "minilm",
+    echo: Callable[[str], None] = print,
+    images: bool = True,
+    image_limit: int | None = None,
 ) -> dict:
-    """Run catalog → lemma maps → openclipart corpus → matching → similarity → selection; skip complete stages."""
+    """Run catalog → lemma maps → openclipart corpus → matching → similarity → selection → (images: loopback
+    download → verify → OCR); skip complete stages. ``image_limit`` downloads only the first N selected samples."""
     catalog_path = join(run_dir, "catalog.parquet")
     if read_manifest(catalog_path) is None:
         run_catalog("imagenet1k", catalog_path)
@@ -70,6 +81,32 @@ def run_demo(
     for row in sweep[sweep["threshold"].round(2).isin(np.round(np.arange(0.1, 0.91, 0.1), 2))].itertuples():
         echo(f"  > {row.threshold:.2f}: {row.n_samples:5d} / {row.n_classes:4d}")
     summary["selection"] = selected.model_dump(mode="json")
+    if images:
+        summary.update(_images(run_dir, catalog_path, image_limit, echo))
     with open(join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def _images(run_dir: str, catalog_path: str, limit: int | None, echo: Callable[[str], None]) -> dict:
+    """Serve the clip art over loopback HTTP (SVG rendered to PNG), download the selected samples into shards,
+    verify them and run the OCR filter."""
+    index = pd.read_parquet(join(run_dir, "selection", "laionet.parquet"))
+    if limit is not None:
+        index = index.head(limit)
+    out: dict = {}
+    with ImageServer(DEFAULT_ROOT) as base:
+        index["url"] = index["url"].str.replace(DEFAULT_BASE_URL, base, regex=False)  # this run's port
+        index_path = join(run_dir, "download_index.parquet")
+        index.to_parquet(index_path, index=False)
+        config = DownloadConfig(image_size=448, threads=16, samples_per_shard=256, timeout=20)
+        downloaded = run_download(index_path, join(run_dir, "shards"), config)
+    echo(f"download: {downloaded.rows_out} of {downloaded.rows_in} images into {len(downloaded.outputs)} shards; "
+         f"failed {downloaded.dropped or 'none'}")  # fmt: skip
+    verified = run_verify(join(run_dir, "shards"), join(run_dir, "verify"))
+    echo(f"verify: {verified.rows_out} good samples, quarantined {verified.dropped or 'none'}")
+    ocr = run_ocr(join(run_dir, "shards"), catalog_path, join(run_dir, "ocr"))
+    echo(f"ocr: {ocr.extra['flagged']} of {ocr.rows_in} images show their class name as text")
+    for name, manifest in (("download", downloaded), ("verify", verified), ("ocr", ocr)):
+        out[name] = manifest.model_dump(mode="json")
+    return out

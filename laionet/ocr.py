@@ -19,7 +19,16 @@ from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
 from laionet.catalog import read_catalog
-from laionet.manifest import Manifest, Timer, config_hash, join, part_stem, write_manifest, write_parquet_atomic
+from laionet.manifest import (
+    Manifest,
+    Timer,
+    completed,
+    config_hash,
+    join,
+    part_stem,
+    write_manifest,
+    write_parquet_atomic,
+)
 from laionet.shards import iter_samples
 from laionet.text import paper_normalize
 
@@ -65,6 +74,10 @@ def run_ocr(
     shards = sorted(fs.glob(real.rstrip("/") + "/*.tar"))
     if not shards:
         raise FileNotFoundError(f"no .tar shards in {shards_dir}")
+    chash = config_hash({"shards": shards, "sizes": [fs.size(s) for s in shards], "catalog": catalog_path})
+    complete = completed(out_dir, chash)
+    if complete:
+        return complete
     catalog = read_catalog(catalog_path)
     names = dict(zip(catalog["wnid"], catalog["name"], strict=True))
     engine: OcrEngine | None = None
@@ -91,7 +104,7 @@ def run_ocr(
     manifest = Manifest(
         stage="ocr",
         config={"shards": shards_dir, "catalog": catalog_path},
-        config_hash=config_hash({"shards": shards, "catalog": catalog_path}),
+        config_hash=chash,
         inputs=shards,
         outputs=outputs,
         rows_in=total,

@@ -7,7 +7,7 @@ from laionet.match_stage import MatchConfig, run_match
 
 def test_demo_runs_every_built_stage_on_the_real_openclipart_corpus(tmp_path) -> None:
     lines: list[str] = []
-    summary = run_demo(str(tmp_path), mode="default", echo=lines.append)
+    summary = run_demo(str(tmp_path), mode="default", echo=lines.append, image_limit=12)
     match = read_manifest(str(tmp_path / "matches"))
     assert match is not None and match.rows_in > 8000
     assert match.rows_in == match.rows_out + sum(match.dropped.values())
@@ -20,9 +20,15 @@ def test_demo_runs_every_built_stage_on_the_real_openclipart_corpus(tmp_path) ->
     assert 0 < selection.rows_out < selection.rows_in  # the text filter removes web noise, not everything
     assert selection.extra["threshold_rule"].startswith("calibrated")
     assert any(line.startswith("threshold sweep") for line in lines)
+    # the first 12 selected clip-art images, served over loopback HTTP as rendered PNGs, end up in verified shards
+    download, verify, ocr = (read_manifest(str(tmp_path / d)) for d in ("shards", "verify", "ocr"))
+    assert download is not None and verify is not None and ocr is not None
+    assert download.rows_in == 12 and download.rows_out >= 10
+    assert verify.rows_out == download.rows_out and ocr.rows_in == download.rows_out
     # a second run reuses every complete stage (no re-encoding)
     again: list[str] = []
-    assert run_demo(str(tmp_path), mode="default", echo=again.append)["selection"] == summary["selection"]
+    repeat = run_demo(str(tmp_path), mode="default", echo=again.append, image_limit=12)
+    assert repeat["selection"] == summary["selection"] and repeat["ocr"] == summary["ocr"]
     # the paper rule over the same corpus matches fewer captions (case-sensitive, punctuated lemmas unreachable)
     paper = run_match(
         str(tmp_path / "corpus"),
