@@ -139,3 +139,66 @@ def test_shards_finished_before_a_kill_are_kept(tmp_path, server) -> None:
     manifest = run_download(str(tmp_path / "index.parquet"), str(tmp_path / "out"), config)
     assert hits["/rgb.jpg"] == 1 and hits["/missing.jpg"] == 1  # nothing fetched again
     assert (manifest.rows_out, manifest.dropped) == (2, {"http_404": 1})
+
+
+def test_a_killed_download_resumes_without_refetching_finished_shards(tmp_path) -> None:
+    """`laionet download` is SIGKILLed (whole process group) once a few shards are done; the re-run completes,
+    fetches no image of a finished shard again, and leaves no temporary file behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    hits: collections.Counter[str] = collections.Counter()
+    payload = _image("RGB", "JPEG", (10, 20, 30))
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            hits[self.path] += 1
+            time.sleep(0.2)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    httpd = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Slow)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    n = 60
+    index = pd.DataFrame(
+        {"key": [f"k{i}" for i in range(n)], "url": [f"{base}/{i}.jpg" for i in range(n)], "text": "x",
+         "wnid": "n1", "class_index": 0}
+    )  # fmt: skip
+    index.to_parquet(tmp_path / "index.parquet")
+    out = tmp_path / "out"
+    args = ["--index", str(tmp_path / "index.parquet"), "--out", str(out), "--processes", "1", "--threads", "1",
+            "--samples-per-shard", "5", "--timeout", "5", "--image-size", "32"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "laionet.cli", "download", *args],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    raw = out / "_attempts" / "000" / "shards"
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(raw.glob("*_stats.json"))) < 2:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = sorted(p.name.removesuffix("_stats.json") for p in raw.glob("*_stats.json"))
+    assert 2 <= len(finished) < n // 5, "the kill must land mid-download"
+    fetched_before = sum(hits.values())
+    assert fetched_before < n
+    config = DownloadConfig(processes=1, threads=8, samples_per_shard=5, timeout=5, image_size=32)
+    manifest = run_download(str(tmp_path / "index.parquet"), str(out), config)
+    httpd.shutdown()
+    httpd.server_close()
+    assert (manifest.rows_in, manifest.rows_out, manifest.dropped) == (n, n, {})
+    finished_keys = {key for shard in finished for key in pd.read_parquet(raw / f"{shard}.parquet")["sample_key"]}
+    assert all(hits[f"/{k.removeprefix('k')}.jpg"] == 1 for k in finished_keys)  # not fetched again
+    assert not list(out.rglob("*.tmp-*"))
+    assert sorted(k for s in manifest.outputs for k, _, _ in iter_samples(s)) == sorted(index["key"])
