@@ -67,8 +67,7 @@ def compare_paper(
         err_a = Z95 * a.std() / np.sqrt(len(a) - 1)
         err_b = Z95 * b.std() / np.sqrt(len(b) - 1)
         delta, err = a.mean() - b.mean(), float(np.hypot(err_a, err_b))
-        rows.append({"class": cls, "mean_a": a.mean(), "mean_b": b.mean(), "delta": delta, "lower": delta - err,
-                     "upper": delta + err})  # fmt: skip
+        rows.append(_row(cls, a.mean(), b.mean(), delta - err, delta + err))
     return _verdict(pd.DataFrame(rows, columns=["class", "mean_a", "mean_b", "delta", "lower", "upper"]))
 
 
@@ -113,17 +112,13 @@ def compare_bootstrap(
         mean_a, mean_b = pair_similarities(ea).mean(), pair_similarities(eb).mean()
         diff = _resampled_means(ea, n_boot, rng) - _resampled_means(eb, n_boot, rng)
         diff = diff[np.isfinite(diff)]
-        rows.append(
-            {
-                "class": cls,
-                "mean_a": mean_a,
-                "mean_b": mean_b,
-                "delta": mean_a - mean_b,
-                "lower": float(np.quantile(diff, alpha)),
-                "upper": float(np.quantile(diff, 1 - alpha)),
-            }
-        )
+        rows.append(_row(cls, mean_a, mean_b, np.quantile(diff, alpha), np.quantile(diff, 1 - alpha)))
     return _verdict(pd.DataFrame(rows, columns=["class", "mean_a", "mean_b", "delta", "lower", "upper"]))
+
+
+def _row(cls: object, mean_a: float, mean_b: float, lower: float, upper: float) -> dict[str, object]:
+    return {"class": cls, "mean_a": float(mean_a), "mean_b": float(mean_b), "delta": float(mean_a - mean_b),
+            "lower": float(lower), "upper": float(upper)}  # fmt: skip
 
 
 def _ordered(classes: set[object]) -> list[object]:
@@ -172,3 +167,40 @@ def spearman_interval(x: np.ndarray, y: np.ndarray, n_boot: int = 1000, seed: in
     rys -= rys.mean(axis=1, keepdims=True)
     rhos = (rxs * rys).sum(axis=1) / np.sqrt((rxs**2).sum(axis=1) * (rys**2).sum(axis=1))
     return rho, float(np.nanquantile(rhos, 0.025)), float(np.nanquantile(rhos, 0.975))
+
+
+def matched_resample(
+    values: dict[object, np.ndarray], counts: dict[object, int], seed: int = 0
+) -> dict[object, np.ndarray]:
+    """Resample each class of ``values`` (with replacement) to the class's count in ``counts`` (classes in both):
+    the paper's matching of LAIONet's class sizes to ImageNet's before pooling distributions (Figure 6a, Appendix C)."""
+    rng = np.random.default_rng(seed)
+    return {
+        cls: rng.choice(np.asarray(values[cls]), size=int(counts[cls]), replace=True)
+        for cls in _ordered(set(values) & set(counts))
+        if len(values[cls]) and counts[cls] > 0
+    }
+
+
+def compare_means(
+    values_a: dict[object, np.ndarray],
+    values_b: dict[object, np.ndarray],
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    min_values: int = 2,
+) -> pd.DataFrame:
+    """Per class, mean of A − mean of B for per-sample values (e.g. each image's similarity to its own class's
+    synset text, Appendix C), with a percentile bootstrap over samples of each dataset."""
+    rng = np.random.default_rng(seed)
+    alpha = (1 - level) / 2
+    rows = []
+    for cls in _ordered(set(values_a) & set(values_b)):
+        a, b = np.asarray(values_a[cls], float), np.asarray(values_b[cls], float)
+        if len(a) < min_values or len(b) < min_values:
+            continue
+        boot_a = a[rng.integers(0, len(a), size=(n_boot, len(a)))].mean(axis=1)
+        boot_b = b[rng.integers(0, len(b), size=(n_boot, len(b)))].mean(axis=1)
+        diff = boot_a - boot_b
+        rows.append(_row(cls, a.mean(), b.mean(), np.quantile(diff, alpha), np.quantile(diff, 1 - alpha)))
+    return _verdict(pd.DataFrame(rows, columns=["class", "mean_a", "mean_b", "delta", "lower", "upper"]))

@@ -148,3 +148,19 @@ def test_pairs_pooling_and_spearman() -> None:
     rho, lo, hi = spearman_interval(noise[0], noise[1], n_boot=500)
     assert lo < rho < hi and abs(rho) < 0.2
     assert 0.12 < hi - lo < 0.3  # about 2·1.96/√400 wide for independent variables
+
+
+def test_matched_resampling_and_per_class_mean_comparison() -> None:
+    from laionet.stats import compare_means, matched_resample
+
+    rng = np.random.default_rng(3)
+    laion = {c: rng.normal(0.25, 0.05, size=500) for c in range(6)}  # lower own-synset similarity
+    imagenet = {c: rng.normal(0.30 if c < 3 else 0.25, 0.05, size=50) for c in range(6)}
+    matched = matched_resample(laion, {c: len(v) for c, v in imagenet.items()}, seed=1)
+    assert {c: len(v) for c, v in matched.items()} == dict.fromkeys(range(6), 50)
+    assert all(np.isin(matched[c], laion[c]).all() for c in matched)  # drawn from the class's own values
+    table = compare_means(laion, imagenet, n_boot=500, seed=0).set_index("class")
+    assert table.loc[0:2, "significantly_lower"].all()  # constructed: LAION lower in classes 0-2
+    assert table.loc[3:5, "significantly_lower"].sum() <= 1
+    again = compare_means(laion, imagenet, n_boot=500, seed=0).set_index("class")
+    pd.testing.assert_frame_equal(table, again)
