@@ -185,6 +185,15 @@ def read_part_record(out_dir: str, part: str, part_hash: str) -> dict[str, Any] 
     return record
 
 
+def parquet_rows(path: str) -> int | None:
+    """Row count from a parquet file's footer, or None if it cannot be read (the real read reports why)."""
+    try:
+        with fsspec.open(path, "rb") as f:
+            return int(pq.ParquetFile(f).metadata.num_rows)
+    except Exception:
+        return None
+
+
 class Timer:
     """Wall-clock seconds since construction."""
 

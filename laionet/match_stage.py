@@ -32,6 +32,7 @@ from laionet.manifest import (
     file_digest,
     join,
     manifest_path,
+    parquet_rows,
     part_stem,
     read_manifest,
     read_part_record,
@@ -141,7 +142,7 @@ def _run_one(part: str, out_dir: str, lemma_map_path: str, config: MatchConfig, 
     matcher = _load_matcher(lemma_map_path, config.mode)
     stem = part_stem(part)
     out_path = join(out_dir, f"{stem}.parquet")
-    bar = tqdm(desc=stem, unit="rows", unit_scale=True, leave=False, disable=None, total=_num_rows(part))
+    bar = tqdm(desc=stem, unit="rows", unit_scale=True, leave=False, disable=None, total=parquet_rows(part))
     try:
         counts = match_part(part, out_path, matcher, config, on_rows=bar.update)
     finally:
@@ -149,14 +150,6 @@ def _run_one(part: str, out_dir: str, lemma_map_path: str, config: MatchConfig, 
     record = {"output": out_path, "config_hash": chash, **counts, "wall_time_s": timer.elapsed}
     write_part_record(out_dir, part, record)
     return {"part": part, **record}
-
-
-def _num_rows(part: str) -> int | None:
-    try:
-        with fsspec.open(part, "rb") as f:
-            return int(pq.ParquetFile(f).metadata.num_rows)
-    except Exception:  # the real read reports the problem with context
-        return None
 
 
 def run_match(

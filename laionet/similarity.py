@@ -34,6 +34,7 @@ from laionet.manifest import (
     config_hash,
     file_digest,
     join,
+    parquet_rows,
     part_stem,
     read_manifest,
     read_part_record,
@@ -144,11 +145,6 @@ def score_part(
     return pairs.append_column("similarity", pa.array(sims, type=pa.float32())), dropped
 
 
-def _num_rows(path: str) -> int:
-    with fsspec.open(path, "rb") as f:
-        return int(pq.ParquetFile(f).metadata.num_rows)
-
-
 def _load_synset_embeddings(path: str, n_classes: int) -> np.ndarray:
     """Precomputed synset-text embeddings (.npy, catalog row order), L2-normalised float32."""
     with fsspec.open(path, "rb") as f:
@@ -236,7 +232,7 @@ def run_similarity(
             assert encoder is not None
             synset_emb = _synset_embeddings(out_dir, catalog, encoder)
         gathered = gather(todo, shards, out_dir, config.metadata_url_col, config.metadata_text_col) if shards else {}
-        total = sum(_num_rows(p) for p in todo)
+        total = sum(parquet_rows(p) or 0 for p in todo)
         with tqdm(total=total, desc=f"similarity {spec}", unit="captions", unit_scale=True, disable=None) as bar:
             for part in todo:
                 part_timer = Timer()

@@ -178,7 +178,7 @@ def test_a_killed_download_resumes_without_refetching_finished_shards(tmp_path) 
     args = ["--index", str(tmp_path / "index.parquet"), "--out", str(out), "--processes", "1", "--threads", "1",
             "--samples-per-shard", "5", "--timeout", "5", "--image-size", "32"]  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "-m", "laionet.cli", "download", *args],
+        [sys.executable, "-m", "laionet", "download", *args],
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
