@@ -303,4 +303,3 @@ from laionet import cli_images  # noqa: E402, F401
 
 def main() -> None:
     app()
-
