@@ -166,7 +166,7 @@ def run_download(index_path: str, out_dir: str, config: DownloadConfig | None = 
     for previous in range(attempt):  # a run killed after img2dataset wrote shards: keep what it finished
         _finalise_attempt(join(out_dir, "_attempts", f"{previous:03d}"), out_dir, config.encode_quality)
     status = _collect(out_dir)
-    fs, _ = url_to_fs(out_dir)
+    fs, out_real = url_to_fs(out_dir)
     todo = index if status.empty else index[~index["key"].isin(status["key"])]  # never tried (or killed)
     retry = status[status["reason"].isin(TRANSIENT)]["key"]
     for _ in range(config.attempts):
@@ -183,7 +183,7 @@ def run_download(index_path: str, out_dir: str, config: DownloadConfig | None = 
     reasons = status.set_index("key")["reason"].reindex(index["key"]).fillna("not_attempted")
     counts = reasons.value_counts().to_dict()
     success = int(counts.pop("success", 0))
-    shards = sorted(p for p in fs.glob(url_to_fs(out_dir)[1].rstrip("/") + "/*.tar"))
+    shards = sorted(fs.glob(out_real.rstrip("/") + "/*.tar"))
     cfg = config.model_dump(mode="json")
     manifest = Manifest(
         stage="download",

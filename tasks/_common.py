@@ -32,6 +32,7 @@ import fsspec
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import TASK_SOURCE, CachePolicy, Inputs
 from prefect.context import TaskRunContext
+from prefect.tasks import exponential_backoff
 from prefect.utilities.hashing import hash_objects
 
 from laionet.manifest import Manifest, code_version, read_manifest
@@ -126,3 +127,11 @@ def is_transient(task: Any, task_run: Any, state: Any) -> bool:
     except Exception:
         return False
     return False
+
+
+# Retries of stages that read or write files that may live on object storage: I/O errors only, with backoff.
+IO_RETRIES: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=10),
+    "retry_condition_fn": is_transient,
+}

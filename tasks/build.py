@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect import task
-from prefect.tasks import exponential_backoff
 
 from laionet.catalog import run_catalog
 from laionet.corpus import ColumnMap
@@ -26,7 +25,7 @@ from laionet.openclipart import DEFAULT_BASE_URL, DEFAULT_ROOT, build_openclipar
 from laionet.selection import SelectionConfig, run_select
 from laionet.similarity import SimilarityConfig, run_similarity
 from laionet.text import Mode
-from tasks._common import is_transient, publish, stage_cache
+from tasks._common import IO_RETRIES, publish, stage_cache
 
 Manifest = dict[str, Any]
 
@@ -56,9 +55,7 @@ def openclipart_corpus(
     tags=["stage:match"],
     cache_policy=stage_cache("out_dir", exclude=("workers",)),
     persist_result=True,
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=10),
-    retry_condition_fn=is_transient,  # corpus parts may live on object storage
+    **IO_RETRIES,  # corpus parts may live on object storage
 )
 def match(
     corpus: str,
@@ -78,9 +75,7 @@ def match(
     tags=["stage:similarity", "gpu"],
     cache_policy=stage_cache("out_dir", exclude=("device", "batch_size")),
     persist_result=True,
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=10),
-    retry_condition_fn=is_transient,
+    **IO_RETRIES,
 )
 def similarity(
     matches_dir: str,
@@ -103,9 +98,7 @@ def similarity(
     tags=["stage:select"],
     cache_policy=stage_cache("out_dir"),
     persist_result=True,
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=10),
-    retry_condition_fn=is_transient,
+    **IO_RETRIES,
 )
 def select(
     matches_dir: str,
