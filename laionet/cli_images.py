@@ -1,4 +1,4 @@
-"""``laionet`` commands for images and evaluation: download, ingest, verify, ocr, accuracy, intra-class.
+"""``laionet`` commands for images and evaluation: download, ingest, verify, ocr, infer, accuracy, intra-class.
 
 Registered on the app of ``laionet.cli`` (which imports this module); same conventions: explicit keyword arguments
 into the drivers, one clear error line on bad input.
@@ -159,3 +159,42 @@ def ocr(
         _fail(str(exc))
     _echo_manifest(manifest)
     typer.echo(f"  flagged: {manifest.extra['flagged']}")
+
+
+@app.command()
+def infer(
+    shards: Annotated[str, typer.Option(help="Directory or glob of .tar shards (downloaded or ingested).")],
+    out: Annotated[str, typer.Option(help="Output root: one directory per model (<out>/<model slug>/).")],
+    model: Annotated[
+        list[str],
+        typer.Option(
+            help="Model spec, repeatable: efficientnet_lite0 (offline default), a zoo name (resnet50, "
+            "convnext_base_224_22k, ...), timm:<name>[@<weights file>|@random], clip, open_clip:<model>[@<tag|file>]."
+        ),
+    ] = ["efficientnet_lite0"],  # noqa: B006 - typer needs a list default
+    catalog: Annotated[
+        str | None, typer.Option(help="Catalog parquet: zero-shot prompts (synset texts) for open_clip models.")
+    ] = None,
+    quarantine: Annotated[
+        str | None, typer.Option(help="quarantine.parquet from 'laionet verify': those keys are skipped.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda, cuda:1, ...")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (fp16 GPU, bf16 on a bf16 CPU), fp32, fp16, bf16.")] = "auto",
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch (auto: 256 GPU, 32 CPU).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decode processes (auto: cores-1 on GPU, 1 on CPU).")] = None,
+    top_k: Annotated[int, typer.Option(help="Classes kept per image, best first.")] = 5,
+) -> None:
+    """Run image models over shards in one streaming pass (each image decoded once, shared by all models): per shard
+    and model, L2-normalised float16 embeddings (.npy + .keys.parquet) and top-k predictions with the score of the
+    sample's own class (.predictions.parquet). Resumable per shard; models and weights are checked first."""
+    from laionet.inference import InferConfig, run_inference
+    from laionet.models import ModelError
+
+    config = InferConfig(device=device, precision=precision, batch_size=batch_size, workers=workers, top_k=top_k)
+    try:
+        manifests = run_inference(shards, model, out, catalog_path=catalog, quarantine=quarantine, config=config)
+    except (ModelError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    for spec, manifest in manifests.items():
+        typer.echo(f"{spec}:")
+        _echo_manifest(manifest)

@@ -28,17 +28,12 @@ def original_key(safe: str) -> str:
     return unquote(safe)
 
 
-def iter_samples(path: str) -> Iterator[tuple[str, Any, dict[str, Any]]]:
-    """Stream a shard: (our key, RGB PIL image, json metadata) per sample with an image, in tar order."""
-    from PIL import Image
+def iter_raw(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Stream a shard's samples undecoded: (tar-safe key, {extension: bytes}) in tar order.
 
-    def emit(sample: dict[str, bytes], key: str) -> tuple[str, Any, dict[str, Any]] | None:
-        if "jpg" not in sample:
-            return None
-        meta = json.loads(sample["json"]) if "json" in sample else {}
-        image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
-        return original_key(key), image, meta
-
+    Raises:
+        tarfile.TarError / OSError / EOFError: on a truncated or corrupt tar, after the samples read before it.
+    """
     current: str | None = None
     sample: dict[str, bytes] = {}
     with fsspec.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
@@ -47,17 +42,25 @@ def iter_samples(path: str) -> Iterator[tuple[str, Any, dict[str, Any]]]:
                 continue
             key, _, ext = member.name.rpartition("/")[2].partition(".")
             if key != current and current is not None:
-                item = emit(sample, current)
-                if item:
-                    yield item
+                yield current, sample
                 sample = {}
             current = key
             handle = tar.extractfile(member)
             sample[ext] = handle.read() if handle else b""
-        if current is not None:
-            item = emit(sample, current)
-            if item:
-                yield item
+    if current is not None:
+        yield current, sample
+
+
+def iter_samples(path: str) -> Iterator[tuple[str, Any, dict[str, Any]]]:
+    """Stream a shard: (our key, RGB PIL image, json metadata) per sample with an image, in tar order."""
+    from PIL import Image
+
+    for key, sample in iter_raw(path):
+        if "jpg" not in sample:
+            continue
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+        image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
+        yield original_key(key), image, meta
 
 
 def encode_rgb_jpeg(data: bytes, quality: int = 95) -> bytes:

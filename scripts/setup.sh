@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-APT_PACKAGES=(wordnet-base wordnet-sense-index openclipart-svg libcairo2)
+APT_PACKAGES=(wordnet-base wordnet-sense-index openclipart-svg libcairo2 chromium-headless-shell)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -1,0 +1,418 @@
+"""Streaming batched inference over WebDataset shards: image embeddings, classifier top-k, CLIP zero-shot.
+
+One pass over the shards feeds every model. Decoding happens once per image, in DataLoader worker processes, each
+worker taking whole shards; every distinct preprocessing ``Recipe`` among the models is applied once per image and
+its tensor shared by all models that use it. The main process moves each batch to the device once per recipe
+(pinned memory, non-blocking copies, channels-last on a GPU), runs the models under autocast (fp16 on a GPU; bf16 on
+a CPU that computes it natively, else fp32), and collects outputs per (shard, model). When a shard's last batch
+arrives its outputs are written, per model, into ``<out_root>/<model slug>/`` (``laionet.layout``):
+
+* ``<shard>.npy`` float16 (N, D) L2-normalised embeddings and ``<shard>.keys.parquet`` (``key``);
+* ``<shard>.predictions.parquet``: ``key``, ``topk`` (list<int32> class indices, best first), ``scores``
+  (list<float32>: probabilities for classifiers, cosine similarities for CLIP zero-shot), ``own_score`` (float32:
+  the score of the sample's own class — its wnid in the shard's json — NaN when it has none among the model's
+  classes; for CLIP this is the image-to-own-synset similarity of the paper's Appendix C);
+* ``_parts/<shard>.json``: the record that the shard is done (written last), with its counts.
+
+Every file is written under a temporary name and renamed. A re-run skips (shard, model) pairs whose record matches
+the shard (size, quarantined keys) and the settings; a model's ``_manifest.json`` is written when all its shards are
+done. Samples are skipped and counted when quarantined (``laionet verify``) or undecodable; outputs are keyed by
+``key``, never by position. On a GPU, out-of-memory halves the batch for that model instead of failing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+from fsspec.core import url_to_fs
+from tqdm.auto import tqdm
+
+from laionet.layout import slug
+from laionet.manifest import (
+    Manifest,
+    Timer,
+    atomic_path,
+    config_hash,
+    join,
+    read_part_record,
+    write_manifest,
+    write_parquet_atomic,
+    write_part_record,
+)
+from laionet.models import ImageModel, Recipe, load_image_model
+from laionet.shards import iter_raw, original_key
+
+ModelBuilder = Callable[[str], ImageModel]
+
+
+@dataclass
+class InferConfig:
+    """How inference runs (none of it changes the outputs beyond float rounding, except ``top_k``)."""
+
+    device: str = "auto"  # auto: cuda if available
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16 (autocast)
+    batch_size: int | None = None  # images per batch; auto: 256 on a GPU, 32 on a CPU
+    workers: int | None = None  # decode processes; auto: all cores but one on a GPU, 1 on a CPU (0: in-process)
+    top_k: int = 5
+
+
+def _device(device: str) -> str:
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def list_shards(shards: str) -> list[str]:
+    """The ``.tar`` shards of a directory or a glob, sorted.
+
+    Raises:
+        FileNotFoundError: when there are none.
+    """
+    fs, real = url_to_fs(shards)
+    pattern = real if any(c in real for c in "*?[") else real.rstrip("/") + "/*.tar"
+    found = sorted(fs.glob(pattern))
+    if not found:
+        raise FileNotFoundError(f"no .tar shards match {shards!r}")
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return found if protocol in ("file", "local") else [f"{protocol}://{p}" for p in found]
+
+
+def read_quarantine(path: str | None) -> set[str]:
+    """Keys quarantined by ``laionet verify`` (``quarantine.parquet``: shard, key, reason)."""
+    if not path:
+        return set()
+    frame = pd.read_parquet(path, columns=["key"])
+    return set(frame["key"].astype(str)) - {"*"}
+
+
+def shard_stem(shard: str) -> str:
+    return shard.rstrip("/").rsplit("/", 1)[-1].removesuffix(".tar")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# decoding (runs in DataLoader workers)
+
+
+def _pack(shard: str, keys: list[str], wnids: list[str | None], tensors: dict[Recipe, list[Any]]) -> dict[str, Any]:
+    """One batch; empties the buffers it packs."""
+    out = {
+        "shard": shard,
+        "keys": list(keys),
+        "wnids": list(wnids),
+        "images": {r: torch.stack(t) if t else None for r, t in tensors.items()},
+        "last": False,
+        "counts": None,
+        "truncated": False,
+    }
+    keys.clear()
+    wnids.clear()
+    for t in tensors.values():
+        t.clear()
+    return out
+
+
+def _decode_shard(shard: str, recipes: dict[Recipe, Any], skip: set[str], batch_size: int) -> Iterator[dict[str, Any]]:
+    """Batches of one shard; the last one has ``last=True``, the shard's counts and whether the tar was truncated."""
+    from PIL import Image
+
+    counts = {"read": 0, "quarantined": 0, "undecodable": 0, "no_image": 0}
+    keys: list[str] = []
+    wnids: list[str | None] = []
+    tensors: dict[Recipe, list[Any]] = {r: [] for r in recipes}
+    truncated = False
+    try:
+        for raw_key, sample in iter_raw(shard):
+            counts["read"] += 1
+            key = original_key(raw_key)
+            if key in skip:
+                counts["quarantined"] += 1
+                continue
+            if "jpg" not in sample:
+                counts["no_image"] += 1
+                continue
+            try:
+                with Image.open(io.BytesIO(sample["jpg"])) as image:
+                    rgb = image.convert("RGB")
+                transformed = {r: t(rgb) for r, t in recipes.items()}
+            except Exception:  # PIL raises many types for broken images
+                counts["undecodable"] += 1
+                continue
+            try:
+                meta = json.loads(sample.get("json", b"{}"))
+            except ValueError:
+                meta = {}
+            keys.append(str(meta.get("key", key)))
+            wnids.append(meta.get("wnid"))
+            for r, t in transformed.items():
+                tensors[r].append(t)
+            if len(keys) >= batch_size:
+                yield _pack(shard, keys, wnids, tensors)
+    except (tarfile.TarError, OSError, EOFError):  # a truncated tar: keep what was read, flag the shard
+        truncated = True
+    yield {**_pack(shard, keys, wnids, tensors), "last": True, "counts": counts, "truncated": truncated}
+
+
+class _ShardStream(torch.utils.data.IterableDataset):
+    """Batches from shards: each DataLoader worker takes every n-th shard."""
+
+    def __init__(self, shards: Sequence[str], recipes: Sequence[Recipe], skip: set[str], batch_size: int) -> None:
+        super().__init__()
+        self.shards, self.recipes, self.skip, self.batch_size = list(shards), list(recipes), skip, batch_size
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = torch.utils.data.get_worker_info()
+        mine = self.shards if info is None else self.shards[info.id :: info.num_workers]
+        if info is not None:
+            torch.set_num_threads(1)
+        recipes = {r: r.transform() for r in self.recipes}
+        for shard in mine:
+            yield from _decode_shard(shard, recipes, self.skip, self.batch_size)
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+def _loader(stream: _ShardStream, workers: int, pin: bool) -> Any:
+    kwargs: dict[str, Any] = {"prefetch_factor": 4} if workers else {}
+    return torch.utils.data.DataLoader(
+        stream, batch_size=None, num_workers=workers, pin_memory=pin, collate_fn=_identity, **kwargs
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the models side (main process)
+
+
+class _Runner:
+    """One model on the device: forward with autocast and out-of-memory back-off; per-shard output buffers."""
+
+    def __init__(self, model: ImageModel, device: str, precision: str, top_k: int) -> None:
+        self.model, self.device, self.top_k = model, device, top_k
+        self.cuda = device.startswith("cuda")
+        self.dtype = precision
+        self.chunk: int | None = None
+        wnids = model.info.get("class_wnids")
+        self.column = {w: j for j, w in enumerate(wnids)} if wnids is not None else {}
+        self.buffers: dict[str, list[dict[str, Any]]] = {}
+
+    def _autocast(self) -> Any:
+
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.dtype)
+        return torch.autocast("cuda" if self.cuda else "cpu", dtype=dtype) if dtype else nullcontext()
+
+    def forward(self, x: Any) -> tuple[Any, Any]:
+
+        chunk = self.chunk or len(x)
+        while True:
+            try:
+                embs: list[Any] = []
+                scores: list[Any] = []
+                with torch.inference_mode(), self._autocast():
+                    for start in range(0, len(x), chunk):
+                        e, s = self.model.forward(x[start : start + chunk])
+                        embs.append(e.float())
+                        scores.append(None if s is None else s.float())
+                return torch.cat(embs), (None if scores[0] is None else torch.cat(scores))
+            except torch.cuda.OutOfMemoryError:
+                if chunk <= 1:
+                    raise
+                chunk = max(1, chunk // 2)
+                self.chunk = chunk
+                torch.cuda.empty_cache()
+                tqdm.write(f"[infer] {self.model.spec}: out of GPU memory, batch reduced to {chunk}")
+
+    def add(self, shard: str, keys: list[str], wnids: list[str | None], x: Any) -> None:
+
+        emb, scores = self.forward(x)
+        out: dict[str, Any] = {"keys": keys, "emb": emb.half().cpu().numpy()}
+        if scores is not None and self.model.class_index is not None:
+            k = min(self.top_k, scores.shape[1])
+            values, columns = scores.topk(k, dim=1)
+            cols = torch.as_tensor([self.column.get(w, -1) if w else -1 for w in wnids], device=scores.device)
+            own = torch.full((len(keys),), float("nan"), device=scores.device)
+            has = cols >= 0
+            own[has] = scores[torch.nonzero(has).squeeze(1), cols[has]]
+            out["topk"] = self.model.class_index[columns.cpu().numpy()].astype(np.int32)
+            out["scores"] = values.cpu().numpy().astype(np.float32)
+            out["own"] = own.cpu().numpy().astype(np.float32)
+        self.buffers.setdefault(shard, []).append(out)
+
+
+def _write_outputs(out_dir: str, stem: str, parts: list[dict[str, Any]], dim: int) -> list[str]:
+    """Write one shard's outputs for one model; return the paths (predictions last, when the model has them)."""
+    keys = [k for p in parts for k in p["keys"]]
+    emb = np.concatenate([p["emb"] for p in parts]) if keys else np.zeros((0, dim), np.float16)
+    npy = join(out_dir, f"{stem}.npy")
+    with atomic_path(npy) as tmp, fsspec.open(tmp, "wb") as f:
+        np.save(f, emb.astype(np.float16))
+    keys_path = join(out_dir, f"{stem}.keys.parquet")
+    write_parquet_atomic(pa.table({"key": pa.array(keys, pa.string())}), keys_path)
+    outputs = [npy, keys_path]
+    if any("topk" in p for p in parts):
+        topk = np.concatenate([p["topk"] for p in parts])
+        scores = np.concatenate([p["scores"] for p in parts])
+        table = pa.table(
+            {
+                "key": pa.array(keys, pa.string()),
+                "topk": pa.array(list(topk), pa.list_(pa.int32())),
+                "scores": pa.array(list(scores), pa.list_(pa.float32())),
+                "own_score": pa.array(np.concatenate([p["own"] for p in parts]), pa.float32()),
+            }
+        )
+        path = join(out_dir, f"{stem}.predictions.parquet")
+        write_parquet_atomic(table, path)
+        outputs.append(path)
+    return outputs
+
+
+def _shard_hash(fs: Any, shard: str, spec: str, top_k: int, skip: set[str]) -> str:
+    _, real = url_to_fs(shard)
+    return config_hash({"spec": spec, "top_k": top_k, "shard": shard, "size": fs.size(real), "skip": sorted(skip)})
+
+
+def run_inference(
+    shards: str,
+    models: Sequence[str],
+    out_root: str,
+    catalog_path: str | None = None,
+    quarantine: str | None = None,
+    config: InferConfig | None = None,
+    builder: Callable[..., ImageModel] = load_image_model,
+) -> dict[str, Manifest]:
+    """Run every model over every shard of ``shards`` (a directory or glob of ``.tar``) into
+    ``<out_root>/<model slug>/``; return each model's manifest.
+
+    Args:
+        models: model specs (``laionet.models``); all are loaded (and their weights checked) before any shard is read.
+        catalog_path: the class catalog; gives open_clip models their zero-shot prompts (synset texts).
+        quarantine: ``quarantine.parquet`` of ``laionet verify``; its keys are skipped and counted.
+        builder: ``builder(spec, class_texts=..., class_index=...)`` → ``ImageModel`` (injected in tests).
+
+    Raises:
+        ModelError: unknown model or missing weights (before any shard is read).
+        FileNotFoundError: no shards.
+    """
+
+    config = config or InferConfig()
+    timer = Timer()
+    if not models:
+        raise ValueError("no models given")
+    all_shards = list_shards(shards)
+    skip = read_quarantine(quarantine)
+    fs, _ = url_to_fs(all_shards[0])
+    device = _device(config.device)
+    from laionet.encoders import resolve_precision
+
+    precision = resolve_precision(config.precision, device)
+    if device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    texts = index = wnids = None
+    if catalog_path:
+        from laionet.catalog import read_catalog
+
+        catalog = read_catalog(catalog_path)
+        texts, index, wnids = list(catalog["synset_text"]), list(catalog["class_index"]), list(catalog["wnid"])
+    runners: dict[str, _Runner] = {}
+    for spec in dict.fromkeys(models):
+        model = builder(spec, class_texts=texts, class_index=index)
+        if model.kind == "open_clip" and wnids is not None:
+            model.info["class_wnids"] = wnids
+        runners[spec] = _Runner(model.to(device, channels_last=True), device, precision, config.top_k)
+
+    out_dirs = {spec: join(out_root, slug(spec)) for spec in runners}
+    hashes = {(s, spec): _shard_hash(fs, s, spec, config.top_k, skip) for s in all_shards for spec in runners}
+    todo: dict[str, list[str]] = {}
+    for shard in all_shards:
+        need = [
+            spec for spec in runners if read_part_record(out_dirs[spec], shard_stem(shard), hashes[shard, spec]) is None
+        ]
+        if need:
+            todo[shard] = need
+    if todo:
+        batch_size = config.batch_size or (256 if device.startswith("cuda") else 32)
+        cpus = os.cpu_count() or 1
+        workers = config.workers if config.workers is not None else (max(1, cpus - 1) if device != "cpu" else 1)
+        workers = min(workers, len(todo))
+        recipes = list(dict.fromkeys(r.model.recipe for r in runners.values()))
+        loader = _loader(_ShardStream(list(todo), recipes, skip, batch_size), workers, device.startswith("cuda"))
+        progress = tqdm(total=len(todo), desc="infer", unit="shard", disable=None)
+        for batch in loader:
+            shard = batch["shard"]
+            on_device: dict[Recipe, Any] = {}
+            for spec in todo[shard]:
+                runner = runners[spec]
+                recipe = runner.model.recipe
+                if batch["images"][recipe] is None:
+                    continue
+                if recipe not in on_device:
+                    x = batch["images"][recipe].to(device, non_blocking=True)
+                    on_device[recipe] = x.contiguous(memory_format=torch.channels_last) if runner.cuda else x
+                runner.add(shard, batch["keys"], batch["wnids"], on_device[recipe])
+            if batch["last"]:
+                counts = batch["counts"]
+                for spec in todo[shard]:
+                    runner = runners[spec]
+                    parts = runner.buffers.pop(shard, [])
+                    outputs = _write_outputs(out_dirs[spec], shard_stem(shard), parts, runner.model.dim)
+                    record = {
+                        "config_hash": hashes[shard, spec],
+                        "output": outputs[-1],
+                        "outputs": outputs,
+                        "rows_in": counts["read"],
+                        "rows_out": sum(len(p["keys"]) for p in parts),
+                        "dropped": {k: v for k, v in counts.items() if k != "read" and v},
+                        "truncated": bool(batch["truncated"]),
+                    }
+                    write_part_record(out_dirs[spec], shard_stem(shard), record)
+                progress.update(1)
+        progress.close()
+
+    manifests = {}
+    for spec, runner in runners.items():
+        records = [read_part_record(out_dirs[spec], shard_stem(s), hashes[s, spec]) for s in all_shards]
+        missing = [s for s, r in zip(all_shards, records, strict=True) if r is None]
+        if missing:
+            raise RuntimeError(f"{spec}: shards not completed: {missing[:5]} ({len(missing)} in all)")
+        done = [r for r in records if r is not None]
+        dropped: dict[str, int] = {}
+        for r in done:
+            for reason, n in r["dropped"].items():
+                dropped[reason] = dropped.get(reason, 0) + int(n)
+        settings = {"spec": spec, "top_k": config.top_k, "shards": shards, "quarantine": quarantine}
+        manifest = Manifest(
+            stage="infer",
+            config={**settings, **{k: v for k, v in asdict(config).items() if k != "top_k"}},
+            config_hash=config_hash({**settings, "parts": [r["config_hash"] for r in done]}),
+            inputs=all_shards + ([quarantine] if quarantine else []),
+            outputs=[o for r in done for o in r["outputs"]],
+            rows_in=sum(int(r["rows_in"]) for r in done),
+            rows_out=sum(int(r["rows_out"]) for r in done),
+            dropped=dropped,
+            wall_time_s=timer.elapsed,
+            extra={
+                "device": device,
+                "precision": precision,
+                "dim": runner.model.dim,
+                "recipe": json.loads(json.dumps(asdict(runner.model.recipe))),
+                "classes": None if runner.model.class_index is None else len(runner.model.class_index),
+                "truncated_shards": sum(bool(r.get("truncated")) for r in done),
+                **{k: v for k, v in runner.model.info.items() if k in ("timm_name", "paper_name", "group", "note")},
+            },
+        )
+        write_manifest(out_dirs[spec], manifest)
+        manifests[spec] = manifest
+    return manifests

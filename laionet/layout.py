@@ -1,0 +1,65 @@
+"""Where every artifact of a run lives: one place for the paths the flows, the demo, the CLI and the report share.
+
+A run directory (local path or fsspec URL) holds::
+
+    catalog.parquet, lemma_map_<mode>.parquet      class catalog and lemma map (build)
+    corpus/ matches/ similarity/<encoder>/          corpus parts, matches, text-to-synset similarities (build)
+    selection/                                      the LAIONet index: laionet.parquet, class_frequency, sweep, ...
+    shards/ verify/ ocr/                            downloaded images, quarantine table, OCR flags (acquire)
+    references/<dataset>/                           ingested reference datasets as shards (acquire)
+    inference/<dataset>/<model slug>/               per-shard outputs of one model on one dataset (infer):
+        <shard>.predictions.parquet                   key, topk (list<int32>, best first), scores (list<float32>),
+                                                      own_score (float32: classifier probability of / CLIP
+                                                      similarity to the sample's own class; NaN when unlabelled)
+        <shard>.npy + <shard>.keys.parquet            image embeddings, float16 (N, D), L2-normalised; key
+    variants/<variant>/labels.parquet               a dataset's evaluated samples: key, wnid, class_index
+    evaluate/accuracy/<variant>/<model slug>/       per_class.parquet, summary.parquet (run_accuracy)
+    evaluate/intra/<variant a>--<variant b>/<model> intra_a, intra_b, compare_bootstrap, compare_paper, summary
+    evaluate/relations/...                          recall vs intra-class, frequency vs intra-class, ...
+    report/index.html + report/*.png                the self-contained report
+
+``<dataset>`` is ``laionet`` for the downloaded LAIONet shards or the name of an ingested reference dataset;
+``<variant>`` names a labelled subset of a dataset (e.g. ``laionet`` = text-only selection, ``laionet-image`` = the
+image-filtered variant, ``imagenet-val``).
+"""
+
+from __future__ import annotations
+
+from laionet.manifest import join
+
+
+def slug(name: str) -> str:
+    """A file-system-safe name for a model spec (``open_clip:ViT-B-32@openai`` → ``open_clip-ViT-B-32-openai``)."""
+    out = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+    while "--" in out:
+        out = out.replace("--", "-")
+    return out.strip("-.") or "model"
+
+
+def shards_dir(run_dir: str, dataset: str = "laionet") -> str:
+    """The shard directory of ``dataset`` in a run."""
+    return join(run_dir, "shards") if dataset == "laionet" else join(run_dir, "references", dataset)
+
+
+def inference_dir(run_dir: str, dataset: str, model: str) -> str:
+    return join(run_dir, "inference", dataset, slug(model))
+
+
+def variant_labels(run_dir: str, variant: str) -> str:
+    return join(run_dir, "variants", variant, "labels.parquet")
+
+
+def accuracy_dir(run_dir: str, variant: str, model: str) -> str:
+    return join(run_dir, "evaluate", "accuracy", variant, slug(model))
+
+
+def intra_dir(run_dir: str, variant_a: str, variant_b: str, model: str) -> str:
+    return join(run_dir, "evaluate", "intra", f"{variant_a}--{variant_b}", slug(model))
+
+
+def relations_dir(run_dir: str) -> str:
+    return join(run_dir, "evaluate", "relations")
+
+
+def report_dir(run_dir: str) -> str:
+    return join(run_dir, "report")
