@@ -179,9 +179,9 @@ def infer(
         str | None, typer.Option(help="quarantine.parquet from 'laionet verify': those keys are skipped.")
     ] = None,
     device: Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda, cuda:1, ...")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (fp16 GPU, bf16 on a bf16 CPU), fp32, fp16, bf16.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (fp16 GPU, fp32 CPU), fp32, fp16, bf16.")] = "auto",
     batch_size: Annotated[int | None, typer.Option(help="Images per batch (auto: 256 GPU, 32 CPU).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Decode processes (auto: cores-1 on GPU, 1 on CPU).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decode processes (auto: cores-1 GPU; 0 CPU ≤4 cores).")] = None,
     top_k: Annotated[int, typer.Option(help="Classes kept per image, best first.")] = 5,
 ) -> None:
     """Run image models over shards in one streaming pass (each image decoded once, shared by all models): per shard

@@ -238,3 +238,20 @@ def test_cli_infer(shards: Path, tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["infer", "--shards", str(shards), "--model", "nope", "--out", str(out)])
     assert bad.exit_code != 0 and "unknown model 'nope'" in bad.output
     assert os.path.exists(out)
+
+
+def test_shard_batches_then_a_final_call_that_loads_no_model(shards: Path, tmp_path: Path) -> None:
+    """The fan-out used by the infer flow: each task runs `only` some shards; the last call writes the manifests."""
+    spec, out = "timm:test_resnet@random", tmp_path / "fan"
+    assert run_inference(str(shards), [spec], str(out), only=["00000"], config=InferConfig(workers=0)) == {}
+    model_dir = out / slug(spec)
+    assert sorted(p.name for p in (model_dir / "_parts").iterdir()) == ["00000.json"]
+    assert not (model_dir / "_manifest.json").exists()
+    run_inference(str(shards), [spec], str(out), only=[str(shards / "00001.tar")], config=InferConfig(workers=0))
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded although every shard is done")
+
+    manifest = run_inference(str(shards), [spec], str(out), builder=no_model)[spec]
+    assert (manifest.rows_in, manifest.rows_out, manifest.extra["dim"]) == (6, 5, 96)
+    assert read_manifest(str(model_dir)) == manifest
