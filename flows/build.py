@@ -29,6 +29,7 @@ def build(
     encoder: str = "minilm",
     threshold: float | Literal["auto"] = "auto",
     top_k: int | None = 50,
+    max_parts: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Build the LAIONet index of a corpus: match captions to classes, score them, select.
 
@@ -43,6 +44,7 @@ def build(
         threshold: keep captions whose similarity is above it; 'auto' uses the paper's value for its encoders and
             calibrates one on the data for others.
         top_k: also write the top-k-per-class variant of the index (None: don't).
+        max_parts: match only the first N corpus parts (try a real corpus on one part first).
 
     Returns:
         The manifest of each stage, by stage name.
@@ -58,7 +60,7 @@ def build(
         corpus_future = openclipart_corpus.submit(corpus, limit=corpus_limit)
         upstream.append(corpus_future)
     matches_dir = join(run_dir, "matches")
-    match_future = match.submit(corpus, matches_dir, lemma_path, mode, wait_for=upstream)
+    match_future = match.submit(corpus, matches_dir, lemma_path, mode, max_parts=max_parts, wait_for=upstream)
     sim_dir = similarity_dir(join(run_dir, "similarity"), encoder)
     similarity_future = similarity.submit(matches_dir, catalog_path, sim_dir, encoder, wait_for=[match_future])
     select_future = select.submit(

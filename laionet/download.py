@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 from pydantic import BaseModel, Field
 
-from laionet.manifest import Manifest, Timer, atomic_path, config_hash, join, write_manifest
+from laionet.manifest import Manifest, Timer, atomic_path, config_hash, join, write_manifest, write_parquet_atomic
 from laionet.shards import encode_rgb_jpeg, safe_key
 
 OPT_OUT_DIRECTIVES = ["noai", "noimageai", "noindex", "noimageindex"]
@@ -242,3 +242,40 @@ def _collect(out_dir: str) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=["key", "status", "reason"])
     return pd.concat(frames, ignore_index=True).drop_duplicates("key", keep="last")
+
+
+def prepare_index(
+    index_path: str,
+    out_path: str,
+    rewrite: dict[str, str] | None = None,
+    limit: int | None = None,
+    shards_dir: str | None = None,
+) -> str:
+    """The download index of a run: ``index_path`` (the LAIONet index) limited to its first ``limit`` rows, with URL
+    prefixes rewritten (``{"http://original/": "http://mirror:port/"}``: a local mirror, or the demo's loopback
+    server, whose port changes from run to run) → ``out_path``.
+
+    The file is left untouched — so the download stage's cache stays valid — when it holds the same rows before the
+    rewrite and the download into ``shards_dir`` is complete; it is rewritten otherwise (an unfinished download needs
+    this run's mirror address). The digest of the un-rewritten rows is kept in ``<out_path>.source.json``.
+    """
+    import json
+
+    from laionet.manifest import read_manifest, write_json_atomic
+
+    with fsspec.open(index_path, "rb") as f:
+        index = pq.read_table(f, columns=["key", "url", "text", "wnid", "class_index"]).to_pandas()
+    if limit is not None:
+        index = index.head(limit)
+    digest = config_hash({"rows": pd.util.hash_pandas_object(index, index=False).tolist(), "source": index_path})
+    source = out_path + ".source.json"
+    fs, real = url_to_fs(source)
+    if fs.exists(real) and fs.exists(url_to_fs(out_path)[1]) and shards_dir and read_manifest(shards_dir):
+        with fsspec.open(source, "r") as f:
+            if json.load(f).get("digest") == digest:
+                return out_path
+    for old, new in (rewrite or {}).items():
+        index["url"] = index["url"].str.replace(old, new, regex=False)
+    write_parquet_atomic(pa.Table.from_pandas(index, preserve_index=False), out_path)
+    write_json_atomic(source, {"digest": digest, "index": index_path, "rows": len(index), "rewrite": rewrite})
+    return out_path

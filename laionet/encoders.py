@@ -19,7 +19,6 @@ it natively (AVX512-BF16/AMX; ~2x fp32), else fp32.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -85,9 +84,9 @@ def _device(device: str) -> str:
 
 
 def _use_all_cores() -> None:
-    import torch
+    from laionet.runtime import tune_cpu
 
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    tune_cpu()
 
 
 def _length_order(texts: Sequence[str]) -> np.ndarray:

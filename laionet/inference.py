@@ -14,6 +14,9 @@ arrives its outputs are written, per model, into ``<out_root>/<model slug>/`` (`
   classes; for CLIP this is the image-to-own-synset similarity of the paper's Appendix C);
 * ``_parts/<shard>.json``: the record that the shard is done (written last), with its counts.
 
+Each model directory gets a ``_manifest.json`` when all its shards are done, and ``<out_root>/_manifest.json``
+summarises the call (its models; samples in / out / skipped are the same for every model).
+
 Every file is written under a temporary name and renamed. A re-run skips (shard, model) pairs whose record matches
 the shard (size, quarantined keys) and the settings; a model's ``_manifest.json`` is written when all its shards are
 done. Samples are skipped and counted when quarantined (``laionet verify``) or undecodable; outputs are keyed by
@@ -52,6 +55,7 @@ from laionet.manifest import (
     write_part_record,
 )
 from laionet.models import ImageModel, Recipe, canonical_model_spec, load_image_model
+from laionet.runtime import tune_cpu
 from laionet.shards import iter_raw, original_key
 
 ModelBuilder = Callable[[str], ImageModel]
@@ -335,7 +339,7 @@ def run_inference(
         "fp32" if config.precision == "auto" and device == "cpu" else resolve_precision(config.precision, device)
     )
     if device == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+        tune_cpu()
     texts = index = wnids = None
     if catalog_path:
         from laionet.catalog import read_catalog
@@ -397,6 +401,20 @@ def run_inference(
         )
         write_manifest(out_dirs[spec], manifest)
         manifests[spec] = manifest
+    first = manifests[specs[0]]
+    summary = Manifest(
+        stage="infer",
+        config={"models": specs, "shards": shards, "quarantine": quarantine, "top_k": config.top_k},
+        config_hash=config_hash({spec: m.config_hash for spec, m in manifests.items()}),
+        inputs=first.inputs,
+        outputs=[join(out_dirs[spec], "_manifest.json") for spec in specs],
+        rows_in=first.rows_in,
+        rows_out=first.rows_out,
+        dropped=first.dropped,
+        wall_time_s=timer.elapsed,
+        extra={"models": {spec: out_dirs[spec] for spec in specs}, "device": device, "precision": precision},
+    )
+    write_manifest(out_root, summary)  # the whole call, for caches and the report: same counts for every model
     return manifests
 
 

@@ -158,6 +158,7 @@ def run_match(
     lemma_map_path: str,
     config: MatchConfig | None = None,
     workers: int = 1,
+    max_parts: int | None = None,
 ) -> Manifest:
     """Match every part of ``corpus`` against a lemma map; resume per part; write the manifest last.
 
@@ -167,13 +168,15 @@ def run_match(
         lemma_map_path: parquet with ``lemma``, ``wnid`` (from ``laionet lemmas`` with the same policy as the mode).
         config: stage settings (mode, column names, batch size, caption byte limit).
         workers: parts processed in parallel (one process each).
+        max_parts: only the first N parts in sorted order (try a real corpus on one part first; raising it later
+            reuses the finished parts).
 
     Raises:
         CorpusError: naming the file and column when a part cannot be read as configured.
     """
     config = config or MatchConfig()
     timer = Timer()
-    parts = resolve_parts(corpus)
+    parts = resolve_parts(corpus)[:max_parts]
     cfg = config.model_dump(mode="json")
     part_hash = config_hash({"config": cfg, "lemma_map": file_digest(lemma_map_path)})  # what one part depends on
     chash = config_hash({"part_hash": part_hash, "parts": parts})

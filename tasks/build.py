@@ -64,10 +64,12 @@ def match(
     mode: Mode = "default",
     columns: dict[str, str | None] | None = None,
     workers: int = 1,
+    max_parts: int | None = None,
 ) -> Manifest:
-    """Captions of ``corpus`` (glob, directory or file of parquet parts) matched against a lemma map → ``out_dir``."""
+    """Captions of ``corpus`` (glob, directory or file of parquet parts; the first ``max_parts``) matched against a
+    lemma map → ``out_dir``."""
     config = MatchConfig(mode=mode, columns=ColumnMap(**(columns or {})))
-    return publish(run_match(corpus, out_dir, lemma_map_path, config, workers=workers), out_dir)
+    return publish(run_match(corpus, out_dir, lemma_map_path, config, workers=workers, max_parts=max_parts), out_dir)
 
 
 @task(

@@ -1,0 +1,59 @@
+"""The acquire flow: the LAIONet index downloaded into verified shards with the OCR filter, and the reference
+datasets ingested into the same format.
+
+Under ``run_dir`` (``laionet.layout``): ``download_index.parquet``, ``shards/``, ``verify/``, ``ocr/``,
+``references/<name>/``. Download, the reference ingests and (after download) verify run concurrently.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from laionet.config import load_preset
+from laionet.layout import shards_dir
+from laionet.manifest import join
+from tasks.acquire import download, download_index, ingest_reference, ocr, verify
+
+
+@flow(name="acquire")
+def acquire(
+    run_dir: str,
+    preset: str = "demo",
+    rewrite_urls: dict[str, str] | None = None,
+    image_limit: int | None = None,
+) -> dict[str, Any]:
+    """Download, verify and OCR-filter the LAIONet images; ingest the preset's reference datasets.
+
+    Args:
+        run_dir: the run directory (its ``selection/laionet.parquet`` is downloaded).
+        preset: a preset name (``demo``, ``laion400m``) or a preset file; gives the download settings, whether to
+            run OCR and the reference datasets.
+        rewrite_urls: URL prefix → replacement (a local mirror; the demo's loopback server).
+        image_limit: download only the first N rows of the index (try a real run small first).
+
+    Returns:
+        The manifest of each stage, by stage name.
+    """
+    config = load_preset(preset)
+    out = shards_dir(run_dir)
+    index = download_index(join(run_dir, "selection", "laionet.parquet"), join(run_dir, "download_index.parquet"),
+                           rewrite_urls, image_limit, out)  # fmt: skip
+    downloaded = download.submit(index, out, config.download)
+    references = {
+        name: ingest_reference.submit(ref.kind, shards_dir(run_dir, name), ref.paths)
+        for name, ref in config.references.items()
+    }
+    verified = verify.submit(out, join(run_dir, "verify"), wait_for=[downloaded])
+    flagged = (
+        ocr.submit(out, join(run_dir, "catalog.parquet"), join(run_dir, "ocr"), wait_for=[downloaded])
+        if config.ocr
+        else None
+    )
+    manifests: dict[str, Any] = {"download": downloaded.result(), "verify": verified.result()}
+    if flagged is not None:
+        manifests["ocr"] = flagged.result()
+    for name, future in references.items():
+        manifests[f"ingest:{name}"] = future.result()
+    return manifests

@@ -1,0 +1,40 @@
+"""The infer flow: every image model of the preset over the shards of every dataset of the run.
+
+Per dataset: ``preset.shard_batches`` ``infer-shards`` tasks (one streaming pass each over a group of shards, all
+models at once), then one ``infer`` task that writes the manifests. Outputs: ``run_dir/inference/<dataset>/<model>/``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from laionet.config import load_preset
+from laionet.layout import shards_dir
+from laionet.manifest import join
+from tasks.infer import infer, infer_shards, shard_groups
+
+
+@flow(name="infer")
+def infer_flow(run_dir: str, preset: str = "demo") -> dict[str, Any]:
+    """Image embeddings and predictions of the preset's models (``Preset.image_models``) for each dataset
+    (``laionet`` and the preset's references); quarantined samples skipped.
+
+    Returns:
+        The inference manifest of each dataset.
+    """
+    config = load_preset(preset)
+    models = config.image_models()
+    catalog = join(run_dir, "catalog.parquet")
+    finals = {}
+    for dataset in config.datasets():
+        source = shards_dir(run_dir, dataset)
+        quarantine = join(run_dir, "verify", "quarantine.parquet") if dataset == "laionet" else None
+        out_root = join(run_dir, "inference", dataset)
+        groups = [
+            infer_shards.submit(source, models, out_root, group, catalog, quarantine, config.infer)
+            for group in shard_groups(source, config.shard_batches)
+        ]
+        finals[dataset] = infer.submit(source, models, out_root, catalog, quarantine, config.infer, wait_for=groups)
+    return {dataset: future.result() for dataset, future in finals.items()}

@@ -1,0 +1,74 @@
+"""Tasks of the acquire flow: download the LAIONet index into shards, ingest reference datasets, verify, OCR.
+
+Same conventions as ``tasks.build``: one driver call each, paths in, the manifest (a plain dict) out, persisted and
+cached across runs (``tasks._common.stage_cache``), a Markdown artifact per stage. The download talks to the network:
+it retries with exponential backoff on I/O errors (its own per-URL retries and transient re-passes are inside the
+driver); the others retry on I/O errors only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.tasks import exponential_backoff
+
+from laionet.download import DownloadConfig, prepare_index, run_download
+from laionet.ocr import run_ocr
+from laionet.references import ingest
+from laionet.verify import run_verify
+from tasks._common import IO_RETRIES, is_transient, publish, stage_cache
+
+Manifest = dict[str, Any]
+
+
+@task(
+    name="download",
+    tags=["stage:download", "network"],
+    cache_policy=stage_cache("out_dir", exclude=("processes", "threads")),
+    persist_result=True,
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=30),
+    retry_condition_fn=is_transient,
+)
+def download(
+    index_path: str,
+    out_dir: str,
+    settings: dict[str, Any] | None = None,
+    processes: int | None = None,
+    threads: int | None = None,
+) -> Manifest:
+    """Images of a LAIONet index (``key, url, text, wnid, class_index``) → RGB WebDataset shards in ``out_dir``
+    (img2dataset; resumable: a retry refetches only what is missing). ``processes``/``threads`` only change speed."""
+    fields = {**(settings or {}), **{k: v for k, v in (("processes", processes), ("threads", threads)) if v}}
+    return publish(run_download(index_path, out_dir, DownloadConfig(**fields)), out_dir)
+
+
+@task(name="ingest", tags=["stage:ingest"], cache_policy=stage_cache("out_dir"), persist_result=True, **IO_RETRIES)
+def ingest_reference(kind: str, out_dir: str, paths: dict[str, str], per_shard: int = 10_000) -> Manifest:
+    """A reference dataset (imagenet-val, imagenetv2, imagenet-captions) → shards in the LAIONet format."""
+    manifest = ingest(kind, out_dir, per_shard=per_shard, **{k: Path(v) for k, v in paths.items()})
+    return publish(manifest, out_dir)
+
+
+@task(name="verify", tags=["stage:verify"], cache_policy=stage_cache("out_dir"), persist_result=True, **IO_RETRIES)
+def verify(shards_dir: str, out_dir: str) -> Manifest:
+    """Read every shard; quarantine undecodable or inconsistent samples (``quarantine.parquet``)."""
+    return publish(run_verify(shards_dir, out_dir), out_dir)
+
+
+@task(name="ocr", tags=["stage:ocr"], cache_policy=stage_cache("out_dir"), persist_result=True, **IO_RETRIES)
+def ocr(shards_dir: str, catalog_path: str, out_dir: str) -> Manifest:
+    """Flag samples whose image shows their class name as text (evaluation excludes them)."""
+    return publish(run_ocr(shards_dir, catalog_path, out_dir), out_dir)
+
+
+@task(name="download-index", tags=["stage:download"])
+def download_index(
+    index_path: str, out_path: str, rewrite: dict[str, str] | None = None, limit: int | None = None,
+    shards_dir: str | None = None,
+) -> str:  # fmt: skip
+    """The run's download index: the LAIONet index (first ``limit`` rows) with URL prefixes rewritten to a mirror;
+    left untouched when unchanged and already downloaded (see ``laionet.download.prepare_index``)."""
+    return prepare_index(index_path, out_path, rewrite, limit, shards_dir)

@@ -1,0 +1,67 @@
+"""Tasks of the infer flow: image models over the shards of one dataset.
+
+``infer_shards`` runs every model over one group of shards (one streaming pass: each image decoded once for all
+models) and writes per-shard outputs only; the flow fans it out over shard groups, so several GPUs or Ray workers
+share a dataset. ``infer`` then finds every shard done (it loads no model) and writes each model's manifest. Both
+carry the ``gpu`` tag: with ``prefect concurrency-limit create gpu 1`` at most one runs per device at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from laionet.inference import InferConfig, list_shards, run_inference
+from tasks._common import IO_RETRIES, publish, stage_cache
+
+Manifest = dict[str, Any]
+
+
+def shard_groups(shards_dir: str, groups: int) -> list[list[str]]:
+    """The shards of a directory split into at most ``groups`` contiguous groups."""
+    shards = list_shards(shards_dir)
+    size = -(-len(shards) // max(1, groups))
+    return [shards[i : i + size] for i in range(0, len(shards), size)]
+
+
+@task(name="infer-shards", tags=["stage:infer", "gpu"], **IO_RETRIES)
+def infer_shards(
+    shards_dir: str,
+    models: list[str],
+    out_root: str,
+    shards: list[str],
+    catalog_path: str | None = None,
+    quarantine: str | None = None,
+    settings: dict[str, Any] | None = None,
+) -> int:
+    """Every model over ``shards`` (a group of ``shards_dir``) → per-shard outputs; returns the shard count.
+    Finished shards are skipped by the driver, so a retry redoes only what a crash left."""
+    config = InferConfig(**(settings or {}))
+    run_inference(shards_dir, models, out_root, catalog_path, quarantine, config, only=shards)
+    return len(shards)
+
+
+@task(
+    name="infer",
+    tags=["stage:infer", "gpu"],
+    cache_policy=stage_cache("out_root"),
+    persist_result=True,
+    **IO_RETRIES,
+)
+def infer(
+    shards_dir: str,
+    models: list[str],
+    out_root: str,
+    catalog_path: str | None = None,
+    quarantine: str | None = None,
+    settings: dict[str, Any] | None = None,
+) -> Manifest:
+    """Every model over every shard of ``shards_dir`` → ``<out_root>/<model slug>/`` (a model manifest each);
+    returns the manifest of the whole call (``<out_root>/_manifest.json``)."""
+    run_inference(shards_dir, models, out_root, catalog_path, quarantine, InferConfig(**(settings or {})))
+    from laionet.manifest import read_manifest
+
+    summary = read_manifest(out_root)
+    assert summary is not None  # written by run_inference
+    return publish(summary, out_root)
