@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import os
 import re
 import tarfile
+import threading
 from typing import Any
 
 import fsspec
@@ -84,7 +86,7 @@ def _attempt(index: pd.DataFrame, folder: str, config: DownloadConfig) -> None:
     frame = index.rename(columns={"key": "sample_key"})[["sample_key", "url", "text", "wnid", "class_index"]]
     with fsspec.open(source, "wb") as f:
         frame.to_parquet(f, index=False)
-    img2dataset.download(
+    kwargs = dict(
         url_list=source,
         input_format="parquet",
         url_col="url",
@@ -106,6 +108,23 @@ def _attempt(index: pd.DataFrame, folder: str, config: DownloadConfig) -> None:
         disallowed_header_directives=OPT_OUT_DIRECTIVES if config.respect_opt_out else [],
         user_agent_token=config.user_agent_token,
     )
+    if threading.current_thread() is threading.main_thread():
+        img2dataset.download(**kwargs)
+        return
+    # img2dataset installs a SIGINT handler, which Python allows only in the main thread; a worker thread (e.g. a
+    # Prefect task runner's) runs it in a child process instead
+    child = multiprocessing.get_context("spawn").Process(target=_img2dataset_download, kwargs=kwargs)
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"img2dataset failed (exit code {child.exitcode}) downloading into {folder}")
+
+
+def _img2dataset_download(**kwargs: Any) -> None:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import img2dataset
+
+    img2dataset.download(**kwargs)
 
 
 def _finalise(raw_tar: str, raw_parquet: str, out_tar: str, quality: int) -> pd.DataFrame:

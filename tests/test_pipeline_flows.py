@@ -1,0 +1,130 @@
+"""The acquire and infer flows on a tiny run: real photos served over loopback HTTP, downloaded by img2dataset into
+shards, verified, OCR-filtered, then run through two models with the inference fanned out over shard groups; a second
+run of both flows comes back Cached without touching a file."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from laionet.catalog import run_catalog
+from laionet.manifest import read_manifest
+from laionet.serve import ImageServer
+from tests.conftest import write_class_file
+
+pytestmark = pytest.mark.prefect
+
+SKIMAGE = Path(__import__("skimage").__file__).parent / "data"
+MIRROR = "http://images.invalid/"  # the index's URLs; the test rewrites them to its loopback server
+ROWS = [  # key, file, wnid, class_index
+    ("laion/0", "coffee.png", "n07920052", 967),
+    ("laion/1", "chelsea.png", "n02123159", 282),
+    ("laion/2", "camera.png", "n04485082", 872),
+    ("laion/3", "missing.png", "n04485082", 872),
+    ("laion/4", "rocket.jpg", "n07920052", 967),
+]
+
+
+def final_task_states(state: Any, expected: int) -> dict[str, list[str]]:
+    """Final state names of a flow run's task runs (all of its subflows'), by task name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    flow_run_id = state.state_details.flow_run_id
+    names: dict[str, list[str]] = {}
+    deadline = time.monotonic() + 20
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_task_runs(  # prefect 3.8.8's server rejects the client's default sort/limit (None)
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+                limit=200,
+                offset=0,
+            )
+            final = [r for r in runs if r.state and r.state.is_final()]
+            if len(final) >= expected:
+                break
+            time.sleep(0.2)
+    for run in final:
+        names.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name)
+    return names
+
+
+@pytest.fixture
+def tiny_run(tmp_path: Path) -> tuple[str, str, Path]:
+    """A run directory with a catalog and a selection index, a preset file, and the image folder to serve."""
+    run_dir = tmp_path / "run"
+    (run_dir / "selection").mkdir(parents=True)
+    classes = write_class_file(tmp_path / "classes.txt", sorted({r[2] for r in ROWS}))
+    run_catalog(classes, str(run_dir / "catalog.parquet"))
+    images = tmp_path / "images"
+    images.mkdir()
+    for _, name, _, _ in ROWS:
+        if (SKIMAGE / name).exists():
+            (images / name).write_bytes((SKIMAGE / name).read_bytes())
+    index = pd.DataFrame([{"key": k, "url": MIRROR + f, "text": f, "wnid": w, "class_index": c} for k, f, w, c in ROWS])
+    index.to_parquet(run_dir / "selection" / "laionet.parquet")
+    preset = {
+        "name": "tiny",
+        "download": {"image_size": 96, "processes": 1, "threads": 4, "samples_per_shard": 2, "timeout": 5},
+        "models": ["efficientnet_lite0"],
+        "embedding_model": "timm:test_resnet@random",
+        "image_filter": {"model": "efficientnet_lite0"},
+        "shard_batches": 2,
+        "infer": {"workers": 0},
+    }
+    preset_path = tmp_path / "tiny.json"
+    preset_path.write_text(json.dumps(preset))
+    return str(run_dir), str(preset_path), images
+
+
+def test_acquire_and_infer_flows_then_everything_cached(prefect_harness: Path, tiny_run) -> None:
+    from flows.acquire import acquire
+    from flows.infer import infer_flow
+
+    run_dir, preset, images = tiny_run
+    with ImageServer(images) as base:
+        state = acquire(run_dir, preset, rewrite_urls={MIRROR: base + "/"}, return_state=True)
+    assert state.is_completed(), state
+    manifests = state.result()
+    download = manifests["download"]
+    assert (download["rows_in"], download["rows_out"]) == (5, 4)
+    assert download["dropped"] == {"http_404": 1}
+    assert manifests["verify"]["rows_out"] == 4 and manifests["ocr"]["rows_in"] == 4
+    assert final_task_states(state, 4) == {
+        key: ["Completed"] for key in ["download-index", "download", "verify", "ocr"]
+    }
+
+    state = infer_flow(run_dir, preset, return_state=True)
+    assert state.is_completed(), state
+    summary = state.result()["laionet"]
+    assert summary["rows_out"] == 4 and set(summary["extra"]["models"]) == {
+        "efficientnet_lite0",
+        "timm:test_resnet@random",
+    }
+    states = final_task_states(state, 3)
+    assert states == {"infer-shards": ["Completed", "Completed"], "infer": ["Completed"]}  # 2 shard groups
+    lite = Path(run_dir) / "inference" / "laionet" / "efficientnet_lite0"
+    preds = pd.concat(pd.read_parquet(p) for p in sorted(lite.glob("*.predictions.parquet"))).set_index("key")
+    assert sorted(preds.index) == ["laion/0", "laion/1", "laion/2", "laion/4"]
+    assert 967 in preds.loc["laion/0", "topk"]  # the espresso photo, downloaded, resized and classified
+    assert read_manifest(str(lite)).rows_out == 4
+
+    before = {p: p.stat().st_mtime_ns for p in Path(run_dir).rglob("*") if p.is_file()}
+    with ImageServer(images) as base:  # another port: the index is left alone since the download is complete
+        again = acquire(run_dir, preset, rewrite_urls={MIRROR: base + "/"}, return_state=True)
+    assert again.is_completed()
+    assert final_task_states(again, 4) == {
+        "download-index": ["Completed"],
+        **{key: ["Cached"] for key in ["download", "verify", "ocr"]},
+    }
+    again = infer_flow(run_dir, preset, return_state=True)
+    assert final_task_states(again, 3)["infer"] == ["Cached"]
+    after = {p: p.stat().st_mtime_ns for p in Path(run_dir).rglob("*") if p.is_file()}
+    assert after == before
