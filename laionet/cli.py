@@ -289,16 +289,17 @@ def demo(
     images: Annotated[bool, typer.Option(help="Also download, verify and OCR the selected images.")] = True,
     image_limit: Annotated[int | None, typer.Option(help="Download only the first N selected samples.")] = None,
 ) -> None:
-    """Run what is built so far on real offline data: catalog, lemma maps, openclipart corpus, matching,
-    MiniLM text-to-synset similarity, selection (threshold sweep, calibrated threshold), and the selected images
-    downloaded over a loopback HTTP server into verified shards with the OCR filter."""
+    """The demo's data stages without Prefect, on real offline data: catalog, lemma maps, openclipart corpus,
+    matching, MiniLM text-to-synset similarity, selection (threshold sweep, calibrated threshold), and the selected
+    images downloaded over a loopback HTTP server into verified shards with the OCR filter. The whole pipeline
+    (inference, metrics, report) runs as the Prefect demo flow: `make demo` / `python -m flows.demo`."""
     from laionet.demo import run_demo
 
     run_demo(run_dir, mode=mode, echo=typer.echo, images=images, image_limit=image_limit)  # type: ignore[arg-type]
 
 
-# the image and evaluation commands live in their own module; importing it registers them on ``app``
-from laionet import cli_images  # noqa: E402, F401
+# the image, evaluation and report commands live in their own modules; importing them registers them on ``app``
+from laionet import cli_images, cli_report  # noqa: E402, F401
 
 
 def main() -> None:

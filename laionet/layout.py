@@ -15,7 +15,9 @@ A run directory (local path or fsspec URL) holds::
     variants/<variant>/labels.parquet               a dataset's evaluated samples: key, wnid, class_index
     evaluate/accuracy/<variant>/<model slug>/       per_class.parquet, summary.parquet (run_accuracy)
     evaluate/intra/<variant a>--<variant b>/<model> intra_a, intra_b, compare_bootstrap, compare_paper, summary
-    evaluate/relations/...                          recall vs intra-class, frequency vs intra-class, ...
+    evaluate/recall-difference/<a>--<b>/<model>/   per-class recall A − B with bounds (Appendix B)
+    evaluate/own-similarity/<a>--<b>/<model>/      image-to-own-synset similarity, A resampled to B (Appendix C)
+    evaluate/relations/<a>--<b>/                    recall vs intra-class, frequency vs intra-class, ...
     report/index.html + report/*.png                the self-contained report
 
 ``<dataset>`` is ``laionet`` for the downloaded LAIONet shards or the name of an ingested reference dataset;
@@ -63,3 +65,39 @@ def relations_dir(run_dir: str) -> str:
 
 def report_dir(run_dir: str) -> str:
     return join(run_dir, "report")
+
+
+def stage_outputs(run_dir: str, exclude: tuple[str, ...] = ("report",)) -> list[str]:
+    """Every completed stage output of a run (paths whose manifest exists), sorted; ``_parts`` records and the
+    top-level directories in ``exclude`` left out."""
+    from fsspec.core import url_to_fs
+
+    from laionet.manifest import MANIFEST_NAME
+
+    fs, root = url_to_fs(run_dir)
+    root = root.rstrip("/")
+    if not fs.exists(root):
+        return []
+    found = []
+    for path in fs.find(root):
+        rel = path[len(root) + 1 :]
+        if rel.split("/", 1)[0] in exclude or "/_parts/" in f"/{rel}":
+            continue
+        if rel.endswith("/" + MANIFEST_NAME) or rel == MANIFEST_NAME:
+            found.append(join(run_dir, rel.removesuffix(MANIFEST_NAME).rstrip("/")))
+        elif rel.endswith(".parquet.manifest.json"):
+            found.append(join(run_dir, rel.removesuffix(".manifest.json")))
+    return sorted(found)
+
+
+def dataset_of(variant: str) -> str:
+    """The dataset whose shards and inference outputs a variant uses: ``laionet-image`` → ``laionet``."""
+    return "laionet" if variant.startswith("laionet") else variant
+
+
+def recall_difference_dir(run_dir: str, variant_a: str, variant_b: str, model: str) -> str:
+    return join(run_dir, "evaluate", "recall-difference", f"{variant_a}--{variant_b}", slug(model))
+
+
+def own_similarity_dir(run_dir: str, variant_a: str, variant_b: str, model: str) -> str:
+    return join(run_dir, "evaluate", "own-similarity", f"{variant_a}--{variant_b}", slug(model))

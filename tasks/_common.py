@@ -39,7 +39,10 @@ from laionet.manifest import Manifest, code_version, read_manifest
 
 
 def fingerprint(value: Any) -> Any:
-    """What identifies the content behind a path-valued input (None for anything else)."""
+    """What identifies the content behind a path-valued input, or each path of a list of them (None for anything
+    else)."""
+    if isinstance(value, list | tuple):
+        return [fingerprint(v) for v in value]
     if not isinstance(value, str) or not value or any(c in value for c in "*?["):
         return None
     try:

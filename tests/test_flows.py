@@ -392,7 +392,9 @@ def test_deployment_file(prefect_harness: Path) -> None:
 
     raw = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
     config = PrefectYamlModel.model_validate(raw)
-    assert [d.name for d in config.deployments] == ["build"]
+    names = ["build", "acquire", "infer", "evaluate", "report", "laion400m", "demo"]
+    assert [d.name for d in config.deployments] == names
+    assert all(d.work_pool is not None and d.work_pool.name == "gpu" for d in config.deployments)
     deployment = config.deployments[0]
     assert deployment.entrypoint == "flows/build.py:build"
     assert deployment.work_pool is not None and deployment.work_pool.name == "gpu"

@@ -1,0 +1,97 @@
+"""The evaluate flow: label sets, accuracies, intra-class comparisons, recall differences, own-synset similarity and
+relations for a run, fanned out per (variant, model) and per compared pair.
+
+Variants (``Preset.compare`` names them): ``laionet`` (the text-only selection: every downloaded, non-quarantined
+sample), ``laionet-image`` (those of them the preset's image filter agrees with), and each reference dataset.
+Outputs under ``run_dir/variants/`` and ``run_dir/evaluate/`` (``laionet.layout``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from laionet.config import load_preset
+from laionet.layout import (
+    accuracy_dir,
+    dataset_of,
+    inference_dir,
+    intra_dir,
+    own_similarity_dir,
+    recall_difference_dir,
+    relations_dir,
+    shards_dir,
+    variant_labels,
+)
+from laionet.manifest import join
+from tasks.evaluate import accuracy, intra_class, own_similarity, recall_difference, relations, variants
+
+
+@flow(name="evaluate")
+def evaluate(run_dir: str, preset: str = "demo") -> dict[str, Any]:
+    """Every metric of the preset's comparisons; returns the manifests by stage and target."""
+    config = load_preset(preset)
+    filt = config.image_filter
+    made = {
+        "laionet": variants.submit(
+            shards_dir(run_dir),
+            join(run_dir, "variants"),
+            "laionet",
+            quarantine=join(run_dir, "verify", "quarantine.parquet"),
+            predictions=inference_dir(run_dir, "laionet", filt.model) if filt else None,
+            image_filter=filt.model_dump() if filt else None,
+            filtered_name="laionet-image" if filt else None,
+        )
+    }
+    for name in config.references:
+        made[name] = variants.submit(shards_dir(run_dir, name), join(run_dir, "variants"), name)
+    names = ["laionet", *(["laionet-image"] if filt else []), *config.references]
+    source = {v: made[dataset_of(v)] for v in names}
+    weights = join(run_dir, "selection", "class_frequency.parquet")
+    scored = [*config.models, *([config.zero_shot] if config.zero_shot else [])]
+    acc = {
+        (v, m): accuracy.submit(
+            inference_dir(run_dir, dataset_of(v), m),
+            variant_labels(run_dir, v),
+            accuracy_dir(run_dir, v, m),
+            weights=weights,
+            ocr_dir=join(run_dir, "ocr") if dataset_of(v) == "laionet" and config.ocr else None,
+            n_boot=config.n_boot,
+            seed=config.seed,
+            wait_for=[source[v]],
+        )
+        for v in names
+        for m in scored
+    }
+    futures: dict[str, Any] = {f"accuracy:{v}:{m}": f for (v, m), f in acc.items()}
+    for a, b in config.compare:
+        emb = config.embedding_model
+        intra = intra_class.submit(
+            inference_dir(run_dir, dataset_of(a), emb), variant_labels(run_dir, a),
+            inference_dir(run_dir, dataset_of(b), emb), variant_labels(run_dir, b),
+            intra_dir(run_dir, a, b, emb), config.intra_cap, config.n_boot, config.seed,
+            wait_for=[source[a], source[b]],
+        )  # fmt: skip
+        futures[f"intra:{a}--{b}"] = intra
+        for m in scored:
+            futures[f"recall-difference:{a}--{b}:{m}"] = recall_difference.submit(
+                accuracy_dir(run_dir, a, m), accuracy_dir(run_dir, b, m),
+                recall_difference_dir(run_dir, a, b, m),
+                wait_for=[acc[a, m], acc[b, m]],
+            )  # fmt: skip
+        if config.zero_shot:
+            z = config.zero_shot
+            futures[f"own-similarity:{a}--{b}"] = own_similarity.submit(
+                inference_dir(run_dir, dataset_of(a), z), variant_labels(run_dir, a),
+                inference_dir(run_dir, dataset_of(b), z), variant_labels(run_dir, b),
+                own_similarity_dir(run_dir, a, b, z),
+                n_boot=config.n_boot, seed=config.seed, wait_for=[source[a], source[b]],
+            )  # fmt: skip
+        first = scored[0]
+        futures[f"relations:{a}--{b}"] = relations.submit(
+            accuracy_dir(run_dir, a, first), accuracy_dir(run_dir, b, first), intra_dir(run_dir, a, b, emb),
+            weights, join(relations_dir(run_dir), f"{a}--{b}"), n_boot=config.n_boot, seed=config.seed,
+            wait_for=[acc[a, first], acc[b, first], intra],
+        )  # fmt: skip
+    return {key: future.result() for key, future in futures.items()}

@@ -1,0 +1,18 @@
+"""The report flow: ``run_dir/report/index.html`` (+ PNG figures), every number read from the run's stage tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from laionet.config import load_preset
+from laionet.layout import report_dir, stage_outputs
+from tasks.report import report
+
+
+@flow(name="report")
+def report_flow(run_dir: str, preset: str = "demo") -> dict[str, Any]:
+    """Render the report of a run directory (the preset gives its disclaimer); returns the report's manifest."""
+    config = load_preset(preset)
+    return report(run_dir, report_dir(run_dir), stage_outputs(run_dir), config.disclaimer)

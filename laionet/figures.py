@@ -1,0 +1,218 @@
+"""Report figures: one pure function per figure, tables in, PNG path out (matplotlib's Agg canvas, no pyplot state).
+
+Each function draws one figure from the columns named in its docstring, writes it atomically to ``path`` (local or
+fsspec URL) and returns ``path``. The figures follow the paper: threshold sweep (Fig. 3), class frequencies (Fig. 4),
+LAION-weighted vs equal accuracy (Fig. 5), intra-class similarity distributions and per-class differences (Fig. 6),
+scatter of two per-class quantities (Fig. 7); ``image_grid`` tiles sample thumbnails.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+
+from laionet.manifest import atomic_path
+
+BLUE, RED, ORANGE, GREY = "#1f77b4", "#d62728", "#ff7f0e", "#7f7f7f"
+_SIZE = (6.4, 3.6)
+_DPI = 110
+
+
+def _figure(size: tuple[float, float] = _SIZE) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _style(ax: Any, integer_x: bool = False, integer_y: bool = False) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    if integer_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if integer_y:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, color="#dddddd", linewidth=0.6)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def _write_png(data: bytes, path: str) -> str:
+    with atomic_path(path) as tmp, fsspec.open(tmp, "wb") as f:
+        f.write(data)
+    return path
+
+
+def _save(fig: Any, path: str) -> str:
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return _write_png(buffer.getvalue(), path)
+
+
+def threshold_sweep(sweep: pd.DataFrame, threshold: float | None, path: str) -> str:
+    """Fig. 3b/c: classes with ≥1 sample and dataset size against the similarity threshold, the chosen threshold
+    dashed. ``sweep``: ``threshold``, ``n_samples``, ``n_classes``."""
+    fig = _figure((9.0, 3.4))
+    axes = fig.subplots(1, 2)
+    for ax, column, label, color in (
+        (axes[0], "n_classes", "classes with ≥ 1 sample", BLUE),
+        (axes[1], "n_samples", "dataset size (samples)", ORANGE),
+    ):
+        ax.plot(sweep["threshold"], sweep[column], color=color, linewidth=1.8)
+        if threshold is not None:
+            ax.axvline(threshold, color=GREY, linestyle="--", linewidth=1.2, label=f"chosen threshold {threshold:g}")
+            ax.legend(loc="upper right", frameon=False, fontsize=8)
+        ax.set_xlabel("text-to-synset similarity threshold")
+        ax.set_ylabel(label)
+        _style(ax)
+    return _save(fig, path)
+
+
+def similarity_histogram(histogram: pd.DataFrame, threshold: float | None, path: str) -> str:
+    """Fig. 3a: distribution of the candidates' text-to-synset similarities. ``histogram``: ``bin_left``,
+    ``bin_right``, ``count`` (the empty tails are trimmed)."""
+    used = histogram[histogram["count"] > 0]
+    lo, hi = (used["bin_left"].min(), used["bin_right"].max()) if len(used) else (-1.0, 1.0)
+    shown = histogram[(histogram["bin_left"] >= lo) & (histogram["bin_right"] <= hi)]
+    fig = _figure()
+    ax = fig.subplots()
+    width = (shown["bin_right"] - shown["bin_left"]).to_numpy()
+    ax.bar(shown["bin_left"], shown["count"], width=width, align="edge", color=BLUE, edgecolor="white", linewidth=0.3)
+    if threshold is not None:
+        ax.axvline(threshold, color=GREY, linestyle="--", linewidth=1.2, label=f"chosen threshold {threshold:g}")
+        ax.legend(frameon=False, fontsize=8)
+    ax.set_xlabel("text-to-synset similarity")
+    ax.set_ylabel("candidate captions")
+    _style(ax)
+    return _save(fig, path)
+
+
+def class_frequency(freq: pd.DataFrame, path: str, top: int = 500, labels: int = 8) -> str:
+    """Fig. 4: relative class frequencies in descending order (log scale) for the ``top`` most frequent classes,
+    a few class names shown, the uniform weight in red. ``freq``: ``share``, and ``name`` or ``wnid``."""
+    ordered = freq.sort_values("share", ascending=False).reset_index(drop=True)
+    shown = ordered.head(top)
+    fig = _figure()
+    ax = fig.subplots()
+    rank = np.arange(1, len(shown) + 1)
+    ax.plot(rank, shown["share"], color=BLUE, linewidth=1.6, marker="o" if len(shown) <= 60 else None, markersize=2.5)
+    if len(ordered):
+        ax.axhline(1 / len(ordered), color=RED, linewidth=1.0, label=f"uniform (1/{len(ordered)})")
+        ax.legend(frameon=False, fontsize=8, loc="upper right")
+    names = shown["name"] if "name" in shown else shown["wnid"]
+    for i in np.unique(np.linspace(0, len(shown) - 1, num=min(labels, len(shown))).astype(int)):
+        ax.annotate(str(names.iloc[i]), (rank[i], shown["share"].iloc[i]), textcoords="offset points",
+                    xytext=(3, 4), fontsize=7, rotation=30, color="#333333")  # fmt: skip
+    ax.set_yscale("log")
+    cut = f" (the {len(shown)} most frequent of {len(ordered)})" if len(shown) < len(ordered) else ""
+    ax.set_xlabel(f"class rank{cut}")
+    ax.set_ylabel("share of LAIONet")
+    _style(ax, integer_x=True)
+    return _save(fig, path)
+
+
+def weighted_vs_equal(summary: pd.DataFrame, path: str, k: int = 1) -> str:
+    """Fig. 5: LAION-weighted against equally weighted top-``k`` accuracy, one point per variant and model.
+    ``summary``: ``variant``, ``model``, ``k``, ``weighting``, ``accuracy``."""
+    at_k = summary[summary["k"] == k]
+    wide = at_k.pivot_table(index=["variant", "model"], columns="weighting", values="accuracy").dropna()
+    fig = _figure((4.6, 4.2))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color=GREY, linestyle="--", linewidth=1.0)
+    variants = list(dict.fromkeys(v for v, _ in wide.index))
+    colors = [BLUE, ORANGE, RED, "#2ca02c", "#9467bd", "#8c564b"]
+    for i, variant in enumerate(variants):
+        part = wide.loc[variant]
+        ax.scatter(part["equal"], part["laion"], s=22, color=colors[i % len(colors)], label=variant)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(f"equally weighted top-{k} accuracy")
+    ax.set_ylabel(f"LAION-weighted top-{k} accuracy")
+    ax.legend(frameon=False, fontsize=8)
+    _style(ax)
+    return _save(fig, path)
+
+
+def intra_distributions(intra_a: pd.DataFrame, intra_b: pd.DataFrame, label_a: str, label_b: str, path: str) -> str:
+    """Fig. 6a (per-class version): histograms of the per-class mean intra-class similarity of A and B.
+    ``intra_a``/``intra_b``: ``mean``."""
+    a, b = intra_a["mean"].dropna().to_numpy(), intra_b["mean"].dropna().to_numpy()
+    both = np.concatenate([a, b])
+    lo, hi = (float(both.min()), float(both.max())) if len(both) else (0.0, 1.0)
+    edges = np.linspace(lo, hi if hi > lo else lo + 1e-3, 31)
+    fig = _figure()
+    ax = fig.subplots()
+    ax.hist(a, bins=edges, color=BLUE, alpha=0.55, label=f"{label_a} ({len(a)} classes, mean {np.mean(a):.3f})")
+    ax.hist(b, bins=edges, color=ORANGE, alpha=0.55, label=f"{label_b} ({len(b)} classes, mean {np.mean(b):.3f})")
+    ax.set_xlabel("mean pairwise cosine similarity within a class")
+    ax.set_ylabel("classes")
+    ax.legend(frameon=False, fontsize=8)
+    _style(ax, integer_y=True)
+    return _save(fig, path)
+
+
+def sorted_differences(compare: pd.DataFrame, path: str, ylabel: str) -> str:
+    """Fig. 6b: per-class differences A − B sorted ascending, with the upper (blue) and lower (red) 95 % bounds.
+    ``compare``: ``delta``, ``lower``, ``upper``."""
+    ordered = compare.sort_values("delta").reset_index(drop=True)
+    x = np.arange(1, len(ordered) + 1)
+    fig = _figure()
+    ax = fig.subplots()
+    ax.fill_between(x, ordered["lower"], ordered["upper"], color="#cccccc", alpha=0.5, linewidth=0)
+    ax.plot(x, ordered["upper"], color=BLUE, linewidth=1.0, label="upper 95 % bound")
+    ax.plot(x, ordered["lower"], color=RED, linewidth=1.0, label="lower 95 % bound")
+    ax.plot(x, ordered["delta"], color="black", linewidth=1.4, marker="o" if len(x) <= 60 else None, markersize=2.5,
+            label="difference")  # fmt: skip
+    ax.axhline(0, color=GREY, linewidth=0.8)
+    ax.set_xlabel("classes (sorted by difference)")
+    ax.set_ylabel(ylabel)
+    ax.legend(frameon=False, fontsize=8)
+    _style(ax, integer_x=True)
+    return _save(fig, path)
+
+
+def scatter(frame: pd.DataFrame, x: str, y: str, path: str, title: str | None = None) -> str:
+    """Fig. 7: one point per row of ``frame`` (e.g. per class: recall against intra-class disparity), with a least
+    squares line. ``frame``: the numeric columns ``x`` and ``y``."""
+    data = frame[[x, y]].apply(pd.to_numeric, errors="coerce").dropna()
+    fig = _figure((5.2, 4.0))
+    ax = fig.subplots()
+    ax.scatter(data[x], data[y], s=14, color=BLUE, alpha=0.75, edgecolors="none")
+    if len(data) >= 3 and data[x].nunique() > 1:
+        slope, intercept = np.polyfit(data[x], data[y], 1)
+        xs = np.linspace(data[x].min(), data[x].max(), 2)
+        ax.plot(xs, slope * xs + intercept, color=RED, linewidth=1.2, label=f"least squares (slope {slope:.3g})")
+        ax.legend(frameon=False, fontsize=8)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    if title:
+        ax.set_title(title, fontsize=9)
+    _style(ax)
+    return _save(fig, path)
+
+
+def image_grid(images: Sequence[Any], path: str, thumb: int = 128, columns: int = 8, pad: int = 4) -> str:
+    """Tile PIL images as square ``thumb``-pixel thumbnails (aspect kept, centred on white), ``columns`` per row."""
+    from PIL import Image
+
+    columns = max(1, min(columns, len(images)))
+    rows = max(1, -(-len(images) // columns))
+    sheet = Image.new("RGB", (columns * (thumb + pad) + pad, rows * (thumb + pad) + pad), "white")
+    for i, image in enumerate(images):
+        small = image.convert("RGB")
+        small.thumbnail((thumb, thumb))
+        left = pad + (i % columns) * (thumb + pad) + (thumb - small.width) // 2
+        top = pad + (i // columns) * (thumb + pad) + (thumb - small.height) // 2
+        sheet.paste(small, (left, top))
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG", optimize=True)
+    return _write_png(buffer.getvalue(), path)

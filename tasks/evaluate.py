@@ -1,0 +1,127 @@
+"""Tasks of the evaluate flow: label sets (variants), accuracies, intra-class comparisons, recall differences,
+image-to-own-synset similarity and the per-class relations. Each wraps one driver of ``laionet.variants``,
+``laionet.evaluation`` or ``laionet.relations``; paths in, the manifest out; cached across runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from laionet.evaluation import run_accuracy, run_intra_class
+from laionet.manifest import join
+from tasks._common import publish, stage_cache
+
+Manifest = dict[str, Any]
+
+
+@task(name="variants", tags=["stage:variants"], cache_policy=stage_cache("out_root"), persist_result=True)
+def variants(
+    shards_dir: str,
+    out_root: str,
+    name: str,
+    quarantine: str | None = None,
+    predictions: str | None = None,
+    image_filter: dict[str, Any] | None = None,
+    filtered_name: str | None = None,
+) -> Manifest:
+    """The evaluated label sets of one dataset: ``<out_root>/<name>/labels.parquet`` and, with an image filter, the
+    image-filtered variant ``<out_root>/<filtered_name>/labels.parquet``."""
+    from laionet.variants import run_variants
+
+    manifest = run_variants(
+        shards_dir, out_root, name=name, quarantine=quarantine, predictions=predictions,
+        image_filter=image_filter, filtered_name=filtered_name,
+    )  # fmt: skip
+    return publish(manifest, out_root)
+
+
+@task(name="accuracy", tags=["stage:accuracy"], cache_policy=stage_cache("out_dir"), persist_result=True)
+def accuracy(
+    model_dir: str,
+    labels: str,
+    out_dir: str,
+    weights: str | None = None,
+    ocr_dir: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Manifest:
+    """Per-class recall@1/5 and equally / LAION-weighted accuracy of one model (its inference directory) on one
+    variant, both intervals; samples flagged in ``ocr_dir`` excluded. Directories, not globs, are passed so their
+    manifests enter the cache key."""
+    flags = join(ocr_dir, "*.parquet") if ocr_dir else None
+    manifest = run_accuracy(join(model_dir, "*.predictions.parquet"), labels, out_dir, weights, flags, n_boot=n_boot,
+                            seed=seed)  # fmt: skip
+    return publish(manifest, out_dir)
+
+
+@task(name="intra-class", tags=["stage:intra-class"], cache_policy=stage_cache("out_dir"), persist_result=True)
+def intra_class(
+    model_dir_a: str,
+    labels_a: str,
+    model_dir_b: str,
+    labels_b: str,
+    out_dir: str,
+    cap: int | None = 100,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Manifest:
+    """Intra-class similarity of two variants (embeddings of one model's inference directories) and their per-class
+    comparison (bootstrap over images; paper mode)."""
+    emb_a, emb_b = join(model_dir_a, "*.npy"), join(model_dir_b, "*.npy")
+    manifest = run_intra_class(emb_a, labels_a, emb_b, labels_b, out_dir, cap, n_boot, seed)
+    return publish(manifest, out_dir)
+
+
+@task(
+    name="recall-difference", tags=["stage:recall-difference"], cache_policy=stage_cache("out_dir"), persist_result=True
+)
+def recall_difference(accuracy_a: str, accuracy_b: str, out_dir: str) -> Manifest:
+    """Per-class recall A − B of one model with confidence bounds (Appendix B), from two accuracy stage outputs."""
+    from laionet.evaluation import run_recall_difference
+
+    manifest = run_recall_difference(join(accuracy_a, "per_class.parquet"), join(accuracy_b, "per_class.parquet"),
+                                     out_dir)  # fmt: skip
+    return publish(manifest, out_dir)
+
+
+@task(name="own-similarity", tags=["stage:own-similarity"], cache_policy=stage_cache("out_dir"), persist_result=True)
+def own_similarity(
+    model_dir_a: str,
+    labels_a: str,
+    model_dir_b: str,
+    labels_b: str,
+    out_dir: str,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Manifest:
+    """Image-to-own-synset similarity (the zero-shot model's ``own_score``) of A resampled to B's per-class counts,
+    and per-class mean differences with bounds (Appendix C)."""
+    from laionet.evaluation import run_own_similarity
+
+    manifest = run_own_similarity(
+        join(model_dir_a, "*.predictions.parquet"), labels_a, join(model_dir_b, "*.predictions.parquet"), labels_b,
+        out_dir, n_boot=n_boot, seed=seed,
+    )  # fmt: skip
+    return publish(manifest, out_dir)
+
+
+@task(name="relations", tags=["stage:relations"], cache_policy=stage_cache("out_dir"), persist_result=True)
+def relations(
+    accuracy_a: str,
+    accuracy_b: str,
+    intra: str,
+    class_frequency: str,
+    out_dir: str,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Manifest:
+    """Per-class relations with Spearman correlations: recall drop vs intra-class disparity (Fig. 7), frequency vs
+    intra-class similarity (Fig. 15), recall vs frequency (Fig. 14)."""
+    from laionet.relations import run_relations
+
+    manifest = run_relations(
+        per_class_a=join(accuracy_a, "per_class.parquet"), per_class_b=join(accuracy_b, "per_class.parquet"),
+        intra_dir=intra, class_frequency=class_frequency, out_dir=out_dir, n_boot=n_boot, seed=seed,
+    )  # fmt: skip
+    return publish(manifest, out_dir)
