@@ -36,8 +36,7 @@ def evaluate(run_dir: str, preset: str = "demo") -> dict[str, Any]:
     made = {
         "laionet": variants.submit(
             shards_dir(run_dir),
-            join(run_dir, "variants"),
-            "laionet",
+            join(run_dir, "variants", "laionet"),
             quarantine=join(run_dir, "verify", "quarantine.parquet"),
             predictions=inference_dir(run_dir, "laionet", filt.model) if filt else None,
             image_filter=filt.model_dump() if filt else None,
@@ -45,18 +44,19 @@ def evaluate(run_dir: str, preset: str = "demo") -> dict[str, Any]:
         )
     }
     for name in config.references:
-        made[name] = variants.submit(shards_dir(run_dir, name), join(run_dir, "variants"), name)
+        made[name] = variants.submit(shards_dir(run_dir, name), join(run_dir, "variants", name))
     names = ["laionet", *(["laionet-image"] if filt else []), *config.references]
     source = {v: made[dataset_of(v)] for v in names}
     weights = join(run_dir, "selection", "class_frequency.parquet")
     scored = [*config.models, *([config.zero_shot] if config.zero_shot else [])]
+    ocr = {v: join(run_dir, "ocr") if dataset_of(v) == "laionet" and config.ocr else None for v in names}
     acc = {
         (v, m): accuracy.submit(
             inference_dir(run_dir, dataset_of(v), m),
             variant_labels(run_dir, v),
             accuracy_dir(run_dir, v, m),
             weights=weights,
-            ocr_dir=join(run_dir, "ocr") if dataset_of(v) == "laionet" and config.ocr else None,
+            ocr_dir=ocr[v],
             n_boot=config.n_boot,
             seed=config.seed,
             wait_for=[source[v]],
@@ -85,7 +85,7 @@ def evaluate(run_dir: str, preset: str = "demo") -> dict[str, Any]:
             futures[f"own-similarity:{a}--{b}"] = own_similarity.submit(
                 inference_dir(run_dir, dataset_of(a), z), variant_labels(run_dir, a),
                 inference_dir(run_dir, dataset_of(b), z), variant_labels(run_dir, b),
-                own_similarity_dir(run_dir, a, b, z),
+                own_similarity_dir(run_dir, a, b, z), ocr_dir_a=ocr[a], ocr_dir_b=ocr[b],
                 n_boot=config.n_boot, seed=config.seed, wait_for=[source[a], source[b]],
             )  # fmt: skip
         first = scored[0]

@@ -299,7 +299,7 @@ def demo(
 
 
 # the image, evaluation and report commands live in their own modules; importing them registers them on ``app``
-from laionet import cli_images, cli_report  # noqa: E402, F401
+from laionet import cli_eval, cli_images, cli_report  # noqa: E402, F401
 
 
 def main() -> None:

@@ -1,18 +1,24 @@
-"""Evaluation drivers: accuracy of one model's predictions and intra-class similarity of two datasets, from files.
+"""Evaluation drivers, from files: accuracy of one model's predictions, intra-class similarity of two datasets,
+per-class recall differences (Appendix B) and image-to-own-synset similarity (Appendix C).
 
-File contracts (what the inference stage writes and these drivers read):
+File contracts (what the inference stage writes and these drivers read; extra columns are ignored):
 - predictions: parquet files with ``key`` (string) and ``topk`` (list of int class indices, best first; empty or
-  null = no prediction);
+  null = no prediction) and, for ``run_own_similarity``, ``own_score`` (float: the model's score of the sample's own
+  class — a CLIP image-to-synset-text cosine for zero-shot models; NaN = none), e.g. the glob
+  ``inference/<dataset>/<model>/*.predictions.parquet``;
 - labels: parquet with ``key`` and ``class_index`` (e.g. the LAIONet index or an ingested reference dataset);
 - flags (optional): parquet with ``key`` and ``flagged`` (bool, e.g. the OCR filter); flagged samples are excluded;
 - weights (optional): parquet with ``class_index`` and ``share`` (e.g. the selection stage's class_frequency);
-- embeddings: ``<stem>.npy`` (float16/32 (N, D), L2-normalised) with ``<stem>.keys.parquet`` (``key``, N rows).
+- embeddings: ``<stem>.npy`` (float16/32 (N, D), L2-normalised) with ``<stem>.keys.parquet`` (``key``, N rows), e.g.
+  the glob ``inference/<dataset>/<model>/*.npy``;
+- per-class accuracy: ``per_class.parquet`` of ``run_accuracy`` (``class``, ``n``, ``correct@k``, ``recall@k``).
 Outputs are tidy parquet tables plus a manifest whose counts add up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import fsspec
 import numpy as np
@@ -22,8 +28,18 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from laionet.manifest import Manifest, Timer, config_hash, join, write_manifest, write_parquet_atomic
-from laionet.metrics import bootstrap_interval, paper_interval, per_class_recall, weighted_accuracy
-from laionet.stats import compare_bootstrap, compare_paper, intra_class, pair_similarities, proportions, sample_by_class
+from laionet.metrics import bootstrap_interval, paper_interval, per_class_recall, recall_difference, weighted_accuracy
+from laionet.stats import (
+    compare_bootstrap,
+    compare_means,
+    compare_paper,
+    intra_class,
+    ks_statistic,
+    matched_resample,
+    pair_similarities,
+    proportions,
+    sample_by_class,
+)
 
 
 def _glob(pattern: str) -> list[str]:
@@ -36,12 +52,23 @@ def _glob(pattern: str) -> list[str]:
 
 
 def _read(path: str, columns: list[str]) -> pd.DataFrame:
+    """``columns`` of one parquet file (only those are read; others, e.g. prediction ``scores``, are skipped).
+
+    Raises:
+        ValueError: naming the file and the missing columns.
+    """
     with fsspec.open(path, "rb") as f:
-        table = pq.read_table(f)
-    missing = set(columns) - set(table.column_names)
-    if missing:
-        raise ValueError(f"{path}: missing columns {sorted(missing)} (has {table.column_names})")
-    return table.select(columns).to_pandas()
+        parquet = pq.ParquetFile(f)
+        names = parquet.schema_arrow.names
+        missing = set(columns) - set(names)
+        if missing:
+            raise ValueError(f"{path}: missing columns {sorted(missing)} (has {names})")
+        return parquet.read(columns=columns).to_pandas()
+
+
+def read_columns(pattern: str, columns: list[str]) -> pd.DataFrame:
+    """``columns`` of every parquet file matching ``pattern``, concatenated."""
+    return pd.concat([_read(p, columns) for p in _glob(pattern)], ignore_index=True)
 
 
 def run_accuracy(
@@ -58,12 +85,12 @@ def run_accuracy(
     intervals. Writes ``per_class.parquet``, ``summary.parquet``; counts labelled samples in = scored + dropped
     (``no_prediction``, ``flagged``)."""
     timer = Timer()
-    label_frame = pd.concat([_read(p, ["key", "class_index"]) for p in _glob(labels)], ignore_index=True)
-    pred_frame = pd.concat([_read(p, ["key", "topk"]) for p in _glob(predictions)], ignore_index=True)
+    label_frame = read_columns(labels, ["key", "class_index"])
+    pred_frame = read_columns(predictions, ["key", "topk"])
     frame = label_frame.merge(pred_frame, on="key", how="left")
     dropped = {"flagged": 0, "no_prediction": 0}
     if flags:
-        flag_frame = pd.concat([_read(p, ["key", "flagged"]) for p in _glob(flags)], ignore_index=True)
+        flag_frame = read_columns(flags, ["key", "flagged"])
         flagged = frame["key"].isin(flag_frame.loc[flag_frame["flagged"].astype(bool), "key"])
         dropped["flagged"] = int(flagged.sum())
         frame = frame[~flagged]
@@ -78,7 +105,7 @@ def run_accuracy(
     table = per_class_recall(frame["class_index"].to_numpy(), topk, ks)
     share = None
     if weights:
-        w = pd.concat([_read(p, ["class_index", "share"]) for p in _glob(weights)], ignore_index=True)
+        w = read_columns(weights, ["class_index", "share"])
         share = w.set_index("class_index")["share"]
     rows = []
     for k in ks:
@@ -141,7 +168,7 @@ def read_embeddings(pattern: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _labelled(embeddings: str, labels: str) -> tuple[np.ndarray, np.ndarray, int]:
     emb, keys = read_embeddings(embeddings)
-    label_frame = pd.concat([_read(p, ["key", "class_index"]) for p in _glob(labels)], ignore_index=True)
+    label_frame = read_columns(labels, ["key", "class_index"])
     lookup = label_frame.drop_duplicates("key").set_index("key")["class_index"]
     cls = pd.Series(keys).map(lookup)
     known = cls.notna().to_numpy()
@@ -191,6 +218,206 @@ def run_intra_class(
         dropped={"no_label": unlabelled_a + unlabelled_b},
         wall_time_s=timer.elapsed,
         extra={"proportions": summary.to_dict("records")},
+    )
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
+def _verdict_label(table: pd.DataFrame) -> pd.Series:
+    return pd.Series(
+        np.where(table["significantly_lower"], "lower", np.where(table["significantly_higher"], "higher", "neither")),
+        index=table.index,
+        dtype="object",
+    )
+
+
+def run_recall_difference(
+    per_class_a: str,
+    per_class_b: str,
+    out_dir: str,
+    ks: Sequence[int] | None = None,
+    method: Literal["bootstrap", "newcombe"] = "bootstrap",
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Manifest:
+    """Per-class recall@k of A minus B with confidence bounds, per k (Appendix B, Figure 12), from two
+    ``run_accuracy`` per-class tables of one model (A: e.g. LAIONet, B: e.g. ImageNet val).
+
+    Writes ``recall_at_<k>.parquet`` per k (``metrics.recall_difference`` columns plus ``k`` and ``verdict``:
+    ``lower`` / ``higher`` / ``neither`` = A significantly lower / higher than B / neither) and ``summary.parquet``
+    (per k: ``k``, ``method``, ``classes``, ``lower``, ``higher`` = shares of classes, ``n_lower``, ``n_higher``,
+    ``mean_delta``). ``ks`` defaults to every k with a ``recall@k`` column in both tables. Counts: classes in either
+    table = compared + dropped (``only_in_a``, ``only_in_b``, ``no_scored_samples``: in both, but without a scored
+    sample in one)."""
+    timer = Timer()
+    frames = []
+    for path in (per_class_a, per_class_b):
+        frame = read_columns(
+            path, ["class", "n"] + [c for c in _columns(path) if c.startswith(("recall@", "correct@"))]
+        )
+        frames.append(frame)
+    a, b = frames
+    available = sorted(_recall_ks(a) & _recall_ks(b))
+    chosen = list(ks) if ks is not None else available
+    for k in chosen:
+        for path, frame in ((per_class_a, a), (per_class_b, b)):
+            needed = [f"recall@{k}", *([f"correct@{k}"] if method == "newcombe" else [])]
+            missing = [c for c in needed if c not in frame]
+            if missing:
+                raise ValueError(f"{path}: missing columns {missing} (has {list(frame.columns)})")
+    if not chosen:
+        raise ValueError(f"{per_class_a} and {per_class_b} share no recall@k column")
+    classes_a, classes_b = set(a["class"]), set(b["class"])
+    scored = set(a.loc[a["n"] > 0, "class"]) & set(b.loc[b["n"] > 0, "class"])
+    dropped = {
+        "only_in_a": len(classes_a - classes_b),
+        "only_in_b": len(classes_b - classes_a),
+        "no_scored_samples": len((classes_a & classes_b) - scored),
+    }
+    outputs, rows = [], []
+    for k in chosen:
+        table = recall_difference(a, b, k, n_boot=n_boot, seed=seed, level=level, method=method)
+        table.insert(1, "k", k)
+        table["verdict"] = _verdict_label(table)
+        path = join(out_dir, f"recall_at_{k}.parquet")
+        write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False), path)
+        outputs.append(path)
+        shares = proportions(table)
+        rows.append({"k": k, "method": method, "classes": len(table), "lower": shares["lower"],
+                     "higher": shares["higher"], "n_lower": int(table["significantly_lower"].sum()),
+                     "n_higher": int(table["significantly_higher"].sum()),
+                     "mean_delta": float(table["delta"].mean()) if len(table) else float("nan")})  # fmt: skip
+    summary = pd.DataFrame(rows)
+    outputs.append(join(out_dir, "summary.parquet"))
+    write_parquet_atomic(pa.Table.from_pandas(summary, preserve_index=False), outputs[-1])
+    config = {"a": per_class_a, "b": per_class_b, "ks": chosen, "method": method, "n_boot": n_boot, "seed": seed,
+              "level": level}  # fmt: skip
+    manifest = Manifest(
+        stage="recall-difference",
+        config=config,
+        config_hash=config_hash(config),
+        inputs=[per_class_a, per_class_b],
+        outputs=outputs,
+        rows_in=len(classes_a | classes_b),
+        rows_out=len(scored),
+        dropped=dropped,
+        wall_time_s=timer.elapsed,
+        extra={"proportions": summary.to_dict("records")},
+    )
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
+def _recall_ks(table: pd.DataFrame) -> set[int]:
+    """The k of every ``recall@k`` column."""
+    return {int(str(c).split("@")[1]) for c in table.columns if str(c).startswith("recall@")}
+
+
+def _columns(pattern: str) -> list[str]:
+    """The column names of the first parquet file matching ``pattern``."""
+    with fsspec.open(_glob(pattern)[0], "rb") as f:
+        return list(pq.read_schema(f).names)
+
+
+def _scores(predictions: str, labels: str, flags: str | None) -> tuple[dict[object, np.ndarray], int, dict[str, int]]:
+    """Per class, the ``own_score`` of each labelled sample: ({class: float64 (n,)}, rows in, dropped by reason)."""
+    label_frame = read_columns(labels, ["key", "class_index"]).drop_duplicates("key")
+    pred_frame = read_columns(predictions, ["key", "own_score"]).drop_duplicates("key", keep="last")
+    frame = label_frame.merge(pred_frame, on="key", how="left", indicator=True)
+    dropped = {"flagged": 0, "no_prediction": 0, "no_score": 0}
+    if flags:
+        flag_frame = read_columns(flags, ["key", "flagged"])
+        flagged = frame["key"].isin(flag_frame.loc[flag_frame["flagged"].astype(bool), "key"])
+        dropped["flagged"] = int(flagged.sum())
+        frame = frame[~flagged]
+    absent = (frame["_merge"] == "left_only").to_numpy()
+    score = frame["own_score"].to_numpy(float)
+    dropped["no_prediction"] = int(absent.sum())
+    dropped["no_score"] = int((~absent & ~np.isfinite(score)).sum())
+    frame = frame[np.isfinite(score)]
+    values = {
+        (cls.item() if hasattr(cls, "item") else cls): group.to_numpy(float)
+        for cls, group in frame.groupby("class_index", sort=True)["own_score"]
+    }
+    return values, len(label_frame), dropped
+
+
+def run_own_similarity(
+    predictions_a: str,
+    labels_a: str,
+    predictions_b: str,
+    labels_b: str,
+    out_dir: str,
+    flags_a: str | None = None,
+    flags_b: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Manifest:
+    """Image-to-own-synset similarity of A against B (Appendix C, Figure 13), from a zero-shot model's ``own_score``.
+
+    Writes, over the classes with values in both datasets:
+    ``per_class.parquet`` — per class, mean of A − mean of B with a bootstrap interval (``stats.compare_means``:
+    class, mean_a, mean_b, delta, lower, upper, significantly_lower, significantly_higher, n_a, n_b, verdict);
+    ``distribution.parquet`` — the values behind Figure 13a, long format ``group``, ``class``, ``value`` with
+    ``group`` ∈ {``a``: A as it is, ``a_matched``: A resampled with replacement to B's per-class counts
+    (``stats.matched_resample``), ``b``: B}, so ``a_matched`` and ``b`` have the same count in every class;
+    ``summary.parquet`` — per group: ``group``, ``n``, ``classes``, ``mean``, ``std``, ``q05``, ``q25``,
+    ``median``, ``q75``, ``q95``, and ``ks_vs_b`` (Kolmogorov-Smirnov statistic against ``b``).
+    Manifest ``extra``: the share of classes where A is significantly lower / higher. Counts: labelled samples of
+    A and B = scored + dropped (``no_prediction``, ``no_score`` (NaN), ``flagged``: in ``flags_a``/``flags_b``)."""
+    timer = Timer()
+    values_a, rows_a, dropped_a = _scores(predictions_a, labels_a, flags_a)
+    values_b, rows_b, dropped_b = _scores(predictions_b, labels_b, flags_b)
+    per_class = compare_means(values_a, values_b, n_boot=n_boot, seed=seed, level=level)
+    per_class["verdict"] = _verdict_label(per_class)
+    common = [c for c in values_a if c in values_b]
+    matched = matched_resample({c: values_a[c] for c in common}, {c: len(values_b[c]) for c in common}, seed=seed)
+    groups = {"a": {c: values_a[c] for c in common}, "a_matched": matched, "b": {c: values_b[c] for c in common}}
+    parts = [
+        pd.DataFrame({"group": name, "class": np.repeat(list(by_class), [len(v) for v in by_class.values()]),
+                      "value": np.concatenate(list(by_class.values())) if by_class else np.empty(0)})
+        for name, by_class in groups.items()
+    ]  # fmt: skip
+    distribution = pd.concat(parts, ignore_index=True)
+    pooled_b = distribution.loc[distribution["group"] == "b", "value"].to_numpy()
+    rows = []
+    for name in groups:
+        v = distribution.loc[distribution["group"] == name, "value"].to_numpy()
+        q = np.quantile(v, [0.05, 0.25, 0.5, 0.75, 0.95]) if len(v) else np.full(5, np.nan)
+        rows.append({"group": name, "n": len(v), "classes": len(groups[name]),
+                     "mean": float(v.mean()) if len(v) else np.nan, "std": float(v.std()) if len(v) else np.nan,
+                     "q05": q[0], "q25": q[1], "median": q[2], "q75": q[3], "q95": q[4],
+                     "ks_vs_b": ks_statistic(v, pooled_b)})  # fmt: skip
+    tables = {"per_class": per_class, "distribution": distribution, "summary": pd.DataFrame(rows)}
+    outputs = []
+    for name, table in tables.items():
+        path = join(out_dir, f"{name}.parquet")
+        write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False), path)
+        outputs.append(path)
+    config = {"a": [predictions_a, labels_a, flags_a], "b": [predictions_b, labels_b, flags_b], "n_boot": n_boot,
+              "seed": seed, "level": level}  # fmt: skip
+    dropped = {k: dropped_a[k] + dropped_b[k] for k in dropped_a}
+    scored = sum(len(v) for v in values_a.values()) + sum(len(v) for v in values_b.values())
+    manifest = Manifest(
+        stage="own-similarity",
+        config=config,
+        config_hash=config_hash(config),
+        inputs=[p for p in (predictions_a, labels_a, flags_a, predictions_b, labels_b, flags_b) if p],
+        outputs=outputs,
+        rows_in=rows_a + rows_b,
+        rows_out=scored,
+        dropped=dropped,
+        wall_time_s=timer.elapsed,
+        extra={
+            "proportions": proportions(per_class),
+            "dropped_a": dropped_a,
+            "dropped_b": dropped_b,
+            "classes_a": len(values_a),
+            "classes_b": len(values_b),
+            "classes_common": len(common),
+        },
     )
     write_manifest(out_dir, manifest)
     return manifest

@@ -9,6 +9,8 @@ class-stratified bootstrap (default), which, for per-class binary outcomes, is e
 from __future__ import annotations
 
 from collections.abc import Sequence
+from statistics import NormalDist
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -104,27 +106,70 @@ def bootstrap_interval(
     return acc, float(np.quantile(accs, alpha)), float(np.quantile(accs, 1 - alpha))
 
 
+def z_value(level: float) -> float:
+    """The two-sided standard normal quantile of a confidence ``level`` (1.96 for 0.95)."""
+    return Z95 if level == 0.95 else NormalDist().inv_cdf((1 + level) / 2)
+
+
 def recall_difference(
-    a: pd.DataFrame, b: pd.DataFrame, k: int, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+    a: pd.DataFrame,
+    b: pd.DataFrame,
+    k: int,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    method: Literal["bootstrap", "newcombe"] = "bootstrap",
 ) -> pd.DataFrame:
-    """Per-class recall@k of dataset A minus dataset B over the classes in both, with bootstrap bounds
-    (each dataset's samples resampled within the class). Columns: class, recall_a, recall_b, delta, lower, upper."""
+    """Per-class recall@k of dataset A minus dataset B over the classes scored in both (``n > 0``), with bounds.
+
+    Args:
+        a: per-class table of A (``per_class_recall``): ``class``, ``n``, ``recall@k`` (and ``correct@k`` for
+            ``newcombe``).
+        b: the same for B.
+        k: the k of recall@k.
+        method: ``bootstrap`` — each dataset's samples resampled within the class (correct* ~ Binomial(n, recall),
+            independently for A and B), percentile interval of the difference; ``newcombe`` — Newcombe's hybrid score
+            interval for a difference of two independent proportions (from the Wilson intervals of each: lower =
+            Δ − √((p_a − l_a)² + (u_b − p_b)²), upper = Δ + √((u_a − p_a)² + (p_b − l_b)²)), closed form and
+            better behaved than the bootstrap when a recall is 0 or 1.
+
+    Returns:
+        One row per class (sorted): ``class``, ``n_a``, ``n_b``, ``recall_a``, ``recall_b``, ``delta`` (A − B),
+        ``lower``, ``upper``, ``significantly_lower`` (upper < 0: A lower), ``significantly_higher`` (lower > 0).
+    """
     ta, tb = a[a["n"] > 0].set_index("class"), b[b["n"] > 0].set_index("class")
-    common = ta.index.intersection(tb.index)
+    common = ta.index.intersection(tb.index).sort_values()
     ta, tb = ta.loc[common], tb.loc[common]
-    rng = np.random.default_rng(seed)
-    pa_, pb_ = ta[f"recall@{k}"].to_numpy(), tb[f"recall@{k}"].to_numpy()
-    da = rng.binomial(ta["n"].to_numpy(), pa_, size=(n_boot, len(common))) / ta["n"].to_numpy()
-    db = rng.binomial(tb["n"].to_numpy(), pb_, size=(n_boot, len(common))) / tb["n"].to_numpy()
-    alpha = (1 - level) / 2
-    diff = da - db
-    return pd.DataFrame(
+    na, nb = ta["n"].to_numpy(np.int64), tb["n"].to_numpy(np.int64)
+    pa_, pb_ = ta[f"recall@{k}"].to_numpy(float), tb[f"recall@{k}"].to_numpy(float)
+    if method == "bootstrap":
+        rng = np.random.default_rng(seed)
+        da = rng.binomial(na, pa_, size=(n_boot, len(common))) / na
+        db = rng.binomial(nb, pb_, size=(n_boot, len(common))) / nb
+        alpha = (1 - level) / 2
+        diff = da - db
+        lower = np.quantile(diff, alpha, axis=0) if len(common) else np.empty(0)
+        upper = np.quantile(diff, 1 - alpha, axis=0) if len(common) else np.empty(0)
+    elif method == "newcombe":
+        z = z_value(level)
+        la, ua = wilson_interval(np.round(pa_ * na), na, z)
+        lb, ub = wilson_interval(np.round(pb_ * nb), nb, z)
+        lower = pa_ - pb_ - np.sqrt((pa_ - la) ** 2 + (ub - pb_) ** 2)
+        upper = pa_ - pb_ + np.sqrt((ua - pa_) ** 2 + (pb_ - lb) ** 2)
+    else:
+        raise ValueError(f"unknown method {method!r}; expected bootstrap or newcombe")
+    table = pd.DataFrame(
         {
             "class": common,
+            "n_a": na,
+            "n_b": nb,
             "recall_a": pa_,
             "recall_b": pb_,
             "delta": pa_ - pb_,
-            "lower": np.quantile(diff, alpha, axis=0),
-            "upper": np.quantile(diff, 1 - alpha, axis=0),
+            "lower": np.asarray(lower, float),
+            "upper": np.asarray(upper, float),
         }
     )
+    table["significantly_lower"] = table["upper"] < 0
+    table["significantly_higher"] = table["lower"] > 0
+    return table

@@ -156,6 +156,8 @@ def spearman_interval(x: np.ndarray, y: np.ndarray, n_boot: int = 1000, seed: in
     """Spearman correlation with a percentile bootstrap interval over (x, y) points: (rho, lower, upper)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     keep = np.isfinite(x) & np.isfinite(y)
+    if keep.sum() < 3 or np.ptp(x[keep]) == 0 or np.ptp(y[keep]) == 0:  # undefined: too few points, or a constant
+        return float("nan"), float("nan"), float("nan")
     rx, ry = pd.Series(x[keep]).rank().to_numpy(), pd.Series(y[keep]).rank().to_numpy()
     rho = float(np.corrcoef(rx, ry)[0, 1])
     rng = np.random.default_rng(seed)
@@ -165,7 +167,8 @@ def spearman_interval(x: np.ndarray, y: np.ndarray, n_boot: int = 1000, seed: in
     rys = np.argsort(np.argsort(ys, axis=1), axis=1).astype(float)
     rxs -= rxs.mean(axis=1, keepdims=True)
     rys -= rys.mean(axis=1, keepdims=True)
-    rhos = (rxs * rys).sum(axis=1) / np.sqrt((rxs**2).sum(axis=1) * (rys**2).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample of identical points has no correlation
+        rhos = (rxs * rys).sum(axis=1) / np.sqrt((rxs**2).sum(axis=1) * (rys**2).sum(axis=1))
     return rho, float(np.nanquantile(rhos, 0.025)), float(np.nanquantile(rhos, 0.975))
 
 
@@ -191,7 +194,9 @@ def compare_means(
     min_values: int = 2,
 ) -> pd.DataFrame:
     """Per class, mean of A − mean of B for per-sample values (e.g. each image's similarity to its own class's
-    synset text, Appendix C), with a percentile bootstrap over samples of each dataset."""
+    synset text, Appendix C), with a percentile bootstrap over samples of each dataset. Classes with fewer than
+    ``min_values`` values in either dataset are left out. Columns: class, mean_a, mean_b, delta, lower, upper,
+    significantly_lower, significantly_higher, n_a, n_b."""
     rng = np.random.default_rng(seed)
     alpha = (1 - level) / 2
     rows = []
@@ -202,5 +207,19 @@ def compare_means(
         boot_a = a[rng.integers(0, len(a), size=(n_boot, len(a)))].mean(axis=1)
         boot_b = b[rng.integers(0, len(b), size=(n_boot, len(b)))].mean(axis=1)
         diff = boot_a - boot_b
-        rows.append(_row(cls, a.mean(), b.mean(), np.quantile(diff, alpha), np.quantile(diff, 1 - alpha)))
-    return _verdict(pd.DataFrame(rows, columns=["class", "mean_a", "mean_b", "delta", "lower", "upper"]))
+        row = _row(cls, a.mean(), b.mean(), np.quantile(diff, alpha), np.quantile(diff, 1 - alpha))
+        rows.append({**row, "n_a": len(a), "n_b": len(b)})
+    columns = ["class", "mean_a", "mean_b", "delta", "lower", "upper", "n_a", "n_b"]
+    table = _verdict(pd.DataFrame(rows, columns=columns))
+    return table[[*columns[:6], "significantly_lower", "significantly_higher", "n_a", "n_b"]]
+
+
+def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs of ``a`` and ``b``."""
+    a, b = np.sort(np.asarray(a, float)), np.sort(np.asarray(b, float))
+    if not len(a) or not len(b):
+        return float("nan")
+    grid = np.concatenate([a, b])
+    cdf_a = np.searchsorted(a, grid, side="right") / len(a)
+    cdf_b = np.searchsorted(b, grid, side="right") / len(b)
+    return float(np.abs(cdf_a - cdf_b).max())

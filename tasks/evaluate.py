@@ -15,25 +15,25 @@ from tasks._common import publish, stage_cache
 Manifest = dict[str, Any]
 
 
-@task(name="variants", tags=["stage:variants"], cache_policy=stage_cache("out_root"), persist_result=True)
+@task(name="variants", tags=["stage:variants"], cache_policy=stage_cache("out_dir"), persist_result=True)
 def variants(
     shards_dir: str,
-    out_root: str,
-    name: str,
+    out_dir: str,
     quarantine: str | None = None,
     predictions: str | None = None,
     image_filter: dict[str, Any] | None = None,
     filtered_name: str | None = None,
 ) -> Manifest:
-    """The evaluated label sets of one dataset: ``<out_root>/<name>/labels.parquet`` and, with an image filter, the
-    image-filtered variant ``<out_root>/<filtered_name>/labels.parquet``."""
+    """The evaluated label set of one dataset, ``<out_dir>/labels.parquet`` (``out_dir`` = ``variants/<name>``),
+    and, with an image filter, the image-filtered variant ``variants/<filtered_name>/labels.parquet``."""
     from laionet.variants import run_variants
 
+    out_root, name = out_dir.rstrip("/").rsplit("/", 1)
     manifest = run_variants(
         shards_dir, out_root, name=name, quarantine=quarantine, predictions=predictions,
         image_filter=image_filter, filtered_name=filtered_name,
     )  # fmt: skip
-    return publish(manifest, out_root)
+    return publish(manifest, out_dir)
 
 
 @task(name="accuracy", tags=["stage:accuracy"], cache_policy=stage_cache("out_dir"), persist_result=True)
@@ -92,16 +92,19 @@ def own_similarity(
     model_dir_b: str,
     labels_b: str,
     out_dir: str,
+    ocr_dir_a: str | None = None,
+    ocr_dir_b: str | None = None,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> Manifest:
     """Image-to-own-synset similarity (the zero-shot model's ``own_score``) of A resampled to B's per-class counts,
-    and per-class mean differences with bounds (Appendix C)."""
+    and per-class mean differences with bounds (Appendix C); OCR-flagged samples excluded."""
     from laionet.evaluation import run_own_similarity
 
     manifest = run_own_similarity(
         join(model_dir_a, "*.predictions.parquet"), labels_a, join(model_dir_b, "*.predictions.parquet"), labels_b,
-        out_dir, n_boot=n_boot, seed=seed,
+        out_dir, flags_a=join(ocr_dir_a, "*.parquet") if ocr_dir_a else None,
+        flags_b=join(ocr_dir_b, "*.parquet") if ocr_dir_b else None, n_boot=n_boot, seed=seed,
     )  # fmt: skip
     return publish(manifest, out_dir)
 

@@ -73,3 +73,110 @@ def test_embeddings_and_keys_of_different_length_are_refused(tmp_path) -> None:
     _embeddings(tmp_path, "00000", np.eye(3), ["a", "b"])
     with pytest.raises(ValueError, match=r"00000\.npy has 3 rows but .*00000\.keys\.parquet has 2 keys"):
         read_embeddings(str(tmp_path / "*.npy"))
+
+
+def _inference_dir(root, keys: list[str], topk: list[list[int]], own: list[float], emb: np.ndarray):
+    """One model's inference output as the inference stage writes it: predictions with extra columns, embeddings."""
+    root.mkdir(parents=True, exist_ok=True)
+    n = len(keys)
+    _write(
+        root / "00000.predictions.parquet",
+        key=pa.array(keys, pa.string()),
+        topk=pa.array(topk, pa.list_(pa.int32())),
+        scores=pa.array([[0.5] * len(t) for t in topk], pa.list_(pa.float32())),
+        own_score=pa.array(own, pa.float32()),
+    )
+    _embeddings(root, "00000", emb, keys)
+    (root / "_manifest.json").write_text("{}")  # the stage's manifest beside the outputs is not an input
+    return n
+
+
+def test_accuracy_and_intra_class_read_the_inference_layout(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    keys = [f"part-0/{i}" for i in range(24)]
+    cls = np.arange(24) % 3
+    topk = [[int(c), (int(c) + 1) % 3] if i % 4 else [(int(c) + 1) % 3, int(c)] for i, c in enumerate(cls)]
+    emb = rng.normal(size=(24, 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    model_dir = tmp_path / "inference" / "laionet" / "efficientnet_lite0"
+    _inference_dir(model_dir, keys, topk, [0.5] * 24, emb)
+    labels = _write(tmp_path / "labels.parquet", key=keys, wnid=["n0"] * 24, class_index=cls)
+    manifest = run_accuracy(str(model_dir / "*.predictions.parquet"), labels, str(tmp_path / "acc"), n_boot=50)
+    assert (manifest.rows_in, manifest.rows_out) == (24, 24)
+    per_class = pd.read_parquet(tmp_path / "acc" / "per_class.parquet")
+    assert per_class["recall@1"].tolist() == [0.75, 0.75, 0.75]  # every 4th sample has its class second
+    intra = run_intra_class(
+        str(model_dir / "*.npy"), labels, str(model_dir / "*.npy"), labels, str(tmp_path / "intra"), cap=8, n_boot=50
+    )
+    assert intra.rows_out == 48 and (tmp_path / "intra" / "compare_bootstrap.parquet").exists()
+
+
+def _per_class(path, classes, n, correct) -> str:
+    n, correct = np.asarray(n), np.asarray(correct)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = correct / n
+    return _write(path, **{"class": classes, "n": n, "missing": [0] * len(n), "correct@1": correct,
+                           "recall@1": recall})  # fmt: skip
+
+
+def test_recall_difference_by_hand(tmp_path) -> None:
+    from laionet.evaluation import run_recall_difference
+    from laionet.metrics import wilson_interval
+
+    # class 0: 8/10 vs 4/10; class 1: 20/20 vs 5/20; class 2 only in A; class 3 only in B; class 4 unscored in B
+    a = _per_class(tmp_path / "a.parquet", [0, 1, 2, 4], [10, 20, 5, 5], [8, 20, 1, 5])
+    b = _per_class(tmp_path / "b.parquet", [0, 1, 3, 4], [10, 20, 5, 0], [4, 5, 5, 0])
+    manifest = run_recall_difference(a, b, str(tmp_path / "diff"), method="newcombe")
+    assert (manifest.rows_in, manifest.rows_out) == (5, 2)
+    assert manifest.dropped == {"only_in_a": 1, "only_in_b": 1, "no_scored_samples": 1}
+    table = pd.read_parquet(tmp_path / "diff" / "recall_at_1.parquet").set_index("class")
+    assert list(table.index) == [0, 1] and table["delta"].tolist() == pytest.approx([0.4, 0.75])
+    (la, ua), (lb, ub) = wilson_interval(np.array([8]), np.array([10])), wilson_interval(np.array([4]), np.array([10]))
+    assert table.loc[0, "lower"] == pytest.approx(0.4 - np.hypot(0.8 - la[0], ub[0] - 0.4))
+    assert table.loc[0, "upper"] == pytest.approx(0.4 + np.hypot(ua[0] - 0.8, 0.4 - lb[0]))
+    assert round(table.loc[0, "lower"], 3) == -0.023 and round(table.loc[0, "upper"], 3) == 0.673  # worked by hand
+    assert table["verdict"].tolist() == ["neither", "higher"]
+    summary = pd.read_parquet(tmp_path / "diff" / "summary.parquet")
+    assert summary[["k", "classes", "n_higher", "n_lower"]].values.tolist() == [[1, 2, 1, 0]]
+    boot = run_recall_difference(a, b, str(tmp_path / "boot"), n_boot=400)
+    table = pd.read_parquet(tmp_path / "boot" / "recall_at_1.parquet").set_index("class")
+    assert table.loc[1, "lower"] > 0.4 and table.loc[0, "lower"] < 0.4 < table.loc[0, "upper"]
+    assert boot.extra["proportions"][0]["higher"] == pytest.approx(table["significantly_higher"].mean())
+    with pytest.raises(ValueError, match=r"a\.parquet: missing columns \['recall@5'\]"):
+        run_recall_difference(a, b, str(tmp_path / "k5"), ks=(5,))
+
+
+def test_own_similarity_matches_b_class_counts(tmp_path) -> None:
+    from laionet.evaluation import run_own_similarity
+
+    rng = np.random.default_rng(0)
+    counts_a, counts_b = {0: 60, 1: 40, 2: 30, 3: 10}, {0: 5, 1: 7, 2: 9, 9: 4}  # class 3 only in A, 9 only in B
+    cls_a = np.repeat(list(counts_a), list(counts_a.values()))
+    cls_b = np.repeat(list(counts_b), list(counts_b.values()))
+    keys_a, keys_b = [f"a{i}" for i in range(len(cls_a))], [f"b{i}" for i in range(len(cls_b))]
+    own_a = rng.normal(0.25, 0.02, len(cls_a))
+    own_a[0] = np.nan  # a labelled sample the model gave no score
+    own_b = rng.normal(np.where(cls_b == 0, 0.30, 0.25), 0.02)
+    emb_a, emb_b = np.eye(8)[np.zeros(len(cls_a), int)], np.eye(8)[np.zeros(len(cls_b), int)]
+    _inference_dir(tmp_path / "za", [*keys_a, "unlabelled"], [[0]] * (len(keys_a) + 1), [*own_a, 0.3],
+                   np.vstack([emb_a, emb_a[:1]]))  # fmt: skip
+    _inference_dir(tmp_path / "zb", keys_b[1:], [[0]] * (len(keys_b) - 1), own_b[1:], emb_b[1:])  # b0: no row
+    labels_a = _write(tmp_path / "la.parquet", key=keys_a, class_index=cls_a)
+    labels_b = _write(tmp_path / "lb.parquet", key=keys_b, class_index=cls_b)
+    manifest = run_own_similarity(
+        str(tmp_path / "za" / "*.predictions.parquet"), labels_a, str(tmp_path / "zb" / "*.predictions.parquet"),
+        labels_b, str(tmp_path / "own"), n_boot=300,
+    )  # fmt: skip
+    assert manifest.rows_in == len(cls_a) + len(cls_b)
+    assert manifest.dropped == {"flagged": 0, "no_prediction": 1, "no_score": 1}
+    dist = pd.read_parquet(tmp_path / "own" / "distribution.parquet")
+    per_group = dist.groupby(["group", "class"]).size().unstack(0)
+    assert per_group["a_matched"].to_dict() == per_group["b"].to_dict() == {0: 4, 1: 7, 2: 9}  # b0 had no row
+    assert per_group["a"].to_dict() == {0: 59, 1: 40, 2: 30}  # the NaN score left out; class 3 not in B
+    matched = dist[dist["group"] == "a_matched"]
+    assert matched["value"].isin(own_a.astype(np.float32).astype(float)).all()  # drawn from A's own (float32) values
+    per_class = pd.read_parquet(tmp_path / "own" / "per_class.parquet").set_index("class")
+    assert list(per_class.index) == [0, 1, 2] and bool(per_class.loc[0, "significantly_lower"])
+    assert per_class.loc[0, "verdict"] == "lower" and per_class["n_b"].tolist() == [4, 7, 9]
+    summary = pd.read_parquet(tmp_path / "own" / "summary.parquet").set_index("group")
+    assert summary.loc["b", "ks_vs_b"] == 0 and summary.loc["a_matched", "n"] == summary.loc["b", "n"] == 20

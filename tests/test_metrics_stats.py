@@ -164,3 +164,26 @@ def test_matched_resampling_and_per_class_mean_comparison() -> None:
     assert table.loc[3:5, "significantly_lower"].sum() <= 1
     again = compare_means(laion, imagenet, n_boot=500, seed=0).set_index("class")
     pd.testing.assert_frame_equal(table, again)
+
+
+def test_recall_difference_newcombe_and_degenerate_inputs() -> None:
+    a = pd.DataFrame({"class": [0, 1], "n": [10, 10], "correct@1": [10, 8], "recall@1": [1.0, 0.8]})
+    b = pd.DataFrame({"class": [1, 0], "n": [10, 10], "correct@1": [4, 10], "recall@1": [0.4, 1.0]})
+    table = recall_difference(a, b, 1, method="newcombe").set_index("class")
+    assert table.loc[0, ["delta", "lower", "upper"]].tolist() == pytest.approx([0.0, -0.2775, 0.2775], abs=1e-4)
+    assert (table.loc[1, "n_a"], table.loc[1, "n_b"], table.loc[1, "recall_b"]) == (10, 10, 0.4)
+    assert not table["significantly_higher"].any() and not table["significantly_lower"].any()
+    empty = recall_difference(a, b.iloc[0:0], 1)
+    assert empty.empty and list(empty.columns)[-2:] == ["significantly_lower", "significantly_higher"]
+    with pytest.raises(ValueError, match="unknown method"):
+        recall_difference(a, b, 1, method="exact")  # type: ignore[arg-type]
+
+
+def test_spearman_undefined_and_ks_statistic() -> None:
+    from laionet.stats import ks_statistic
+
+    assert all(np.isnan(v) for v in spearman_interval(np.array([1.0, 2.0]), np.array([3.0, 1.0])))
+    assert all(np.isnan(v) for v in spearman_interval(np.ones(10), np.arange(10.0)))  # a constant: undefined
+    assert ks_statistic(np.array([0.1, 0.2]), np.array([0.1, 0.2])) == 0.0
+    assert ks_statistic(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 1.0
+    assert ks_statistic(np.array([1.0, 2.0, 3.0, 4.0]), np.array([3.0, 4.0])) == 0.5
