@@ -9,8 +9,14 @@ PYTEST_ARGS ?=
 setup:
 	@bash scripts/setup.sh
 
+# The demo runs the Prefect `demo` flow with an ephemeral local API (no server needed); Prefect's home (its SQLite
+# database and the task result cache that makes a second run fast) lives beside the run directory.
+PREFECT_HOME_DIR ?= $(abspath $(dir $(RUN_DIR)).prefect)
+
 demo: setup
-	$(VENV)/bin/laionet demo --run-dir $(RUN_DIR)
+	@mkdir -p $(PREFECT_HOME_DIR)
+	PREFECT_HOME=$(PREFECT_HOME_DIR) PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 $(VENV)/bin/python -m flows.demo --run-dir $(RUN_DIR)
 
 lint: setup
 	$(VENV)/bin/ruff check .

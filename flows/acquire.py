@@ -15,9 +15,10 @@ from laionet.config import load_preset
 from laionet.layout import shards_dir
 from laionet.manifest import join
 from tasks.acquire import download, download_index, ingest_reference, ocr, verify
+from tasks.runners import task_runner
 
 
-@flow(name="acquire")
+@flow(name="acquire", task_runner=task_runner())  # LAIONET_TASK_RUNNER: threads, processes, ray, ray://
 def acquire(
     run_dir: str,
     preset: str = "demo",

@@ -17,9 +17,10 @@ from laionet.manifest import join
 from laionet.similarity import similarity_dir
 from laionet.text import Mode
 from tasks.build import catalog, lemma_map, match, openclipart_corpus, select, similarity
+from tasks.runners import task_runner
 
 
-@flow(name="build")
+@flow(name="build", task_runner=task_runner())  # LAIONET_TASK_RUNNER: threads, processes, ray, ray://
 def build(
     run_dir: str,
     classes: str = "imagenet1k",

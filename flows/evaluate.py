@@ -26,9 +26,10 @@ from laionet.layout import (
 )
 from laionet.manifest import join
 from tasks.evaluate import accuracy, intra_class, own_similarity, recall_difference, relations, variants
+from tasks.runners import task_runner
 
 
-@flow(name="evaluate")
+@flow(name="evaluate", task_runner=task_runner())  # LAIONET_TASK_RUNNER: threads, processes, ray, ray://
 def evaluate(run_dir: str, preset: str = "demo") -> dict[str, Any]:
     """Every metric of the preset's comparisons; returns the manifests by stage and target."""
     config = load_preset(preset)

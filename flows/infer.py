@@ -14,9 +14,10 @@ from laionet.config import load_preset
 from laionet.layout import shards_dir
 from laionet.manifest import join
 from tasks.infer import infer, infer_shards, shard_groups
+from tasks.runners import task_runner
 
 
-@flow(name="infer")
+@flow(name="infer", task_runner=task_runner())  # LAIONET_TASK_RUNNER: threads, processes, ray, ray://
 def infer_flow(run_dir: str, preset: str = "demo") -> dict[str, Any]:
     """Image embeddings and predictions of the preset's models (``Preset.image_models``) for each dataset
     (``laionet`` and the preset's references); quarantined samples skipped.

@@ -9,9 +9,10 @@ from prefect import flow
 from laionet.config import load_preset
 from laionet.layout import report_dir, stage_outputs
 from tasks.report import report
+from tasks.runners import task_runner
 
 
-@flow(name="report")
+@flow(name="report", task_runner=task_runner())  # LAIONET_TASK_RUNNER: threads, processes, ray, ray://
 def report_flow(run_dir: str, preset: str = "demo") -> dict[str, Any]:
     """Render the report of a run directory (the preset gives its disclaimer); returns the report's manifest."""
     config = load_preset(preset)

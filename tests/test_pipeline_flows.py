@@ -70,6 +70,8 @@ def tiny_run(tmp_path: Path) -> tuple[str, str, Path]:
             (images / name).write_bytes((SKIMAGE / name).read_bytes())
     index = pd.DataFrame([{"key": k, "url": MIRROR + f, "text": f, "wnid": w, "class_index": c} for k, f, w, c in ROWS])
     index.to_parquet(run_dir / "selection" / "laionet.parquet")
+    freq = index.groupby(["wnid", "class_index"]).size().rename("n").reset_index().assign(name="x")
+    freq.assign(share=freq["n"] / freq["n"].sum()).to_parquet(run_dir / "selection" / "class_frequency.parquet")
     preset = {
         "name": "tiny",
         "download": {"image_size": 96, "processes": 1, "threads": 4, "samples_per_shard": 2, "timeout": 5},
@@ -128,3 +130,41 @@ def test_acquire_and_infer_flows_then_everything_cached(prefect_harness: Path, t
     assert final_task_states(again, 3)["infer"] == ["Cached"]
     after = {p: p.stat().st_mtime_ns for p in Path(run_dir).rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_evaluate_and_report_flows_after_inference(prefect_harness: Path, tiny_run) -> None:
+    from flows.acquire import acquire
+    from flows.evaluate import evaluate
+    from flows.infer import infer_flow
+    from flows.report import report_flow
+
+    run_dir, preset, images = tiny_run
+    with ImageServer(images) as base:
+        assert acquire(run_dir, preset, rewrite_urls={MIRROR: base + "/"}, return_state=True).is_completed()
+    assert infer_flow(run_dir, preset, return_state=True).is_completed()
+
+    state = evaluate(run_dir, preset, return_state=True)
+    assert state.is_completed(), state
+    manifests = state.result()
+    assert set(manifests) == {
+        "accuracy:laionet:efficientnet_lite0",
+        "accuracy:laionet-image:efficientnet_lite0",
+        "intra:laionet--laionet-image",
+        "recall-difference:laionet--laionet-image:efficientnet_lite0",
+        "relations:laionet--laionet-image",
+    }
+    text_only = read_manifest(f"{run_dir}/variants/laionet")
+    filtered = read_manifest(f"{run_dir}/variants/laionet-image")
+    assert (text_only.rows_out, text_only.dropped) == (4, {"not_downloaded": 1})  # the 404
+    assert filtered.rows_in == 4 and filtered.rows_out + filtered.dropped["image_disagrees"] == 4
+    acc = pd.read_parquet(f"{run_dir}/evaluate/accuracy/laionet/efficientnet_lite0/summary.parquet")
+    assert set(acc["weighting"]) == {"equal", "laion"} and acc["accuracy"].between(0, 1).all()
+
+    state = report_flow(run_dir, preset, return_state=True)
+    assert state.is_completed(), state
+    html = (Path(run_dir) / "report" / "index.html").read_text()
+    assert "Accuracy" in html and "laionet-image" in html
+    assert final_task_states(report_flow(run_dir, preset, return_state=True), 1) == {"report": ["Cached"]}
+    again = final_task_states(evaluate(run_dir, preset, return_state=True), 6)  # variants, 2 accuracies, intra, ...
+    assert sum(len(states) for states in again.values()) == 6
+    assert {s for states in again.values() for s in states} == {"Cached"}

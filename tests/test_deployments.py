@@ -1,0 +1,310 @@
+"""Deployments: every entrypoint of ``deployments/prefect.yaml`` loads for real; the ``build`` deployment runs end to
+end on a real Prefect server through a process worker; a failed stage is re-run alone with ``prefect flow-run retry``.
+
+The server tests drive Prefect only through the commands the README documents (``prefect server start``,
+``prefect work-pool create``, ``prefect concurrency-limit create``, ``prefect deploy``, ``prefect deployment run``,
+``prefect worker start --run-once``, ``prefect flow-run retry``), each in a subprocess whose Prefect home, SQLite
+database and result storage are in a tmp directory, and read the outcome over the server's REST API (explicit
+``sort``/``limit``/``offset``, as Prefect 3.8.8's client leaves them ``None``, which FastAPI ≥ 0.151 rejects).
+The worker runs from a tmp directory: the deployment's pull step (``set_working_directory`` to
+``$LAIONET_ROOT``) is what makes ``flows/build.py`` and its imports resolve. The tiny corpus and class list are those of
+``tests/test_flows.py``, whose selection is known.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.conftest import write_corpus_part
+from tests.test_flows import CAPTIONS, CLASSES, NSFW, SELECTED, SIM_DIR, TASKS, THRESHOLD
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFECT_FILE = ROOT / "deployments" / "prefect.yaml"
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+DEPLOYMENTS = yaml.safe_load(PREFECT_FILE.read_text())["deployments"]
+
+
+# --- a. every deployment's entrypoint and parameters --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
+def test_deployment_entrypoint_loads_with_valid_parameters(
+    prefect_harness: Path, deployment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.flows import load_flow_from_entrypoint
+
+    monkeypatch.chdir(ROOT)  # entrypoints are relative to the repository root, where the worker's pull step goes
+    # placeholders off: an import error in the flow module fails here instead of at run time on the worker
+    flow = load_flow_from_entrypoint(deployment["entrypoint"], use_placeholder_flow=False)
+    parameters = deployment.get("parameters") or {}
+    unknown = set(parameters) - set(flow.parameters.properties)
+    assert not unknown, f"{deployment['name']}: parameters the flow does not take: {sorted(unknown)}"
+    missing = set(flow.parameters.required or []) - set(parameters)
+    assert not missing, f"{deployment['name']}: required flow parameters without a value: {sorted(missing)}"
+    flow.validate_parameters(parameters)  # each value has the type the flow's signature declares
+    assert deployment["work_pool"]["name"] == "gpu"
+    assert all(schedule.get("active") is False for schedule in deployment.get("schedules") or [])
+
+
+# --- b, c. a real server, a process worker ------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    url: str  # http://127.0.0.1:<port>/api
+    env: dict[str, str]  # the environment of every Prefect command run against it
+    home: Path
+
+    def cli(
+        self, *args: str, cwd: Path = ROOT, timeout: float = 120, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``prefect --no-prompt <args>`` (``env`` added to the server's); output is stdout and stderr together."""
+        return subprocess.run(
+            [PREFECT, "--no-prompt", *args],
+            cwd=cwd,
+            env={**self.env, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+        )
+
+    def ok(self, *args: str, cwd: Path = ROOT, timeout: float = 120, env: dict[str, str] | None = None) -> str:
+        done = self.cli(*args, cwd=cwd, timeout=timeout, env=env)
+        assert done.returncode == 0, f"prefect {' '.join(args)} exited {done.returncode}:\n{done.stdout[-4000:]}"
+        return done.stdout
+
+    def get(self, path: str) -> Any:
+        response = httpx.get(f"{self.url}{path}", timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        response = httpx.post(f"{self.url}{path}", json=body, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``prefect server start`` on a free port (SQLite in tmp), with the ``gpu`` process pool, the ``gpu`` tag
+    concurrency limit and the ``build`` deployment registered by the documented commands; killed at the end."""
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    # no LAIONET_ROOT: `prefect deploy` would bake its value into the pull step; the worker sets it (work_once)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "LAIONET_ROOT"}
+    env.update(
+        {
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_URL": url,
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
+            "PREFECT_UI_ENABLED": "false",
+            "COLUMNS": "250",  # no wrapped lines in the CLI's output
+        }
+    )
+    log = (home / "server.log").open("w")
+    process = subprocess.Popen(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        cwd=home,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: killed whole at the end
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, (home / "server.log").read_text()[-4000:]
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "prefect server did not answer /api/health in 90 s"
+            time.sleep(0.3)
+        srv = Server(url=url, env=env, home=home)
+        srv.ok("work-pool", "create", "gpu", "--type", "process")
+        srv.ok("concurrency-limit", "create", "gpu", "1")
+        # every deployment of the file, as the README does it (needs fastapi<0.151: see pyproject.toml)
+        deployed = srv.ok("deploy", "--prefect-file", str(PREFECT_FILE.relative_to(ROOT)), "--all")
+        names = [d["name"] for d in yaml.safe_load(PREFECT_FILE.read_text())["deployments"]]
+        assert all(name in deployed for name in names), deployed[-4000:]
+        yield srv
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> dict[str, Any]:
+    """Parameters of a tiny build run: 5 classes, a 13-caption corpus part, the run directory in tmp."""
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(CLASSES) + "\n")
+    write_corpus_part(tmp_path / "laion" / "part-00000.parquet", CAPTIONS, NSFW=pa.array(NSFW, pa.string()))
+    return {
+        "run_dir": str(tmp_path / "run"),
+        "classes": str(classes),
+        "corpus": str(tmp_path / "laion" / "*.parquet"),
+        "threshold": THRESHOLD,
+    }
+
+
+def trigger(server: Server, parameters: dict[str, Any]) -> str:
+    """``prefect deployment run build/build -p k=v ...``; returns the flow run id."""
+    args = [arg for name, value in parameters.items() for arg in ("-p", f"{name}={value}")]
+    out = server.ok("deployment", "run", "build/build", *args)
+    found = re.search(r"UUID: ([0-9a-f-]{36})", out)
+    assert found, out
+    return found.group(1)
+
+
+def work_once(server: Server, cwd: Path) -> str:
+    """``LAIONET_ROOT=<checkout> prefect worker start --pool gpu --run-once`` from ``cwd`` (not the checkout): the
+    deployment's pull step takes the flow run there. Returns the worker's output."""
+    return server.ok(
+        "worker", "start", "--pool", "gpu", "--run-once", cwd=cwd, timeout=180, env={"LAIONET_ROOT": str(ROOT)}
+    )
+
+
+def task_runs(server: Server, flow_run_id: str, attempt: int) -> dict[str, dict[str, Any]]:
+    """The task runs of one attempt of a flow run (its ``run_count``), by task name, once all are final."""
+    body = {
+        "flow_runs": {"id": {"any_": [flow_run_id]}},
+        "sort": "EXPECTED_START_TIME_ASC",
+        "limit": 100,
+        "offset": 0,
+    }
+    deadline = time.monotonic() + 20
+    while True:  # task-run states reach the server as events: wait until each is recorded as final
+        runs = [r for r in server.post("/task_runs/filter", body) if r["flow_run_run_count"] == attempt]
+        final = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+        if (runs and all(r["state"] and r["state"]["type"] in final for r in runs)) or time.monotonic() > deadline:
+            return {r["name"].rsplit("-", 1)[0]: r for r in runs}
+        time.sleep(0.3)
+
+
+def mtimes(root: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def index_of(run_dir: str) -> set[tuple[str, str]]:
+    rows = pq.read_table(f"{run_dir}/selection/laionet.parquet", columns=["text", "wnid"]).to_pylist()
+    return {(row["text"], row["wnid"]) for row in rows}
+
+
+@pytest.mark.prefect
+def test_build_deployment_end_to_end(server: Server, tiny: dict[str, Any], tmp_path: Path) -> None:
+    deployment = server.get("/deployments/name/build/build")
+    assert deployment["entrypoint"] == "flows/build.py:build" and deployment["work_pool_name"] == "gpu"
+    # the pull step is stored as written and resolved on the worker, at run time, from the worker's environment
+    # (`prefect deploy` resolves `{{ $VAR }}` itself when VAR is set where it runs: deploy without LAIONET_ROOT)
+    assert deployment["pull_steps"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $LAIONET_ROOT }}"}}
+    ]
+    declared = next(d for d in DEPLOYMENTS if d["name"] == "build").get("concurrency_limit")
+    if declared:  # a deployment concurrency limit becomes a global limit on the server
+        assert deployment["global_concurrency_limit"]["limit"] == declared
+
+    flow_run_id = trigger(server, tiny)
+    assert server.get(f"/flow_runs/{flow_run_id}")["state"]["type"] == "SCHEDULED"
+    elsewhere = tmp_path / "worker"
+    elsewhere.mkdir()
+    log = work_once(server, cwd=elsewhere)
+
+    flow_run = server.get(f"/flow_runs/{flow_run_id}")
+    assert flow_run["state"]["type"] == "COMPLETED", log[-4000:]
+    assert flow_run["parameters"]["run_dir"] == tiny["run_dir"] and flow_run["parameters"]["threshold"] == THRESHOLD
+    assert flow_run["parameters"]["encoder"] == "minilm"  # the deployment's default where not overridden
+    states = {name: run["state"]["name"] for name, run in task_runs(server, flow_run_id, attempt=1).items()}
+    assert states == dict.fromkeys(TASKS, "Completed")
+    assert "Executing deployment step: set_working_directory" in log
+
+    run_dir = Path(tiny["run_dir"])
+    match = json.loads((run_dir / "matches" / "_manifest.json").read_text())
+    assert (match["rows_in"], match["rows_out"]) == (13, 9)
+    select = json.loads((run_dir / "selection" / "_manifest.json").read_text())
+    assert (select["rows_in"], select["rows_out"]) == (9, 6)
+    assert (run_dir / SIM_DIR / "part-00000.parquet").is_file()
+    assert index_of(tiny["run_dir"]) == SELECTED
+    # the similarity task (tag `gpu`) took and gave back the one slot of the `gpu` limit
+    assert server.get("/concurrency_limits/tag/gpu")["active_slots"] == []
+
+
+@pytest.mark.prefect
+def test_failed_stage_is_retried_alone(server: Server, tiny: dict[str, Any], tmp_path: Path) -> None:
+    # The selection directory is occupied by a manifest this code cannot read (another tool's, an older schema):
+    # the select driver refuses to overwrite it, a configuration error that is not retried.
+    run_dir = Path(tiny["run_dir"])
+    foreign = run_dir / "selection" / "_manifest.json"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_text('{"stage": "select", "rows": 3}')
+    elsewhere = tmp_path / "worker"
+    elsewhere.mkdir()
+
+    flow_run_id = trigger(server, tiny)
+    log = work_once(server, cwd=elsewhere)
+    flow_run = server.get(f"/flow_runs/{flow_run_id}")
+    assert flow_run["state"]["type"] == "FAILED", log[-4000:]
+    assert "validation errors for Manifest" in flow_run["state"]["message"]
+    first = task_runs(server, flow_run_id, attempt=1)
+    assert {name: run["state"]["name"] for name, run in first.items()} == {
+        **dict.fromkeys(TASKS, "Completed"),
+        "select": "Failed",
+    }
+    assert re.search(r"Task run 'select-\w+' - Finished in state Failed", log)  # the worker's log names the stage
+    upstream = {target: mtimes(run_dir / target) for target in ("matches", SIM_DIR)}
+    assert all(upstream.values())
+
+    foreign.unlink()  # the cause, fixed
+    out = server.ok("flow-run", "retry", flow_run_id)
+    assert "scheduled for retry" in out
+    log = work_once(server, cwd=elsewhere)
+
+    flow_run = server.get(f"/flow_runs/{flow_run_id}")
+    assert flow_run["state"]["type"] == "COMPLETED", log[-4000:]
+    assert flow_run["run_count"] == 2
+    second = task_runs(server, flow_run_id, attempt=2)
+    # every finished stage comes back from the cache; only the failed one runs
+    assert {name: run["state"]["name"] for name, run in second.items()} == {
+        **dict.fromkeys(TASKS, "Cached"),
+        "select": "Completed",
+    }
+    assert {target: mtimes(run_dir / target) for target in upstream} == upstream  # nothing upstream rewritten
+    select = json.loads(foreign.read_text())
+    assert (select["stage"], select["rows_in"], select["rows_out"]) == ("select", 9, 6)
+    assert index_of(tiny["run_dir"]) == SELECTED
+    deployment = server.get("/deployments/name/build/build")
+    assert deployment["global_concurrency_limit"]["active_slots"] == 0  # the failed run gave its slot back
