@@ -255,3 +255,29 @@ def test_shard_batches_then_a_final_call_that_loads_no_model(shards: Path, tmp_p
     manifest = run_inference(str(shards), [spec], str(out), builder=no_model)[spec]
     assert (manifest.rows_in, manifest.rows_out, manifest.extra["dim"]) == (6, 5, 96)
     assert read_manifest(str(model_dir)) == manifest
+
+
+def test_out_of_memory_halves_the_batch_instead_of_failing() -> None:
+    """The back-off path, on the CPU: a model that 'runs out of GPU memory' above 3 images per call."""
+    model = load_image_model("timm:test_resnet@random")
+    real = model.forward
+    sizes: list[int] = []
+
+    def small_memory(x):
+        sizes.append(len(x))
+        if len(x) > 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(x)
+
+    model.forward = small_memory
+    runner = inference._Runner(model, "cpu", "fp32", 5)
+    x = torch.randn(10, 3, 160, 160)
+    emb, scores = runner.forward(x)
+    assert emb.shape == (10, 96) and scores.shape == (10, 1000)
+    assert runner.chunk == 2 and sizes[:3] == [10, 5, 2]  # 10 → 5 → 2, then chunks of 2
+    with torch.inference_mode():
+        expected, _ = real(x)
+    assert torch.allclose(emb, expected, atol=1e-5)  # same result as one batch
+    sizes.clear()
+    runner.forward(x)
+    assert set(sizes) == {2}  # the reduced batch is remembered
