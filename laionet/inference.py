@@ -306,6 +306,7 @@ def run_inference(
     config: InferConfig | None = None,
     builder: Callable[..., ImageModel] = load_image_model,
     only: Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Manifest]:
     """Run every model over every shard of ``shards`` (a directory or glob of ``.tar``) into
     ``<out_root>/<model slug>/``; return each model's manifest.
@@ -317,6 +318,7 @@ def run_inference(
         builder: ``builder(spec, class_texts=..., class_index=...)`` → ``ImageModel`` (injected in tests).
         only: process just these shards (paths or stems; a shard batch of a fanned-out run) and write no manifest;
             a final call without ``only`` finds every shard done, loads no model, and writes the manifests.
+        progress: ``progress(done, total)`` after each shard of this call (e.g. a Prefect progress artifact).
 
     Raises:
         ModelError: unknown model or missing weights (before any shard is read).
@@ -366,7 +368,7 @@ def run_inference(
             if model.kind == "open_clip" and wnids is not None:
                 model.info["class_wnids"] = wnids
             runners[spec] = _Runner(model.to(device, channels_last=True), device, precision, config.top_k)
-        _run(todo, runners, out_dirs, hashes, skip, config, device)
+        _run(todo, runners, out_dirs, hashes, skip, config, device, progress)
     if only is not None:
         return {}
 
@@ -426,13 +428,15 @@ def _run(
     skip: set[str],
     config: InferConfig,
     device: str,
+    progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Stream the shards of ``todo`` through the models each still needs; write outputs and records per shard."""
     batch_size = config.batch_size or (256 if device.startswith("cuda") else 32)
     workers = config.workers if config.workers is not None else default_workers(device)
     recipes = list(dict.fromkeys(r.model.recipe for r in runners.values()))
     stream = _ShardStream(list(todo), recipes, skip, batch_size)
-    progress = tqdm(total=len(todo), desc="infer", unit="shard", disable=None)
+    bar = tqdm(total=len(todo), desc="infer", unit="shard", disable=None)
+    done = 0
     for batch in _loader(stream, min(workers, len(todo)), device.startswith("cuda")):
         shard = batch["shard"]
         on_device: dict[Recipe, Any] = {}
@@ -469,5 +473,8 @@ def _run(
                 },
             }
             write_part_record(out_dirs[spec], shard_stem(shard), record)
-        progress.update(1)
-    progress.close()
+        bar.update(1)
+        done += 1
+        if progress:  # not bar.n: a disabled bar (no terminal) does not count
+            progress(done, len(todo))
+    bar.close()

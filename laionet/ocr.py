@@ -66,9 +66,14 @@ def shows_name(name: str, text: str) -> bool:
 
 
 def run_ocr(
-    shards_dir: str, catalog_path: str, out_dir: str, engine_factory: Callable[[], OcrEngine] = RapidOcrEngine
+    shards_dir: str,
+    catalog_path: str,
+    out_dir: str,
+    engine_factory: Callable[[], OcrEngine] = RapidOcrEngine,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Manifest:
-    """Flag every sample of every shard; skip shards already done; manifest last."""
+    """Flag every sample of every shard; skip shards already done; manifest last. ``progress(done, total)`` is
+    called after each shard (e.g. to update a Prefect progress artifact)."""
     timer = Timer()
     fs, real = url_to_fs(shards_dir)
     shards = sorted(fs.glob(real.rstrip("/") + "/*.tar"))
@@ -82,7 +87,9 @@ def run_ocr(
     names = dict(zip(catalog["wnid"], catalog["name"], strict=True))
     engine: OcrEngine | None = None
     outputs, total, flagged, unknown = [], 0, 0, 0
-    for shard in tqdm(shards, desc="ocr", unit="shard", disable=None):
+    for i, shard in enumerate(tqdm(shards, desc="ocr", unit="shard", disable=None)):
+        if progress and i:
+            progress(i, len(shards))
         out_path = join(out_dir, f"{part_stem(shard.removesuffix('.tar'))}.parquet")
         out_fs, out_real = url_to_fs(out_path)
         if not out_fs.exists(out_real):
@@ -101,6 +108,8 @@ def run_ocr(
         total += len(done)
         flagged += int(done["flagged"].sum())
         unknown += int((~done["wnid"].isin(names)).sum())
+    if progress:
+        progress(len(shards), len(shards))
     manifest = Manifest(
         stage="ocr",
         config={"shards": shards_dir, "catalog": catalog_path},

@@ -24,12 +24,18 @@ the key as a miss, runs the driver, and stores the fresh manifest under the same
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fsspec
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import TASK_SOURCE, CachePolicy, Inputs
 from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
@@ -138,3 +144,24 @@ IO_RETRIES: dict[str, Any] = {
     "retry_delay_seconds": exponential_backoff(backoff_factor=10),
     "retry_condition_fn": is_transient,
 }
+
+
+def progress_artifact(description: str) -> Callable[[int, int], None]:
+    """A Prefect progress artifact for a long stage, and the ``progress(done, total)`` callback that updates it
+    (what the drivers accept); updates at most every 2 % to spare the API."""
+    artifact_id = create_progress_artifact(progress=0.0, description=description)
+    last = [-1.0]
+
+    def update(done: int, total: int) -> None:
+        value = 100.0 * done / max(total, 1)
+        if value - last[0] >= 2.0 or done >= total:
+            update_progress_artifact(artifact_id=artifact_id, progress=value)
+            last[0] = value
+
+    return update
+
+
+def publish_table(rows: list[dict[str, Any]], key: str, description: str) -> None:
+    """A Prefect table artifact (e.g. a stage's summary table)."""
+    safe = "".join(c if c.isalnum() else "-" for c in key.lower()).strip("-")
+    create_table_artifact(table=rows, key=safe[:100], description=description)

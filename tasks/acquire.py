@@ -18,7 +18,7 @@ from laionet.download import DownloadConfig, prepare_index, run_download
 from laionet.ocr import run_ocr
 from laionet.references import ingest
 from laionet.verify import run_verify
-from tasks._common import IO_RETRIES, is_transient, publish, stage_cache
+from tasks._common import IO_RETRIES, is_transient, progress_artifact, publish, stage_cache
 
 Manifest = dict[str, Any]
 
@@ -61,7 +61,8 @@ def verify(shards_dir: str, out_dir: str) -> Manifest:
 @task(name="ocr", tags=["stage:ocr"], cache_policy=stage_cache("out_dir"), persist_result=True, **IO_RETRIES)
 def ocr(shards_dir: str, catalog_path: str, out_dir: str) -> Manifest:
     """Flag samples whose image shows their class name as text (evaluation excludes them)."""
-    return publish(run_ocr(shards_dir, catalog_path, out_dir), out_dir)
+    progress = progress_artifact(f"OCR over the shards of {shards_dir}")
+    return publish(run_ocr(shards_dir, catalog_path, out_dir, progress=progress), out_dir)
 
 
 @task(name="download-index", tags=["stage:download"])

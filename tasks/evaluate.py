@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 from prefect import task
 
 from laionet.evaluation import run_accuracy, run_intra_class
 from laionet.manifest import join
-from tasks._common import publish, stage_cache
+from tasks._common import publish, publish_table, stage_cache
 
 Manifest = dict[str, Any]
 
@@ -52,6 +53,9 @@ def accuracy(
     flags = join(ocr_dir, "*.parquet") if ocr_dir else None
     manifest = run_accuracy(join(model_dir, "*.predictions.parquet"), labels, out_dir, weights, flags, n_boot=n_boot,
                             seed=seed)  # fmt: skip
+    summary = pd.read_parquet(join(out_dir, "summary.parquet")).round(4)
+    publish_table(summary.to_dict("records"), f"accuracy-{out_dir.rsplit('/', 2)[-2]}-{out_dir.rsplit('/', 1)[-1]}",
+                  f"accuracy of {model_dir} on {labels}")  # fmt: skip
     return publish(manifest, out_dir)
 
 

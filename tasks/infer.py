@@ -13,7 +13,7 @@ from typing import Any
 from prefect import task
 
 from laionet.inference import InferConfig, list_shards, run_inference
-from tasks._common import IO_RETRIES, publish, stage_cache
+from tasks._common import IO_RETRIES, progress_artifact, publish, stage_cache
 
 Manifest = dict[str, Any]
 
@@ -38,7 +38,8 @@ def infer_shards(
     """Every model over ``shards`` (a group of ``shards_dir``) → per-shard outputs; returns the shard count.
     Finished shards are skipped by the driver, so a retry redoes only what a crash left."""
     config = InferConfig(**(settings or {}))
-    run_inference(shards_dir, models, out_root, catalog_path, quarantine, config, only=shards)
+    progress = progress_artifact(f"inference over {len(shards)} shards of {shards_dir}")
+    run_inference(shards_dir, models, out_root, catalog_path, quarantine, config, only=shards, progress=progress)
     return len(shards)
 
 

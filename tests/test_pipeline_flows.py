@@ -160,6 +160,29 @@ def test_evaluate_and_report_flows_after_inference(prefect_harness: Path, tiny_r
     acc = pd.read_parquet(f"{run_dir}/evaluate/accuracy/laionet/efficientnet_lite0/summary.parquet")
     assert set(acc["weighting"]) == {"equal", "laion"} and acc["accuracy"].between(0, 1).all()
 
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType, FlowRunFilter, TaskRunFilter
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        kinds = {  # every field explicit: the server rejects the client's None defaults
+            kind: client.read_artifacts(
+                artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=[kind])),
+                flow_run_filter=FlowRunFilter(),
+                task_run_filter=TaskRunFilter(),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=50,
+                offset=0,
+            )
+            for kind in ("table", "progress")
+        }
+    tables = [a for a in kinds["table"] if a.key and a.key.startswith("accuracy-laionet")]
+    assert tables and {"k", "weighting", "accuracy"} <= set(tables[0].data[0] if isinstance(tables[0].data, list)
+                                                           else json.loads(tables[0].data)[0])  # fmt: skip
+    assert kinds["progress"] and all(float(a.data) == 100.0 for a in kinds["progress"]), [
+        (a.description, a.data) for a in kinds["progress"]
+    ]  # inference and OCR report their progress, to the end
+
     state = report_flow(run_dir, preset, return_state=True)
     assert state.is_completed(), state
     html = (Path(run_dir) / "report" / "index.html").read_text()
