@@ -145,7 +145,11 @@ def read_manifest(target: str) -> Manifest | None:
     if not fs.exists(real):
         return None
     with fsspec.open(path, "r") as f:
-        return Manifest.model_validate_json(f.read())
+        text = f.read()
+    try:
+        return Manifest.model_validate_json(text)
+    except ValueError as exc:  # pydantic's ValidationError does not say which file
+        raise ValueError(f"{path} is not a valid stage manifest (delete it to redo the stage): {exc}") from exc
 
 
 def completed(target: str, chash: str) -> Manifest | None:

@@ -278,7 +278,7 @@ def test_failed_stage_is_retried_alone(server: Server, tiny: dict[str, Any], tmp
     log = work_once(server, cwd=elsewhere)
     flow_run = server.get(f"/flow_runs/{flow_run_id}")
     assert flow_run["state"]["type"] == "FAILED", log[-4000:]
-    assert "validation errors for Manifest" in flow_run["state"]["message"]
+    assert "is not a valid stage manifest" in flow_run["state"]["message"]  # names the file at fault
     first = task_runs(server, flow_run_id, attempt=1)
     assert {name: run["state"]["name"] for name, run in first.items()} == {
         **dict.fromkeys(TASKS, "Completed"),
