@@ -44,7 +44,11 @@ def shards_dir(run_dir: str, dataset: str = "laionet") -> str:
 
 
 def inference_dir(run_dir: str, dataset: str, model: str) -> str:
-    return join(run_dir, "inference", dataset, slug(model))
+    """Where ``laionet.inference`` writes ``model``'s outputs for ``dataset``: named after the canonical spec, so
+    ``clip`` and ``open_clip:ViT-B-32-quickgelu@openai`` are the same directory."""
+    from laionet.models import canonical_model_spec
+
+    return join(run_dir, "inference", dataset, slug(canonical_model_spec(model)))
 
 
 def variant_labels(run_dir: str, variant: str) -> str:

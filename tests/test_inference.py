@@ -281,3 +281,13 @@ def test_out_of_memory_halves_the_batch_instead_of_failing() -> None:
     sizes.clear()
     runner.forward(x)
     assert set(sizes) == {2}  # the reduced batch is remembered
+
+
+def test_layout_names_the_directory_inference_writes(shards: Path, tmp_path: Path) -> None:
+    from laionet.layout import inference_dir
+
+    full = "open_clip:ViT-B-32-quickgelu@openai"
+    assert inference_dir("run", "laionet", "clip") == inference_dir("run", "laionet", full)
+    spec = "timm:test_resnet@random"
+    run_inference(str(shards), [spec], str(tmp_path / "inference" / "laionet"), config=InferConfig(workers=0))
+    assert read_manifest(inference_dir(str(tmp_path), "laionet", spec)).rows_out == 5
