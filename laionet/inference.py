@@ -448,7 +448,10 @@ def _run(
             if recipe not in on_device:  # one host-to-device copy per recipe, shared by the models using it
                 x = batch["images"][recipe].to(device, non_blocking=True)
                 on_device[recipe] = x.contiguous(memory_format=torch.channels_last) if runner.cuda else x
-            runner.add(shard, batch["keys"], batch["wnids"], on_device[recipe])
+            try:
+                runner.add(shard, batch["keys"], batch["wnids"], on_device[recipe])
+            except Exception as exc:  # name the model and the shard: a fanned-out run fails on one of many
+                raise RuntimeError(f"model {spec!r} failed on shard {shard}: {type(exc).__name__}: {exc}") from exc
         if not batch["last"]:
             continue
         counts = batch["counts"]

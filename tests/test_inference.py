@@ -109,7 +109,7 @@ def test_rerun_reads_no_shard_and_a_crash_resumes(shards: Path, tmp_path: Path, 
 
     monkeypatch.setattr(inference._Runner, "forward", crash_on_second_shard)
     config = InferConfig(batch_size=4, workers=0)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(RuntimeError, match=r"model 'timm:test_resnet@random' failed on shard .*00001.tar: .*simulated"):
         run_inference(str(shards), [spec], str(out), config=config)
     model_dir = out / slug(spec)
     assert (model_dir / "_parts" / "00000.json").exists() and not (model_dir / "_manifest.json").exists()
