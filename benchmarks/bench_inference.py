@@ -75,6 +75,21 @@ def decode_only(shards: str, specs: list[str], config: InferConfig, device: str)
     return time.perf_counter() - start
 
 
+def transfer_only(n: int, batch: int, crop: int, device: str) -> float:
+    """Seconds per image to copy pinned preprocessed batches to the device (0 on the CPU: nothing moves)."""
+    if not device.startswith("cuda"):
+        return 0.0
+    x = torch.randn(batch, 3, crop, crop).pin_memory()
+    x.to(device, non_blocking=True)
+    torch.cuda.synchronize()
+    steps = max(1, n // batch)
+    start = time.perf_counter()
+    for _ in range(steps):
+        x.to(device, non_blocking=True)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / (steps * batch)
+
+
 def model_only(spec: str, n: int, batch: int, device: str, precision: str) -> float:
     model = load_image_model(spec).to(device, channels_last=True)
     runner = inference._Runner(model, device, precision, 5)
@@ -137,6 +152,9 @@ def main() -> None:
         print(f"  decode + preprocess ({len(set(load_image_model(s).recipe for s in args.models))} recipes): "
               f"{decode / n * 1e3:.2f} ms ({n / decode:.0f} images/s with the loader's workers)")  # fmt: skip
         batch = args.batch_size or (256 if device.startswith("cuda") else 32)
+        crop = load_image_model(args.models[0]).recipe.crop
+        per = transfer_only(min(n, 8 * batch), batch, crop, device)
+        print(f"  transfer host→device ({crop}px, pinned): " + (f"{per * 1e3:.3f} ms" if per else "none on the CPU"))
         for spec in args.models:
             per = model_only(spec, min(n, 4 * batch), batch, device, precision)
             print(f"  model {spec}: {per * 1e3:.2f} ms ({1 / per:.0f} images/s on ready tensors)")
