@@ -369,6 +369,8 @@ def run_inference(
                 model.info["class_wnids"] = wnids
             runners[spec] = _Runner(model.to(device, channels_last=True), device, precision, config.top_k)
         _run(todo, runners, out_dirs, hashes, skip, config, device, progress)
+    elif progress:  # nothing left to do: done
+        progress(1, 1)
     if only is not None:
         return {}
 

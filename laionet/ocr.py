@@ -82,6 +82,8 @@ def run_ocr(
     chash = config_hash({"shards": shards, "sizes": [fs.size(s) for s in shards], "catalog": catalog_path})
     complete = completed(out_dir, chash)
     if complete:
+        if progress:
+            progress(len(shards), len(shards))
         return complete
     catalog = read_catalog(catalog_path)
     names = dict(zip(catalog["wnid"], catalog["name"], strict=True))
