@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from laionet import inference
+from laionet import batches, inference
 from laionet.inference import InferConfig, run_inference
 from laionet.models import load_image_model
 from laionet.shards import ShardWriter
@@ -68,9 +68,9 @@ def decode_only(shards: str, specs: list[str], config: InferConfig, device: str)
     workers = (
         config.workers if config.workers is not None else (max(1, (os.cpu_count() or 1) - 1) if device != "cpu" else 1)
     )
-    stream = inference._ShardStream(paths, recipes, set(), config.batch_size or 32)
+    stream = batches.ShardStream(paths, recipes, set(), config.batch_size or 32)
     start = time.perf_counter()
-    for _ in inference._loader(stream, min(workers, len(paths)), device.startswith("cuda")):
+    for _ in batches.make_loader(stream, min(workers, len(paths)), device.startswith("cuda")):
         pass
     return time.perf_counter() - start
 

@@ -1,11 +1,11 @@
 """Streaming batched inference over WebDataset shards: image embeddings, classifier top-k, CLIP zero-shot.
 
-One pass over the shards feeds every model. Decoding happens once per image, in DataLoader worker processes, each
-worker taking whole shards; every distinct preprocessing ``Recipe`` among the models is applied once per image and
-its tensor shared by all models that use it. The main process moves each batch to the device once per recipe
-(pinned memory, non-blocking copies, channels-last on a GPU), runs the models under autocast (fp16 on a GPU; fp32 on a
-CPU unless bf16 is asked for), and collects outputs per (shard, model). When a shard's last batch
-arrives its outputs are written, per model, into ``<out_root>/<model slug>/`` (``laionet.layout``):
+One pass over the shards feeds every model. Decoding happens once per image, in DataLoader worker processes
+(``laionet.batches``), each worker taking whole shards; every distinct preprocessing ``Recipe`` among the models is
+applied once per image and its tensor shared by all models that use it. The main process moves each batch to the
+device once per recipe (pinned memory, non-blocking copies, channels-last on a GPU), runs the models under autocast
+(fp16 on a GPU; fp32 on a CPU unless bf16 is asked for), and collects outputs per (shard, model). When a shard's
+last batch arrives its outputs are written, per model, into ``<out_root>/<model slug>/`` (``laionet.layout``):
 
 * ``<shard>.npy`` float16 (N, D) L2-normalised embeddings and ``<shard>.keys.parquet`` (``key``);
 * ``<shard>.predictions.parquet``: ``key``, ``topk`` (list<int32> class indices, best first), ``scores``
@@ -25,23 +25,22 @@ done. Samples are skipped and counted when quarantined (``laionet verify``) or u
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import fsspec
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import torch
 from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
+from laionet.batches import ShardStream, make_loader
+from laionet.evaluation import read_columns
 from laionet.layout import slug
 from laionet.manifest import (
     Manifest,
@@ -49,6 +48,7 @@ from laionet.manifest import (
     atomic_path,
     config_hash,
     join,
+    part_stem,
     read_part_record,
     write_manifest,
     write_parquet_atomic,
@@ -56,7 +56,6 @@ from laionet.manifest import (
 )
 from laionet.models import ImageModel, Recipe, canonical_model_spec, load_image_model
 from laionet.runtime import tune_cpu
-from laionet.shards import iter_raw, original_key
 
 ModelBuilder = Callable[[str], ImageModel]
 
@@ -104,106 +103,15 @@ def list_shards(shards: str) -> list[str]:
 
 
 def read_quarantine(path: str | None) -> set[str]:
-    """Keys quarantined by ``laionet verify`` (``quarantine.parquet``: shard, key, reason)."""
+    """Keys quarantined by ``laionet verify`` (``quarantine.parquet``: shard, key, reason); ``*`` marks a truncated
+    shard, not a key."""
     if not path:
         return set()
-    frame = pd.read_parquet(path, columns=["key"])
-    return set(frame["key"].astype(str)) - {"*"}
+    return set(read_columns(path, ["key"])["key"].astype(str)) - {"*"}
 
 
 def shard_stem(shard: str) -> str:
-    return shard.rstrip("/").rsplit("/", 1)[-1].removesuffix(".tar")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# decoding (runs in DataLoader workers)
-
-
-def _pack(shard: str, keys: list[str], wnids: list[str | None], tensors: dict[Recipe, list[Any]]) -> dict[str, Any]:
-    """One batch; empties the buffers it packs."""
-    out = {
-        "shard": shard,
-        "keys": list(keys),
-        "wnids": list(wnids),
-        "images": {r: torch.stack(t) if t else None for r, t in tensors.items()},
-        "last": False,
-        "counts": None,
-        "truncated": False,
-    }
-    keys.clear()
-    wnids.clear()
-    for t in tensors.values():
-        t.clear()
-    return out
-
-
-def _decode_shard(shard: str, recipes: dict[Recipe, Any], skip: set[str], batch_size: int) -> Iterator[dict[str, Any]]:
-    """Batches of one shard; the last one has ``last=True``, the shard's counts and whether the tar was truncated."""
-    from PIL import Image
-
-    counts = {"read": 0, "quarantined": 0, "undecodable": 0, "no_image": 0}
-    keys: list[str] = []
-    wnids: list[str | None] = []
-    tensors: dict[Recipe, list[Any]] = {r: [] for r in recipes}
-    truncated = False
-    try:
-        for raw_key, sample in iter_raw(shard):
-            counts["read"] += 1
-            key = original_key(raw_key)
-            if key in skip:
-                counts["quarantined"] += 1
-                continue
-            if "jpg" not in sample:
-                counts["no_image"] += 1
-                continue
-            try:
-                with Image.open(io.BytesIO(sample["jpg"])) as image:
-                    rgb = image.convert("RGB")
-                transformed = {r: t(rgb) for r, t in recipes.items()}
-            except Exception:  # PIL raises many types for broken images
-                counts["undecodable"] += 1
-                continue
-            try:
-                meta = json.loads(sample.get("json", b"{}"))
-            except ValueError:
-                meta = {}
-            keys.append(str(meta.get("key", key)))
-            wnids.append(meta.get("wnid"))
-            for r, t in transformed.items():
-                tensors[r].append(t)
-            if len(keys) >= batch_size:
-                yield _pack(shard, keys, wnids, tensors)
-    except (tarfile.TarError, OSError, EOFError):  # a truncated tar: keep what was read, flag the shard
-        truncated = True
-    yield {**_pack(shard, keys, wnids, tensors), "last": True, "counts": counts, "truncated": truncated}
-
-
-class _ShardStream(torch.utils.data.IterableDataset):
-    """Batches from shards: each DataLoader worker takes every n-th shard."""
-
-    def __init__(self, shards: Sequence[str], recipes: Sequence[Recipe], skip: set[str], batch_size: int) -> None:
-        super().__init__()
-        self.shards, self.recipes, self.skip, self.batch_size = list(shards), list(recipes), skip, batch_size
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = torch.utils.data.get_worker_info()
-        mine = self.shards if info is None else self.shards[info.id :: info.num_workers]
-        if info is not None:
-            torch.set_num_threads(1)
-        recipes = {r: r.transform() for r in self.recipes}
-        for shard in mine:
-            yield from _decode_shard(shard, recipes, self.skip, self.batch_size)
-
-
-def _identity(batch: Any) -> Any:
-    return batch
-
-
-def _loader(stream: _ShardStream, workers: int, pin: bool) -> Any:
-    kwargs: dict[str, Any] = {"prefetch_factor": 4} if workers else {}
-    return torch.utils.data.DataLoader(
-        stream, batch_size=None, num_workers=workers, pin_memory=pin, collate_fn=_identity, **kwargs
-    )
+    return part_stem(shard.removesuffix(".tar"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -292,9 +200,17 @@ def _write_outputs(out_dir: str, stem: str, parts: list[dict[str, Any]], dim: in
     return outputs
 
 
-def _shard_hash(fs: Any, shard: str, spec: str, top_k: int, skip: set[str]) -> str:
-    _, real = url_to_fs(shard)
-    return config_hash({"spec": spec, "top_k": top_k, "shard": shard, "size": fs.size(real), "skip": sorted(skip)})
+def _shard_hashes(shards: list[str], specs: list[str], top_k: int, skip: set[str]) -> dict[tuple[str, str], str]:
+    """What each (shard, model) output depends on: the shard (path, size), the model, top-k and the quarantined
+    keys — each shard stat-ed and the quarantine hashed once, not once per model."""
+    fs, _ = url_to_fs(shards[0])
+    skipped = config_hash(sorted(skip))
+    sizes = {s: fs.size(url_to_fs(s)[1]) for s in shards}
+    return {
+        (s, spec): config_hash({"spec": spec, "top_k": top_k, "shard": s, "size": sizes[s], "skip": skipped})
+        for s in shards
+        for spec in specs
+    }
 
 
 def run_inference(
@@ -331,7 +247,6 @@ def run_inference(
         raise ValueError("no models given")
     all_shards = list_shards(shards)
     skip = read_quarantine(quarantine)
-    fs, _ = url_to_fs(all_shards[0])
     device = _device(config.device)
     from laionet.encoders import resolve_precision
 
@@ -350,7 +265,7 @@ def run_inference(
         texts, index, wnids = list(catalog["synset_text"]), list(catalog["class_index"]), list(catalog["wnid"])
     specs = [canonical_model_spec(m) for m in dict.fromkeys(models)]  # an unknown name fails here, before anything
     out_dirs = {spec: join(out_root, slug(spec)) for spec in specs}
-    hashes = {(s, spec): _shard_hash(fs, s, spec, config.top_k, skip) for s in all_shards for spec in specs}
+    hashes = _shard_hashes(all_shards, specs, config.top_k, skip)
     wanted = None if only is None else set(only)
     todo: dict[str, list[str]] = {}
     for shard in all_shards:
@@ -436,10 +351,10 @@ def _run(
     batch_size = config.batch_size or (256 if device.startswith("cuda") else 32)
     workers = config.workers if config.workers is not None else default_workers(device)
     recipes = list(dict.fromkeys(r.model.recipe for r in runners.values()))
-    stream = _ShardStream(list(todo), recipes, skip, batch_size)
+    stream = ShardStream(list(todo), recipes, skip, batch_size)
     bar = tqdm(total=len(todo), desc="infer", unit="shard", disable=None)
     done = 0
-    for batch in _loader(stream, min(workers, len(todo)), device.startswith("cuda")):
+    for batch in make_loader(stream, min(workers, len(todo)), device.startswith("cuda")):
         shard = batch["shard"]
         on_device: dict[Recipe, Any] = {}
         for spec in todo[shard]:

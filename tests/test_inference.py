@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from laionet import inference
+from laionet import batches, inference
 from laionet.inference import InferConfig, run_inference
 from laionet.layout import slug
 from laionet.manifest import read_manifest
@@ -124,7 +124,7 @@ def test_rerun_reads_no_shard_and_a_crash_resumes(shards: Path, tmp_path: Path, 
     def no_reading(*args, **kwargs):
         raise AssertionError("a finished shard was read again")
 
-    monkeypatch.setattr(inference, "_decode_shard", no_reading)
+    monkeypatch.setattr(batches, "decode_shard", no_reading)
     again = run_inference(str(shards), [spec], str(out), config=config)[spec]
     assert (again.rows_in, again.rows_out) == (manifest.rows_in, manifest.rows_out)
 
@@ -132,13 +132,13 @@ def test_rerun_reads_no_shard_and_a_crash_resumes(shards: Path, tmp_path: Path, 
 def test_models_sharing_a_recipe_share_the_transformed_tensor(shards: Path, tmp_path: Path, monkeypatch) -> None:
     weights = _test_resnet_weights(tmp_path)
     seen: list[int] = []
-    real_init = inference._ShardStream.__init__
+    real_init = batches.ShardStream.__init__
 
     def spy(self, shards, recipes, skip, batch_size):
         seen.append(len(recipes))
         real_init(self, shards, recipes, skip, batch_size)
 
-    monkeypatch.setattr(inference._ShardStream, "__init__", spy)
+    monkeypatch.setattr(batches.ShardStream, "__init__", spy)
     specs = ["timm:test_resnet@random", f"timm:test_resnet@{weights}", "efficientnet_lite0"]
     manifests = run_inference(str(shards), specs, str(tmp_path / "out"), config=InferConfig(workers=0))
     assert seen == [2]  # three models, two distinct preprocessing recipes
@@ -184,7 +184,7 @@ def test_bad_model_specs_fail_before_any_shard_is_read(shards: Path, tmp_path: P
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # no network here anyway: fail at once, not after retries
-    monkeypatch.setattr(inference, "_decode_shard", lambda *a, **k: pytest.fail("a shard was read"))
+    monkeypatch.setattr(batches, "decode_shard", lambda *a, **k: pytest.fail("a shard was read"))
     with pytest.raises(ModelError, match="unknown model 'resnet-9000'"):
         run_inference(str(shards), ["resnet-9000"], str(tmp_path / "o"))
     with pytest.raises(ModelError, match="timm has no model 'no_such_net'"):
