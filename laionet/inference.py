@@ -56,6 +56,7 @@ from laionet.manifest import (
 )
 from laionet.models import ImageModel, Recipe, canonical_model_spec, load_image_model
 from laionet.runtime import tune_cpu
+from laionet.shards import list_shards
 
 ModelBuilder = Callable[[str], ImageModel]
 
@@ -85,21 +86,6 @@ def default_workers(device: str) -> int:
     if device != "cpu":
         return max(1, cores - 1)
     return 0 if cores <= 4 else cores // 4
-
-
-def list_shards(shards: str) -> list[str]:
-    """The ``.tar`` shards of a directory or a glob, sorted.
-
-    Raises:
-        FileNotFoundError: when there are none.
-    """
-    fs, real = url_to_fs(shards)
-    pattern = real if any(c in real for c in "*?[") else real.rstrip("/") + "/*.tar"
-    found = sorted(fs.glob(pattern))
-    if not found:
-        raise FileNotFoundError(f"no .tar shards match {shards!r}")
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return found if protocol in ("file", "local") else [f"{protocol}://{p}" for p in found]
 
 
 def read_quarantine(path: str | None) -> set[str]:

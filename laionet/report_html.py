@@ -11,17 +11,12 @@ figures beside it, then the manifest (stage ``report``; rows = tables: in = foun
 
 from __future__ import annotations
 
-import html
-import io
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-import fsspec
 import pandas as pd
-import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from laionet import figures
@@ -36,123 +31,25 @@ from laionet.manifest import (
     write_manifest,
     write_text_atomic,
 )
+from laionet.report_page import (
+    _ID_COLUMNS,
+    _Context,
+    _dirname,
+    _esc,
+    _frame_table,
+    _glob,
+    _int,
+    _interval,
+    _missing,
+    _num,
+    _pct,
+    _table,
+    _when,
+)
+from laionet.shards import keys_by_tar, read_images
 
 STAGE = "report"
 DEFAULT_TITLE = "LAIONet report"
-_ID_COLUMNS = {"class", "class_index", "n", "n_a", "n_b", "n_pairs", "missing", "classes", "k", "seed"}
-
-
-@dataclass
-class _Context:
-    """What the sections share: the run, the output directory, and the record of tables read and figures written."""
-
-    run_dir: str
-    out_dir: str
-    tables: list[str] = field(default_factory=list)
-    unreadable: dict[str, str] = field(default_factory=dict)
-    figures: list[str] = field(default_factory=list)
-    names: dict[Any, str] = field(default_factory=dict)
-    _cache: dict[str, pd.DataFrame] = field(default_factory=dict)
-
-    def path(self, *parts: str) -> str:
-        return join(self.run_dir, *parts)
-
-    def rel(self, path: str) -> str:
-        return path[len(self.run_dir.rstrip("/")) + 1 :] if path.startswith(self.run_dir.rstrip("/")) else path
-
-    def read(self, path: str) -> pd.DataFrame | None:
-        """A parquet table, or None when absent or unreadable (recorded)."""
-        if path in self._cache:
-            return self._cache[path]
-        if not _exists(path):
-            return None
-        try:
-            with fsspec.open(path, "rb") as f:
-                frame = pq.read_table(f).to_pandas()
-        except Exception as exc:  # a corrupt table is reported on the page, not fatal
-            self.unreadable[path] = f"{type(exc).__name__}: {exc}"
-            return None
-        self.tables.append(path)
-        self._cache[path] = frame
-        return frame
-
-    def figure(self, name: str, draw: Callable[[str], str], alt: str) -> str:
-        path = draw(join(self.out_dir, name))
-        self.figures.append(path)
-        img = f'<img src="{_esc(name)}" alt="{_esc(alt)}">'
-        return f"<figure>{img}<figcaption>{_esc(alt)}</figcaption></figure>"
-
-    def name(self, cls: Any) -> str:
-        return self.names.get(cls, self.names.get(str(cls), str(cls)))
-
-
-def _exists(path: str) -> bool:
-    fs, real = url_to_fs(path)
-    return bool(fs.exists(real))
-
-
-def _glob(pattern: str) -> list[str]:
-    fs, real = url_to_fs(pattern)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    found = sorted(fs.glob(real))
-    return found if protocol in ("file", "local") else [f"{protocol}://{p}" for p in found]
-
-
-def _dirname(path: str) -> str:
-    return path.rsplit("/", 1)[0]
-
-
-# formatting ---------------------------------------------------------------------------------------------------------
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value))
-
-
-def _int(value: Any) -> str:
-    return f"{int(value):,}" if value is not None and not pd.isna(value) else "–"
-
-
-def _pct(value: Any) -> str:
-    return f"{float(value):.1%}" if value is not None and not pd.isna(value) else "–"
-
-
-def _num(value: Any, digits: int = 3) -> str:
-    return f"{float(value):.{digits}f}" if value is not None and not pd.isna(value) else "–"
-
-
-def _when(iso: str) -> str:
-    return iso.replace("T", " ").removesuffix("+00:00")
-
-
-def _interval(lower: Any, upper: Any, fmt: Callable[[Any], str] = _pct) -> str:
-    return f"[{fmt(lower)}, {fmt(upper)}]"
-
-
-def _table(header: list[str], rows: list[list[Any]], numeric: set[int] | None = None) -> str:
-    numeric = numeric if numeric is not None else set()
-    head = "".join(f"<th{' class=num' if i in numeric else ''}>{_esc(h)}</th>" for i, h in enumerate(header))
-    body = "".join(
-        "<tr>" + "".join(f"<td{' class=num' if i in numeric else ''}>{c}</td>" for i, c in enumerate(row)) + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _frame_table(frame: pd.DataFrame, limit: int = 30) -> str:
-    """A small table as HTML: floats to 3 decimals, every column."""
-    rows = []
-    for record in frame.head(limit).to_dict("records"):
-        rows.append([_num(v) if isinstance(v, float) else _esc(v) for v in record.values()])
-    numeric = {i for i, c in enumerate(frame.columns) if pd.api.types.is_numeric_dtype(frame[c])}
-    more = f"<p class=note>first {limit} of {len(frame)} rows</p>" if len(frame) > limit else ""
-    return _table([str(c) for c in frame.columns], rows, numeric) + more
-
-
-def _missing(what: str) -> str:
-    return f"<p class=missing>Not computed in this run ({_esc(what)}).</p>"
-
-
 # sections -----------------------------------------------------------------------------------------------------------
 
 
@@ -380,7 +277,7 @@ def _grids(ctx: _Context, n_classes: int, per_class: int) -> str | None:
     else:
         ranked = list(next(iter(plan.values()))["wnid"].value_counts().index)
     classes = [str(w) for w in ranked][:n_classes]
-    located = {d: _shard_of(shards_dir(ctx.run_dir, d)) for d in {dataset_of(v) for v in plan}}
+    located = {d: keys_by_tar(shards_dir(ctx.run_dir, d)) for d in {dataset_of(v) for v in plan}}
     wanted: dict[str, dict[str, set[str]]] = {}  # dataset → tar → keys
     chosen: dict[tuple[str, str], list[str]] = {}
     for variant, frame in plan.items():
@@ -395,7 +292,7 @@ def _grids(ctx: _Context, n_classes: int, per_class: int) -> str | None:
     images: dict[tuple[str, str], Any] = {}
     for dataset, by_tar in wanted.items():
         for tar, keys in sorted(by_tar.items()):
-            images.update({(dataset, k): im for k, im in _load_images(tar, keys).items()})
+            images.update({(dataset, k): im for k, im in read_images(tar, keys).items()})
     parts = []
     for wnid in classes:
         cells = []
@@ -425,53 +322,6 @@ def _shard_labels(ctx: _Context, shards: str) -> pd.DataFrame:
             frame = frame[frame["status"] == "success"]
         frames.append(frame[["key", "wnid"]])
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["key", "wnid"])
-
-
-def _shard_of(shards: str) -> dict[str, str]:
-    """Which tar of a shard directory holds each key: from the parquet beside each tar, or, without one, by listing
-    the tar's members."""
-    from laionet.shards import iter_raw, original_key
-
-    where: dict[str, str] = {}
-    for tar in _glob(join(shards, "*.tar")):
-        index = tar.removesuffix(".tar") + ".parquet"
-        try:
-            if _exists(index):
-                with fsspec.open(index, "rb") as f:
-                    keys = pq.read_table(f, columns=["key"]).column("key").to_pylist()
-            else:
-                keys = [original_key(safe) for safe, _ in iter_raw(tar)]
-        except Exception:  # an unreadable index or shard: its images are not shown
-            continue
-        where.update(dict.fromkeys((str(k) for k in keys), tar))
-    return where
-
-
-def _load_images(tar: str, keys: set[str]) -> dict[str, Any]:
-    """Decoded RGB images of ``keys`` from one shard, read up to the last of them; undecodable samples and the
-    samples after a truncation are skipped."""
-    from PIL import Image
-
-    from laionet.shards import iter_raw, original_key
-
-    out: dict[str, Any] = {}
-    try:
-        samples = iter_raw(tar)
-        try:
-            for safe, sample in samples:
-                key = original_key(safe)
-                if key in keys and "jpg" in sample:
-                    try:
-                        out[key] = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
-                    except Exception:
-                        continue
-                    if len(out) == len(keys):
-                        break
-        finally:
-            getattr(samples, "close", lambda: None)()  # a generator: closes the tar it holds open
-    except Exception:  # a truncated shard: keep what was read before the damage
-        pass
-    return out
 
 
 # page ---------------------------------------------------------------------------------------------------------------

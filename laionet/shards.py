@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 import fsspec
+import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 
@@ -169,11 +170,67 @@ def verify_shard(path: str) -> tuple[list[str], list[tuple[str, str]]]:
     listing = path.removesuffix(".tar") + ".parquet"
     fs, real = url_to_fs(listing)
     if fs.exists(real):
-        import pyarrow.parquet as pq
-
         with fs.open(real, "rb") as f:
             table = pq.read_table(f).to_pandas()
         expected = table.loc[table["status"] == "success", "key"] if "status" in table.columns else table["key"]
         seen = set(good) | {k for k, _ in bad}
         bad.extend((str(k), "missing_from_tar") for k in expected if str(k) not in seen)
     return good, bad
+
+
+def list_shards(shards: str, missing_ok: bool = False) -> list[str]:
+    """The ``.tar`` shards of a directory or a glob, sorted.
+
+    Raises:
+        FileNotFoundError: when there are none (unless ``missing_ok``).
+    """
+    fs, real = url_to_fs(shards)
+    pattern = real if any(c in real for c in "*?[") else real.rstrip("/") + "/*.tar"
+    found = sorted(fs.glob(pattern))
+    if not found and not missing_ok:
+        raise FileNotFoundError(f"no .tar shards match {shards!r}")
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return found if protocol in ("file", "local") else [f"{protocol}://{p}" for p in found]
+
+
+def keys_by_tar(shards: str) -> dict[str, str]:
+    """Which tar of a shard directory holds each key: from the parquet beside each tar, or, without one, by listing
+    the tar's members."""
+    where: dict[str, str] = {}
+    for tar in list_shards(shards, missing_ok=True):
+        index = tar.removesuffix(".tar") + ".parquet"
+        try:
+            if url_to_fs(index)[0].exists(url_to_fs(index)[1]):
+                with fsspec.open(index, "rb") as f:
+                    keys = pq.read_table(f, columns=["key"]).column("key").to_pylist()
+            else:
+                keys = [original_key(safe) for safe, _ in iter_raw(tar)]
+        except Exception:  # an unreadable index or shard: its images are not shown
+            continue
+        where.update(dict.fromkeys((str(k) for k in keys), tar))
+    return where
+
+
+def read_images(tar: str, keys: set[str]) -> dict[str, Any]:
+    """Decoded RGB images of ``keys`` from one shard, read up to the last of them; undecodable samples and the
+    samples after a truncation are skipped."""
+    from PIL import Image
+
+    out: dict[str, Any] = {}
+    try:
+        samples = iter_raw(tar)
+        try:
+            for safe, sample in samples:
+                key = original_key(safe)
+                if key in keys and "jpg" in sample:
+                    try:
+                        out[key] = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
+                    except Exception:
+                        continue
+                    if len(out) == len(keys):
+                        break
+        finally:
+            getattr(samples, "close", lambda: None)()  # a generator: closes the tar it holds open
+    except Exception:  # a truncated shard: keep what was read before the damage
+        pass
+    return out

@@ -12,7 +12,8 @@ from typing import Any
 
 from prefect import task
 
-from laionet.inference import InferConfig, list_shards, run_inference
+from laionet.inference import InferConfig, run_inference
+from laionet.shards import list_shards
 from tasks._common import IO_RETRIES, progress_artifact, publish, stage_cache
 
 Manifest = dict[str, Any]
