@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cachetools
 import pandas as pd
@@ -82,6 +83,34 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         # settings too, in case Prefect was imported before this fixture ran (then the environment came too late)
         with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=None):
             yield home
+
+
+def final_task_runs(flow_run_id: Any, expected: int, timeout: float = 20) -> list[tuple[str, str]]:
+    """(task name, final state name) of a flow run's task runs, once ``expected`` of them are final (task-run states
+    reach the API as events, a moment after the flow returns) or after ``timeout`` seconds."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    final: list[Any] = []
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = (
+                client.read_task_runs(  # prefect 3.8.8's client sends None sort/limit/offset, which the server rejects
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                    sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+                    limit=200,
+                    offset=0,
+                )
+            )
+            final = [run for run in runs if run.state and run.state.is_final()]
+            if len(final) >= expected:
+                break
+            time.sleep(0.2)
+    return [(run.name.rsplit("-", 1)[0], run.state.name) for run in final]
 
 
 TINY_CLIP = "laionet-test-tiny-clip"

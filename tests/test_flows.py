@@ -11,7 +11,6 @@ tasks are imported inside the tests, after the harness has pointed Prefect's hom
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import yaml
 from laionet.manifest import manifest_path, read_manifest
 from laionet.match_stage import read_matches
 from laionet.selection import DROP_REASONS as SELECT_DROP_REASONS
-from tests.conftest import write_corpus_part
+from tests.conftest import final_task_runs, write_corpus_part
 
 pytestmark = pytest.mark.prefect
 
@@ -81,29 +80,11 @@ def inputs(tmp_path: Path) -> dict[str, Any]:
 
 def run_build(**parameters: Any) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Run the build flow; return its manifests and the final state name of each task run, by task name."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.client.schemas.sorting import TaskRunSort
-
     from flows.build import build
 
     state = build(**parameters, return_state=True)
     assert state.is_completed(), state
-    flow_run_id = state.state_details.flow_run_id
-    states: dict[str, str] = {}
-    deadline = time.monotonic() + 20
-    with get_client(sync_client=True) as client:
-        # task-run states reach the API as events: wait until every task run is recorded as final
-        while time.monotonic() < deadline:
-            runs = client.read_task_runs(  # prefect 3.8.8's server rejects the client's default sort/limit (None)
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
-                limit=50,
-            )
-            states = {run.name.rsplit("-", 1)[0]: run.state.name for run in runs if run.state and run.state.is_final()}
-            if len(states) == len(state.result()):
-                break
-            time.sleep(0.2)
+    states = dict(final_task_runs(state.state_details.flow_run_id, len(state.result())))
     return state.result(), states
 
 

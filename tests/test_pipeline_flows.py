@@ -5,7 +5,6 @@ run of both flows comes back Cached without touching a file."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 from laionet.catalog import run_catalog
 from laionet.manifest import read_manifest
 from laionet.serve import ImageServer
-from tests.conftest import write_class_file
+from tests.conftest import final_task_runs, write_class_file
 
 pytestmark = pytest.mark.prefect
 
@@ -31,28 +30,10 @@ ROWS = [  # key, file, wnid, class_index
 
 
 def final_task_states(state: Any, expected: int) -> dict[str, list[str]]:
-    """Final state names of a flow run's task runs (all of its subflows'), by task name."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.client.schemas.sorting import TaskRunSort
-
-    flow_run_id = state.state_details.flow_run_id
+    """Final state names of a flow run's task runs, by task name."""
     names: dict[str, list[str]] = {}
-    deadline = time.monotonic() + 20
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            runs = client.read_task_runs(  # prefect 3.8.8's server rejects the client's default sort/limit (None)
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
-                limit=200,
-                offset=0,
-            )
-            final = [r for r in runs if r.state and r.state.is_final()]
-            if len(final) >= expected:
-                break
-            time.sleep(0.2)
-    for run in final:
-        names.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name)
+    for name, final in final_task_runs(state.state_details.flow_run_id, expected):
+        names.setdefault(name, []).append(final)
     return names
 
 
