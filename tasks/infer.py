@@ -13,6 +13,7 @@ from typing import Any
 from prefect import task
 
 from laionet.inference import InferConfig, run_inference
+from laionet.manifest import read_manifest
 from laionet.shards import list_shards
 from tasks._common import IO_RETRIES, progress_artifact, publish, stage_cache
 
@@ -62,8 +63,6 @@ def infer(
     """Every model over every shard of ``shards_dir`` → ``<out_root>/<model slug>/`` (a model manifest each);
     returns the manifest of the whole call (``<out_root>/_manifest.json``)."""
     run_inference(shards_dir, models, out_root, catalog_path, quarantine, InferConfig(**(settings or {})))
-    from laionet.manifest import read_manifest
-
     summary = read_manifest(out_root)
     assert summary is not None  # written by run_inference
     return publish(summary, out_root)
