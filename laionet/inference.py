@@ -81,7 +81,7 @@ def _device(device: str) -> str:
 
 def default_workers(device: str) -> int:
     """Decode processes: all cores but one feeding a GPU. On a CPU the model needs the cores: decode in-process up to
-    4 cores (a separate decoder process made a 2-core machine 11% slower), else a quarter of them."""
+    4 cores (a separate decoder process made a 2-core machine 13% slower), else a quarter of them."""
     cores = os.cpu_count() or 1
     if device != "cpu":
         return max(1, cores - 1)
@@ -236,7 +236,7 @@ def run_inference(
     device = _device(config.device)
     from laionet.encoders import resolve_precision
 
-    # auto: fp16 autocast on a GPU; fp32 on a CPU. bf16 is 2.6x faster on this project's CPUs but moved the top-1
+    # auto: fp16 autocast on a GPU; fp32 on a CPU. bf16 is 1.6x faster on this project's CPUs but moved the top-1
     # class of 8.5% of the demo's images (EfficientNet-Lite0): opt in with precision="bf16" for embeddings only.
     precision = (
         "fp32" if config.precision == "auto" and device == "cpu" else resolve_precision(config.precision, device)
