@@ -24,8 +24,8 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from laionet.download import DownloadConfig, run_download
-from laionet.ocr import RapidOcrEngine
+from laionet.images.download import DownloadConfig, run_download
+from laionet.images.ocr import RapidOcrEngine
 
 
 def _jpeg(i: int) -> bytes:

@@ -2,7 +2,7 @@
 per model over the same shards.
 
 Builds ``--images`` JPEGs (crops of scikit-image's real photos, resized to ``--size`` like img2dataset's output) into
-shards under a temporary directory, then measures, each in one run of ``laionet.inference.run_inference``:
+shards under a temporary directory, then measures, each in one run of ``laionet.inference.engine.run_inference``:
 
 1. the offline default alone (``efficientnet_lite0``, real weights): images/s, decode included;
 2. ``--models`` together in one pass (each image decoded once; equal preprocessing recipes shared) against the same
@@ -29,10 +29,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from laionet import batches, inference
-from laionet.inference import InferConfig, run_inference
-from laionet.models import load_image_model
-from laionet.shards import ShardWriter
+from laionet.images.shards import ShardWriter
+from laionet.inference import batches
+from laionet.inference import engine as inference
+from laionet.inference.engine import InferConfig, run_inference
+from laionet.inference.models import load_image_model
 
 SKIMAGE = Path(__import__("skimage").__file__).parent / "data"
 PHOTOS = ["coffee.png", "chelsea.png", "astronaut.png", "motorcycle_left.png", "rocket.jpg", "camera.png"]
@@ -122,7 +123,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args()
     device = inference._device(args.device)
-    from laionet.encoders import resolve_precision
+    from laionet.selection.encoders import resolve_precision
 
     precision = "fp32" if args.precision == "auto" and device == "cpu" else resolve_precision(args.precision, device)
     config = InferConfig(device=device, precision=args.precision, batch_size=args.batch_size, workers=args.workers)

@@ -27,11 +27,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from laionet.catalog import build_catalog, load_class_set
-from laionet.lemmas import build_lemma_map
-from laionet.match_stage import MatchConfig, run_match
-from laionet.matching import LemmaMatcher, reference_paper_match
-from laionet.wordnet import open_wordnet
+from laionet.text.catalog import build_catalog, load_class_set
+from laionet.text.lemmas import build_lemma_map
+from laionet.text.match import MatchConfig, run_match
+from laionet.text.matcher import LemmaMatcher, reference_paper_match
+from laionet.text.wordnet import open_wordnet
 
 LAION_400M = 413_871_335
 _WEB = (
@@ -77,7 +77,7 @@ def child_peak_rss(part: str, lemma_map: str, out: str, mode: str) -> float:
     """Run the stage in a fresh interpreter; return its peak RSS in MiB (VmHWM: ru_maxrss would include the
     forked parent's memory)."""
     code = (
-        "from laionet.match_stage import run_match, MatchConfig;"
+        "from laionet.text.match import run_match, MatchConfig;"
         f"run_match({part!r}, {out!r}, {lemma_map!r}, MatchConfig(mode={mode!r}));"
         "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"
     )

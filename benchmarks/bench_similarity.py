@@ -3,8 +3,8 @@
 The reference approach (the authors' scripts): captions in corpus order, batches of 64; in every batch the 64
 captions *and* the synset texts of their 64 classes are encoded (synset texts re-encoded batch after batch), each
 batch padded to its longest member. Ours: synset texts encoded once, distinct captions encoded once, sorted by
-length into large batches (``laionet.similarity.score_part``). Both use the same model, device and threads; the
-script checks that both give the same similarities, then prints captions/s and the ratio.
+length into large batches (``laionet.selection.similarity.score_part``). Both use the same model, device and
+threads; the script checks that both give the same similarities, then prints captions/s and the ratio.
 
     .venv/bin/python benchmarks/bench_similarity.py [--encoder minilm] [--captions 4000] [--device cpu]
     python benchmarks/bench_similarity.py --encoder clip --device cuda --captions 200000 --precisions fp32,fp16
@@ -26,11 +26,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_matching import make_captions
 
-from laionet.catalog import build_catalog, load_class_set
-from laionet.encoders import OpenClipTextEncoder, create_text_encoder
-from laionet.lemmas import build_lemma_map
-from laionet.matching import LemmaMatcher
-from laionet.similarity import score_part
+from laionet.selection.encoders import OpenClipTextEncoder, create_text_encoder
+from laionet.selection.similarity import score_part
+from laionet.text.catalog import build_catalog, load_class_set
+from laionet.text.lemmas import build_lemma_map
+from laionet.text.matcher import LemmaMatcher
 
 
 def matched_captions(n: int, seed: int = 0) -> tuple[pa.Table, list[str]]:

@@ -1,9 +1,9 @@
 """Intra-class similarity bootstrap speed: our vectorised Gram-matrix resampling vs a per-resample loop.
 
 For ``--classes`` classes of ``--images`` images (random 512-d unit vectors) in two datasets, ``--boot`` resamples
-of images per class: ours (``laionet.stats.compare_bootstrap``) against the straightforward way (for every resample,
-index the images and recompute all pairwise cosines) on the first ``--baseline-classes`` classes; prints both rates
-and the ratio, and the whole run's wall time.
+of images per class: ours (``laionet.evaluation.stats.compare_bootstrap``) against the straightforward way (for
+every resample, index the images and recompute all pairwise cosines) on the first ``--baseline-classes`` classes;
+prints both rates and the ratio, and the whole run's wall time.
 
     .venv/bin/python benchmarks/bench_stats.py [--classes 1000] [--images 100] [--boot 1000]
 """
@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from laionet.stats import compare_bootstrap
+from laionet.evaluation.stats import compare_bootstrap
 
 
 def naive_class(emb_a: np.ndarray, emb_b: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:

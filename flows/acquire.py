@@ -1,7 +1,7 @@
 """The acquire flow: the LAIONet index downloaded into verified shards with the OCR filter, and the reference
 datasets ingested into the same format.
 
-Under ``run_dir`` (``laionet.layout``): ``download_index.parquet``, ``shards/``, ``verify/``, ``ocr/``,
+Under ``run_dir`` (``laionet.core.layout``): ``download_index.parquet``, ``shards/``, ``verify/``, ``ocr/``,
 ``references/<name>/``. Download, the reference ingests and (after download) verify run concurrently.
 """
 
@@ -11,9 +11,9 @@ from typing import Any
 
 from prefect import flow
 
-from laionet.config import load_preset
-from laionet.layout import shards_dir
-from laionet.manifest import join
+from laionet.core.config import load_preset
+from laionet.core.layout import shards_dir
+from laionet.core.manifest import join
 from tasks.acquire import download, download_index, ingest_reference, ocr, verify
 from tasks.runners import task_runner
 

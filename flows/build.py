@@ -13,9 +13,9 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from laionet.manifest import join
-from laionet.similarity import similarity_dir
-from laionet.text import Mode
+from laionet.core.manifest import join
+from laionet.selection.similarity import similarity_dir
+from laionet.text.normalize import Mode
 from tasks.build import catalog, lemma_map, match, openclipart_corpus, select, similarity
 from tasks.runners import task_runner
 
@@ -41,7 +41,7 @@ def build(
         corpus: glob / directory / file of LAION-style parquet parts; None builds the openclipart corpus.
         corpus_limit: take only the first N openclipart SVGs (ignored when ``corpus`` is given).
         encoder: text encoder of the caption-to-synset similarity: 'minilm' (offline default), 'mpnet', 'clip' or a
-            full spec ('st:<model>', 'open_clip:<model>@<tag>'); see ``laionet.encoders``.
+            full spec ('st:<model>', 'open_clip:<model>@<tag>'); see ``laionet.selection.encoders``.
         threshold: keep captions whose similarity is above it; 'auto' uses the paper's value for its encoders and
             calibrates one on the data for others.
         top_k: also write the top-k-per-class variant of the index (None: don't).

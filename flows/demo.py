@@ -12,8 +12,8 @@ from typing import Any
 from prefect import flow
 
 from flows.reproduce import reproduce
-from laionet.openclipart import DEFAULT_BASE_URL, DEFAULT_ROOT
-from laionet.serve import ImageServer
+from laionet.images.serve import ImageServer
+from laionet.text.openclipart import DEFAULT_BASE_URL, DEFAULT_ROOT
 
 
 @flow(name="demo")

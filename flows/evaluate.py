@@ -3,7 +3,7 @@ relations for a run, fanned out per (variant, model) and per compared pair.
 
 Variants (``Preset.compare`` names them): ``laionet`` (the text-only selection: every downloaded, non-quarantined
 sample), ``laionet-image`` (those of them the preset's image filter agrees with), and each reference dataset.
-Outputs under ``run_dir/variants/`` and ``run_dir/evaluate/`` (``laionet.layout``).
+Outputs under ``run_dir/variants/`` and ``run_dir/evaluate/`` (``laionet.core.layout``).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 from prefect import flow
 
-from laionet.config import load_preset
-from laionet.layout import (
+from laionet.core.config import load_preset
+from laionet.core.layout import (
     accuracy_dir,
     dataset_of,
     inference_dir,
@@ -24,7 +24,7 @@ from laionet.layout import (
     shards_dir,
     variant_labels,
 )
-from laionet.manifest import join
+from laionet.core.manifest import join
 from tasks.evaluate import accuracy, intra_class, own_similarity, recall_difference, relations, variants
 from tasks.runners import task_runner
 

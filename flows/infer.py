@@ -10,9 +10,9 @@ from typing import Any
 
 from prefect import flow
 
-from laionet.config import load_preset
-from laionet.layout import shards_dir
-from laionet.manifest import join
+from laionet.core.config import load_preset
+from laionet.core.layout import shards_dir
+from laionet.core.manifest import join
 from tasks.infer import infer, infer_shards, shard_groups
 from tasks.runners import task_runner
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from prefect import flow
 
-from laionet.config import load_preset
-from laionet.layout import report_dir, stage_outputs
+from laionet.core.config import load_preset
+from laionet.core.layout import report_dir, stage_outputs
 from tasks.report import report
 from tasks.runners import task_runner
 

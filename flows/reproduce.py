@@ -16,7 +16,7 @@ from flows.build import build
 from flows.evaluate import evaluate
 from flows.infer import infer_flow
 from flows.report import report_flow
-from laionet.config import load_preset
+from laionet.core.config import load_preset
 
 
 @flow(name="reproduce")

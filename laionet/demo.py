@@ -14,19 +14,19 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from laionet.catalog import run_catalog
-from laionet.download import DownloadConfig, run_download
-from laionet.lemmas import run_lemmas
-from laionet.manifest import join, read_manifest
-from laionet.match_stage import MatchConfig, run_match
-from laionet.ocr import run_ocr
-from laionet.openclipart import DEFAULT_BASE_URL, DEFAULT_ROOT, build_openclipart_corpus
-from laionet.report import match_summary
-from laionet.selection import SelectionConfig, run_select
-from laionet.serve import ImageServer
-from laionet.similarity import SimilarityConfig, run_similarity, similarity_dir
-from laionet.text import MODES, Mode
-from laionet.verify import run_verify
+from laionet.core.manifest import join, read_manifest
+from laionet.images.download import DownloadConfig, run_download
+from laionet.images.ocr import run_ocr
+from laionet.images.serve import ImageServer
+from laionet.images.verify import run_verify
+from laionet.report.summary import match_summary
+from laionet.selection.select import SelectionConfig, run_select
+from laionet.selection.similarity import SimilarityConfig, run_similarity, similarity_dir
+from laionet.text.catalog import run_catalog
+from laionet.text.lemmas import run_lemmas
+from laionet.text.match import MatchConfig, run_match
+from laionet.text.normalize import MODES, Mode
+from laionet.text.openclipart import DEFAULT_BASE_URL, DEFAULT_ROOT, build_openclipart_corpus
 
 
 def run_demo(

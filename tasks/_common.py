@@ -41,7 +41,7 @@ from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 from prefect.utilities.hashing import hash_objects
 
-from laionet.manifest import Manifest, code_version, read_manifest
+from laionet.core.manifest import Manifest, code_version, read_manifest
 
 
 def fingerprint(value: Any) -> Any:

@@ -14,10 +14,10 @@ from typing import Any
 from prefect import task
 from prefect.tasks import exponential_backoff
 
-from laionet.download import DownloadConfig, prepare_index, run_download
-from laionet.ocr import run_ocr
-from laionet.references import ingest
-from laionet.verify import run_verify
+from laionet.images.download import DownloadConfig, prepare_index, run_download
+from laionet.images.ocr import run_ocr
+from laionet.images.references import ingest
+from laionet.images.verify import run_verify
 from tasks._common import IO_RETRIES, is_transient, progress_artifact, publish, stage_cache
 
 Manifest = dict[str, Any]
@@ -71,5 +71,5 @@ def download_index(
     shards_dir: str | None = None,
 ) -> str:  # fmt: skip
     """The run's download index: the LAIONet index (first ``limit`` rows) with URL prefixes rewritten to a mirror;
-    left untouched when unchanged and already downloaded (see ``laionet.download.prepare_index``)."""
+    left untouched when unchanged and already downloaded (see ``laionet.images.download.prepare_index``)."""
     return prepare_index(index_path, out_path, rewrite, limit, shards_dir)

@@ -17,14 +17,14 @@ from typing import Any, Literal
 
 from prefect import task
 
-from laionet.catalog import run_catalog
-from laionet.corpus import ColumnMap
-from laionet.lemmas import run_lemmas
-from laionet.match_stage import MatchConfig, run_match
-from laionet.openclipart import DEFAULT_BASE_URL, DEFAULT_ROOT, build_openclipart_corpus
-from laionet.selection import SelectionConfig, run_select
-from laionet.similarity import SimilarityConfig, run_similarity
-from laionet.text import Mode
+from laionet.selection.select import SelectionConfig, run_select
+from laionet.selection.similarity import SimilarityConfig, run_similarity
+from laionet.text.catalog import run_catalog
+from laionet.text.corpus import ColumnMap
+from laionet.text.lemmas import run_lemmas
+from laionet.text.match import MatchConfig, run_match
+from laionet.text.normalize import Mode
+from laionet.text.openclipart import DEFAULT_BASE_URL, DEFAULT_ROOT, build_openclipart_corpus
 from tasks._common import IO_RETRIES, publish, stage_cache
 
 Manifest = dict[str, Any]
@@ -89,8 +89,8 @@ def similarity(
     precision: str = "auto",
 ) -> Manifest:
     """Text-to-synset similarity of every (caption, matched class) pair of a match stage under ``encoder`` →
-    ``out_dir`` (one directory per encoder: ``laionet.similarity.similarity_dir``). ``device`` and ``batch_size``
-    only change how fast it runs and are left out of the cache key."""
+    ``out_dir`` (one directory per encoder: ``laionet.selection.similarity.similarity_dir``). ``device`` and
+    ``batch_size`` only change how fast it runs and are left out of the cache key."""
     config = SimilarityConfig(encoder=encoder, device=device, batch_size=batch_size, precision=precision)
     return publish(run_similarity(matches_dir, catalog_path, out_dir, config), out_dir)
 

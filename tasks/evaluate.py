@@ -1,6 +1,6 @@
 """Tasks of the evaluate flow: label sets (variants), accuracies, intra-class comparisons, recall differences,
-image-to-own-synset similarity and the per-class relations. Each wraps one driver of ``laionet.variants``,
-``laionet.evaluation`` or ``laionet.relations``; paths in, the manifest out; cached across runs."""
+image-to-own-synset similarity and the per-class relations. Each wraps one driver of ``laionet.evaluation.variants``,
+``laionet.evaluation.evaluate`` or ``laionet.evaluation.relations``; paths in, the manifest out; cached across runs."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import pandas as pd
 from prefect import task
 
-from laionet.evaluation import run_accuracy, run_intra_class
-from laionet.manifest import join
+from laionet.core.manifest import join
+from laionet.evaluation.evaluate import run_accuracy, run_intra_class
 from tasks._common import publish, publish_table, stage_cache
 
 Manifest = dict[str, Any]
@@ -27,7 +27,7 @@ def variants(
 ) -> Manifest:
     """The evaluated label set of one dataset, ``<out_dir>/labels.parquet`` (``out_dir`` = ``variants/<name>``),
     and, with an image filter, the image-filtered variant ``variants/<filtered_name>/labels.parquet``."""
-    from laionet.variants import run_variants
+    from laionet.evaluation.variants import run_variants
 
     out_root, name = out_dir.rstrip("/").rsplit("/", 1)
     manifest = run_variants(
@@ -82,7 +82,7 @@ def intra_class(
 )
 def recall_difference(accuracy_a: str, accuracy_b: str, out_dir: str) -> Manifest:
     """Per-class recall A − B of one model with confidence bounds (Appendix B), from two accuracy stage outputs."""
-    from laionet.evaluation import run_recall_difference
+    from laionet.evaluation.evaluate import run_recall_difference
 
     manifest = run_recall_difference(join(accuracy_a, "per_class.parquet"), join(accuracy_b, "per_class.parquet"),
                                      out_dir)  # fmt: skip
@@ -103,7 +103,7 @@ def own_similarity(
 ) -> Manifest:
     """Image-to-own-synset similarity (the zero-shot model's ``own_score``) of A resampled to B's per-class counts,
     and per-class mean differences with bounds (Appendix C); OCR-flagged samples excluded."""
-    from laionet.evaluation import run_own_similarity
+    from laionet.evaluation.evaluate import run_own_similarity
 
     manifest = run_own_similarity(
         join(model_dir_a, "*.predictions.parquet"), labels_a, join(model_dir_b, "*.predictions.parquet"), labels_b,
@@ -125,7 +125,7 @@ def relations(
 ) -> Manifest:
     """Per-class relations with Spearman correlations: recall drop vs intra-class disparity (Fig. 7), frequency vs
     intra-class similarity (Fig. 15), recall vs frequency (Fig. 14)."""
-    from laionet.relations import run_relations
+    from laionet.evaluation.relations import run_relations
 
     manifest = run_relations(
         per_class_a=join(accuracy_a, "per_class.parquet"), per_class_b=join(accuracy_b, "per_class.parquet"),

@@ -12,9 +12,9 @@ from typing import Any
 
 from prefect import task
 
-from laionet.inference import InferConfig, run_inference
-from laionet.manifest import read_manifest
-from laionet.shards import list_shards
+from laionet.core.manifest import read_manifest
+from laionet.images.shards import list_shards
+from laionet.inference.engine import InferConfig, run_inference
 from tasks._common import IO_RETRIES, progress_artifact, publish, stage_cache
 
 Manifest = dict[str, Any]

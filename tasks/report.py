@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import task
 
-from laionet.report_html import run_report
+from laionet.report.html import run_report
 from tasks._common import publish, stage_cache
 
 

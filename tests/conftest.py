@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from laionet.catalog import build_catalog, load_class_set
+from laionet.text.catalog import build_catalog, load_class_set
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,9 @@ import sys
 import pandas as pd
 import pytest
 
-from laionet.catalog import CATALOG_COLUMNS, build_catalog, load_class_set, run_catalog
-from laionet.manifest import read_manifest
-from laionet.wordnet import install_from_debian, lexnames_text
+from laionet.core.manifest import read_manifest
+from laionet.text.catalog import CATALOG_COLUMNS, build_catalog, load_class_set, run_catalog
+from laionet.text.wordnet import install_from_debian, lexnames_text
 
 
 def test_imagenet1k_catalog_has_the_true_1000_classes(catalog_1k: pd.DataFrame) -> None:

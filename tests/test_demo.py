@@ -1,8 +1,8 @@
 import json
 
+from laionet.core.manifest import read_manifest
 from laionet.demo import run_demo
-from laionet.manifest import read_manifest
-from laionet.match_stage import MatchConfig, run_match
+from laionet.text.match import MatchConfig, run_match
 
 
 def test_demo_runs_every_built_stage_on_the_real_openclipart_corpus(tmp_path) -> None:

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from laionet.download import DownloadConfig, failure_reason, run_download
-from laionet.shards import iter_samples, original_key, safe_key
+from laionet.images.download import DownloadConfig, failure_reason, run_download
+from laionet.images.shards import iter_samples, original_key, safe_key
 
 
 def _image(mode: str, fmt: str, color) -> bytes:
@@ -125,7 +125,7 @@ def test_failure_reasons() -> None:
 
 def test_shards_finished_before_a_kill_are_kept(tmp_path, server) -> None:
     """img2dataset finished its shards but the run died before they were finalised: the next run keeps them."""
-    from laionet.download import _attempt
+    from laionet.images.download import _attempt
 
     base, hits = server
     names = ["rgb.jpg", "gray.png", "missing.jpg"]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from laionet.encoders import EncoderError, canonical_spec, create_text_encoder, resolve_precision, spec_slug
+from laionet.selection.encoders import EncoderError, canonical_spec, create_text_encoder, resolve_precision, spec_slug
 
 COUGAR_TEXT = "cougar which is large American feline resembling a lion"
 

@@ -4,8 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from laionet.evaluation import read_embeddings, run_accuracy, run_intra_class
-from laionet.manifest import read_manifest
+from laionet.core.manifest import read_manifest
+from laionet.evaluation.evaluate import read_embeddings, run_accuracy, run_intra_class
 
 
 def _write(path, **columns) -> str:
@@ -120,8 +120,8 @@ def _per_class(path, classes, n, correct) -> str:
 
 
 def test_recall_difference_by_hand(tmp_path) -> None:
-    from laionet.evaluation import run_recall_difference
-    from laionet.metrics import wilson_interval
+    from laionet.evaluation.evaluate import run_recall_difference
+    from laionet.evaluation.metrics import wilson_interval
 
     # class 0: 8/10 vs 4/10; class 1: 20/20 vs 5/20; class 2 only in A; class 3 only in B; class 4 unscored in B
     a = _per_class(tmp_path / "a.parquet", [0, 1, 2, 4], [10, 20, 5, 5], [8, 20, 1, 5])
@@ -147,7 +147,7 @@ def test_recall_difference_by_hand(tmp_path) -> None:
 
 
 def test_own_similarity_matches_b_class_counts(tmp_path) -> None:
-    from laionet.evaluation import run_own_similarity
+    from laionet.evaluation.evaluate import run_own_similarity
 
     rng = np.random.default_rng(0)
     counts_a, counts_b = {0: 60, 1: 40, 2: 30, 3: 10}, {0: 5, 1: 7, 2: 9, 9: 4}  # class 3 only in A, 9 only in B

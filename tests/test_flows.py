@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from laionet.manifest import manifest_path, read_manifest
-from laionet.match_stage import read_matches
-from laionet.selection import DROP_REASONS as SELECT_DROP_REASONS
+from laionet.core.manifest import manifest_path, read_manifest
+from laionet.selection.select import DROP_REASONS as SELECT_DROP_REASONS
+from laionet.text.match import read_matches
 from tests.conftest import final_task_runs, write_corpus_part
 
 pytestmark = pytest.mark.prefect
@@ -342,7 +342,7 @@ def test_deleted_output_is_recomputed(prefect_harness: Path, inputs: dict[str, A
 
 def test_failure_fails_the_flow(prefect_harness: Path, inputs: dict[str, Any]) -> None:
     from flows.build import build
-    from laionet.corpus import CorpusError
+    from laionet.text.corpus import CorpusError
 
     missing = str(Path(inputs["run_dir"]).parent / "nowhere" / "*.parquet")
     state = build(**{**inputs, "corpus": missing}, return_state=True)

@@ -14,12 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from laionet import batches, inference
-from laionet.inference import InferConfig, run_inference
-from laionet.layout import slug
-from laionet.manifest import read_manifest
-from laionet.models import ZOO, ModelError, label_map_22k_to_1k, load_image_model
-from laionet.shards import ShardWriter, encode_rgb_jpeg
+from laionet.core.layout import slug
+from laionet.core.manifest import read_manifest
+from laionet.images.shards import ShardWriter, encode_rgb_jpeg
+from laionet.inference import batches
+from laionet.inference import engine as inference
+from laionet.inference.engine import InferConfig, run_inference
+from laionet.inference.models import ZOO, ModelError, label_map_22k_to_1k, load_image_model
 
 SKIMAGE = Path(__import__("skimage").__file__).parent / "data"
 ESPRESSO, CATS = 967, {281, 282, 283, 284, 285}  # 1k indices: espresso; the domestic cats
@@ -208,7 +209,7 @@ def test_zoo_registry_and_the_22k_label_map(monkeypatch) -> None:
     assert len(mapping) == 21841 and sorted(mapping[mapping >= 0].tolist()) == [i for i in range(1000) if i != 850]
 
     # a 21841-way head is restricted to the 1k classes: probabilities over exactly the 1000 mapped outputs
-    from laionet import models
+    from laionet.inference import models
 
     torch.manual_seed(0)
     monkeypatch.setattr(models, "_create_timm", lambda name, w: timm.create_model(name, num_classes=21841).eval())
@@ -284,7 +285,7 @@ def test_out_of_memory_halves_the_batch_instead_of_failing() -> None:
 
 
 def test_layout_names_the_directory_inference_writes(shards: Path, tmp_path: Path) -> None:
-    from laionet.layout import inference_dir
+    from laionet.core.layout import inference_dir
 
     full = "open_clip:ViT-B-32-quickgelu@openai"
     assert inference_dir("run", "laionet", "clip") == inference_dir("run", "laionet", full)

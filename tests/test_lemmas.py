@@ -4,7 +4,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from laionet.lemmas import build_lemma_map, reachability
+from laionet.text.lemmas import build_lemma_map, reachability
 
 REFERENCE_MAP = Path(__file__).parent / "data" / "paper_lemma2wnid_unique_in_ilsvrc.json"
 

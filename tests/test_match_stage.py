@@ -5,10 +5,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from laionet import match_stage
-from laionet.corpus import ColumnMap, CorpusError
-from laionet.manifest import read_manifest
-from laionet.match_stage import MATCH_SCHEMA, MatchConfig, read_matches, run_match
+from laionet.core.manifest import read_manifest
+from laionet.text import match as match_stage
+from laionet.text.corpus import ColumnMap, CorpusError
+from laionet.text.match import MATCH_SCHEMA, MatchConfig, read_matches, run_match
 from tests.conftest import write_corpus_part
 
 COUGAR, LION, LEMON = "n02125311", "n02129165", "n07749582"

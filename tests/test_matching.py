@@ -5,9 +5,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from laionet.lemmas import build_lemma_map
-from laionet.matching import LemmaMatcher, match_strings, reference_paper_match
-from laionet.text import default_normalize
+from laionet.text.lemmas import build_lemma_map
+from laionet.text.matcher import LemmaMatcher, match_strings, reference_paper_match
+from laionet.text.normalize import default_normalize
 
 ESKIMO_DOG = "n02109961"
 COUGAR, LION, HUSKY, SHIH_TZU, GO_KART, PERSIAN, TIGER, TIGER_CAT = (
@@ -142,6 +142,6 @@ def test_matcher_rejects_bad_maps() -> None:
 
 
 def test_punctuation_table_is_ascii_punctuation() -> None:
-    from laionet.text import paper_normalize
+    from laionet.text.normalize import paper_normalize
 
     assert paper_normalize(string.punctuation + "é–") == " " * len(string.punctuation) + "é–"

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from laionet.metrics import (
+from laionet.evaluation.metrics import (
     bootstrap_interval,
     paper_interval,
     per_class_recall,
@@ -10,7 +10,7 @@ from laionet.metrics import (
     weighted_accuracy,
     wilson_interval,
 )
-from laionet.stats import (
+from laionet.evaluation.stats import (
     compare_bootstrap,
     compare_paper,
     intra_class,
@@ -151,7 +151,7 @@ def test_pairs_pooling_and_spearman() -> None:
 
 
 def test_matched_resampling_and_per_class_mean_comparison() -> None:
-    from laionet.stats import compare_means, matched_resample
+    from laionet.evaluation.stats import compare_means, matched_resample
 
     rng = np.random.default_rng(3)
     laion = {c: rng.normal(0.25, 0.05, size=500) for c in range(6)}  # lower own-synset similarity
@@ -180,7 +180,7 @@ def test_recall_difference_newcombe_and_degenerate_inputs() -> None:
 
 
 def test_spearman_undefined_and_ks_statistic() -> None:
-    from laionet.stats import ks_statistic
+    from laionet.evaluation.stats import ks_statistic
 
     assert all(np.isnan(v) for v in spearman_interval(np.array([1.0, 2.0]), np.array([3.0, 1.0])))
     assert all(np.isnan(v) for v in spearman_interval(np.ones(10), np.arange(10.0)))  # a constant: undefined

@@ -1,9 +1,9 @@
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from laionet.catalog import run_catalog
-from laionet.ocr import RapidOcrEngine, run_ocr, shows_name
-from laionet.shards import ShardWriter, encode_rgb_jpeg
+from laionet.images.ocr import RapidOcrEngine, run_ocr, shows_name
+from laionet.images.shards import ShardWriter, encode_rgb_jpeg
+from laionet.text.catalog import run_catalog
 
 GOLDEN, LION = "n02099601", "n02129165"
 

@@ -1,7 +1,7 @@
 import pandas as pd
 
-from laionet.manifest import read_manifest
-from laionet.openclipart import build_openclipart_corpus, parse_svg
+from laionet.core.manifest import read_manifest
+from laionet.text.openclipart import build_openclipart_corpus, parse_svg
 
 SVG = b"""<?xml version="1.0"?>
 <svg width="210mm" height="297.5" xmlns="http://www.w3.org/2000/svg">
@@ -53,7 +53,7 @@ def test_corpus_builder_writes_a_laion_style_part(tmp_path) -> None:
 
 def test_real_openclipart_package_is_parsed() -> None:
     """The Debian package the demo uses: thousands of SVGs, nearly all with text."""
-    from laionet.openclipart import DEFAULT_ROOT
+    from laionet.text.openclipart import DEFAULT_ROOT
 
     files = sorted(DEFAULT_ROOT.rglob("*.svg"))
     assert len(files) > 8000

@@ -11,9 +11,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from laionet.catalog import run_catalog
-from laionet.manifest import read_manifest
-from laionet.serve import ImageServer
+from laionet.core.manifest import read_manifest
+from laionet.images.serve import ImageServer
+from laionet.text.catalog import run_catalog
 from tests.conftest import final_task_runs, write_class_file
 
 pytestmark = pytest.mark.prefect

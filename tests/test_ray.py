@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from laionet.manifest import read_manifest
+from laionet.core.manifest import read_manifest
 from tests.conftest import write_corpus_part
 from tests.test_flows import CAPTIONS, CLASSES, NSFW, SELECTED, SIM_DIR, TASKS, THRESHOLD, run_build, selected
 

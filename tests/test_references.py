@@ -4,8 +4,8 @@ import tarfile
 import pytest
 from PIL import Image
 
-from laionet.references import ingest
-from laionet.shards import iter_samples
+from laionet.images.references import ingest
+from laionet.images.shards import iter_samples
 
 LION, COUGAR, TENCH = "n02129165", "n02125311", "n01440764"
 

@@ -6,8 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from laionet.cli import app
-from laionet.manifest import read_manifest
-from laionet.relations import run_relations
+from laionet.core.manifest import read_manifest
+from laionet.evaluation.relations import run_relations
 
 
 def _parquet(frame: pd.DataFrame, path) -> str:

@@ -17,14 +17,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from laionet.cli import app
-from laionet.config import DEMO_DISCLAIMER
-from laionet.evaluation import run_accuracy, run_intra_class
-from laionet.layout import accuracy_dir, intra_dir, relations_dir, report_dir, variant_labels
-from laionet.manifest import Manifest, config_hash, join, read_manifest, write_manifest
-from laionet.metrics import recall_difference
-from laionet.report_html import run_report
-from laionet.shards import ShardWriter
-from laionet.stats import compare_means
+from laionet.core.config import DEMO_DISCLAIMER
+from laionet.core.layout import accuracy_dir, intra_dir, relations_dir, report_dir, variant_labels
+from laionet.core.manifest import Manifest, config_hash, join, read_manifest, write_manifest
+from laionet.evaluation.evaluate import run_accuracy, run_intra_class
+from laionet.evaluation.metrics import recall_difference
+from laionet.evaluation.stats import compare_means
+from laionet.images.shards import ShardWriter
+from laionet.report.html import run_report
 
 CHROMIUM = "/usr/bin/chromium-headless-shell"
 THRESHOLD = 0.37

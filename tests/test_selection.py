@@ -5,12 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from laionet.catalog import run_catalog
-from laionet.encoders import EncoderError
-from laionet.manifest import read_manifest
-from laionet.match_stage import run_match
-from laionet.precomputed import EmbeddingShardError
-from laionet.selection import (
+from laionet.core.manifest import read_manifest
+from laionet.selection.encoders import EncoderError
+from laionet.selection.precomputed import EmbeddingShardError
+from laionet.selection.select import (
     SelectionConfig,
     calibrate_threshold,
     candidates,
@@ -18,7 +16,9 @@ from laionet.selection import (
     sweep_counts,
     top_k_per_class,
 )
-from laionet.similarity import SimilarityConfig, run_similarity
+from laionet.selection.similarity import SimilarityConfig, run_similarity
+from laionet.text.catalog import run_catalog
+from laionet.text.match import run_match
 from tests.conftest import write_class_file, write_corpus_part
 
 LION, COUGAR, LEMON = "n02129165", "n02125311", "n07749582"

@@ -3,7 +3,7 @@ import urllib.request
 
 import pytest
 
-from laionet.serve import ImageServer
+from laionet.images.serve import ImageServer
 
 
 def test_image_server_renders_svg_and_refuses_escapes(tmp_path) -> None:

@@ -7,8 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from laionet.cli import app
-from laionet.manifest import read_manifest
-from laionet.variants import run_variants
+from laionet.core.manifest import read_manifest
+from laionet.evaluation.variants import run_variants
 
 
 def _listing(shards, stem: str, rows: list[tuple[str, int, str]]) -> None:

@@ -5,8 +5,8 @@ import tarfile
 import pandas as pd
 from PIL import Image
 
-from laionet.shards import ShardWriter, encode_rgb_jpeg, safe_key
-from laionet.verify import run_verify
+from laionet.images.shards import ShardWriter, encode_rgb_jpeg, safe_key
+from laionet.images.verify import run_verify
 
 
 def _jpg() -> bytes:

@@ -1,8 +1,9 @@
-"""``laionet`` commands for the evaluated label sets and the paper's appendix analyses: variants, recall-difference,
-own-similarity, relations.
+"""``laionet`` commands of the evaluation stages: variants, accuracy, intra-class, and the paper's appendix
+analyses recall-difference, own-similarity, relations.
 
-Registered on the app of ``laionet.cli`` (which imports this module); same conventions: explicit keyword arguments
-into the drivers, one clear error line (naming the file or column at fault) on bad input.
+Each command unpacks its options into explicit keyword arguments of a driver in ``laionet.evaluation`` and prints one
+clear error line (naming the file or column at fault) on bad input; the root app in ``laionet.cli`` registers this
+module's ``app``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from typing import Annotated
 
 import typer
 
-from laionet.cli import _echo_manifest, _fail, app
+from laionet.cli.common import echo_manifest, fail
+
+app = typer.Typer()
 
 
 @app.command()
@@ -48,15 +51,15 @@ def variants(
     own class in the model's top-5). Counts by reason in each variant's manifest."""
     from pydantic import ValidationError
 
-    from laionet.config import ImageFilter
-    from laionet.variants import run_variants
+    from laionet.core.config import ImageFilter
+    from laionet.evaluation.variants import run_variants
 
     try:
         settings = {"model": model, "rule": rule, "k": k, "threshold": threshold}
         image_filter = ImageFilter.model_validate(settings) if predictions else None
     except ValidationError as exc:
         error = exc.errors()[0]
-        _fail(f"invalid image filter --{'-'.join(map(str, error['loc']))}: {error['msg']}")
+        fail(f"invalid image filter --{'-'.join(map(str, error['loc']))}: {error['msg']}")
         return
     try:
         manifest = run_variants(
@@ -64,13 +67,61 @@ def variants(
             filtered_name=filtered_name,
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
-    _echo_manifest(manifest)
+    echo_manifest(manifest)
     if "filtered" in manifest.extra:
         f = manifest.extra["filtered"]
         dropped = ", ".join(f"{r}={n}" for r, n in f["dropped"].items())
         typer.echo(f"  {f['variant']}: {f['rows_out']} kept ({f['rule']}); dropped: {dropped}")
+
+
+@app.command()
+def accuracy(
+    predictions: Annotated[str, typer.Option(help="Parquet glob with key, topk (list of class indices, best first).")],
+    labels: Annotated[str, typer.Option(help="Parquet with key, class_index (e.g. the LAIONet index).")],
+    out: Annotated[str, typer.Option(help="Output directory: per_class.parquet, summary.parquet, manifest.")],
+    weights: Annotated[
+        str | None, typer.Option(help="Parquet with class_index, share for LAION-weighted accuracy.")
+    ] = None,
+    flags: Annotated[
+        str | None, typer.Option(help="Parquet with key, flagged (e.g. OCR); flagged are excluded.")
+    ] = None,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Per-class recall@1/5 and equally/LAION-weighted accuracy with paper (Wilson) and bootstrap intervals."""
+    from laionet.evaluation.evaluate import run_accuracy
+
+    try:
+        manifest = run_accuracy(predictions, labels, out, weights=weights, flags=flags, n_boot=n_boot, seed=seed)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    echo_manifest(manifest)
+
+
+@app.command("intra-class")
+def intra_class_command(
+    embeddings_a: Annotated[str, typer.Option(help="Glob of <stem>.npy embeddings (with <stem>.keys.parquet), A.")],
+    labels_a: Annotated[str, typer.Option(help="Parquet with key, class_index for A.")],
+    embeddings_b: Annotated[str, typer.Option(help="Glob of embeddings of dataset B.")],
+    labels_b: Annotated[str, typer.Option(help="Parquet with key, class_index for B.")],
+    out: Annotated[str, typer.Option(help="Output directory.")],
+    cap: Annotated[int, typer.Option(help="Images sampled per class (seeded, random).")] = 100,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples of images per class.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Intra-class similarity of A and B, per-class differences, share of classes significantly lower/higher."""
+    from laionet.evaluation.evaluate import run_intra_class
+
+    try:
+        manifest = run_intra_class(embeddings_a, labels_a, embeddings_b, labels_b, out, cap, n_boot, seed)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    echo_manifest(manifest)
+    for row in manifest.extra["proportions"]:
+        share = f"A lower in {row['lower']:.1%}, higher in {row['higher']:.1%}"
+        typer.echo(f"  {row['method']}: {share} of {row['classes']} classes")
 
 
 @app.command("recall-difference")
@@ -90,18 +141,18 @@ def recall_difference_command(
 ) -> None:
     """Per-class recall@k of A minus B with confidence bounds (paper Appendix B), and the share of classes where A
     is significantly lower / higher."""
-    from laionet.evaluation import run_recall_difference
+    from laionet.evaluation.evaluate import run_recall_difference
 
     if method not in ("bootstrap", "newcombe"):
-        _fail(f"unknown --method {method!r}; expected bootstrap or newcombe")
+        fail(f"unknown --method {method!r}; expected bootstrap or newcombe")
     try:
         manifest = run_recall_difference(
             per_class_a, per_class_b, out, ks=k or None, method=method, n_boot=n_boot, seed=seed, level=level,  # type: ignore[arg-type]
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
-    _echo_manifest(manifest)
+    echo_manifest(manifest)
     for row in manifest.extra["proportions"]:
         typer.echo(
             f"  recall@{row['k']}: A lower in {row['lower']:.1%}, higher in {row['higher']:.1%} "
@@ -125,7 +176,7 @@ def own_similarity_command(
 ) -> None:
     """Image-to-own-synset similarity (paper Appendix C): distributions with A resampled to B's per-class counts,
     and per-class mean differences A − B with bootstrap bounds."""
-    from laionet.evaluation import run_own_similarity
+    from laionet.evaluation.evaluate import run_own_similarity
 
     try:
         manifest = run_own_similarity(
@@ -133,9 +184,9 @@ def own_similarity_command(
             seed=seed,
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
-    _echo_manifest(manifest)
+    echo_manifest(manifest)
     shares = manifest.extra["proportions"]
     typer.echo(f"  A lower in {shares['lower']:.1%}, higher in {shares['higher']:.1%} of {shares['classes']} classes")
 
@@ -162,10 +213,10 @@ def relations(
     """Per-class relations with Spearman correlations and bootstrap intervals: recall (and recall drop A − B) vs
     intra-class disparity (Fig. 7), recall vs class frequency (Fig. 14), intra-class similarity vs class frequency
     (Fig. 15). Each table has columns class, x, y."""
-    from laionet.relations import run_relations
+    from laionet.evaluation.relations import run_relations
 
     if (label_a is None) != (label_b is None):
-        _fail("give both --label-a and --label-b, or neither")
+        fail("give both --label-a and --label-b, or neither")
     labels = (label_a, label_b) if label_a is not None and label_b is not None else None
     try:
         manifest = run_relations(
@@ -173,9 +224,9 @@ def relations(
             ks=k or (1, 5), labels=labels, n_boot=n_boot, seed=seed,
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
-    _echo_manifest(manifest)
+    echo_manifest(manifest)
     for row in manifest.extra["spearman"]:
         typer.echo(
             f"  {row['relation']}: Spearman {row['spearman']:.3f} [{row['lower']:.3f}, {row['upper']:.3f}] "

@@ -1,6 +1,6 @@
 """``laionet report``: render a run directory's report (``<run>/report/index.html`` + PNG figures).
 
-Registered on the app of ``laionet.cli`` (which imports this module); same conventions as the other commands.
+The root app in ``laionet.cli`` registers this module's ``app``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from typing import Annotated
 
 import typer
 
-from laionet.cli import _echo_manifest, _fail, app
+from laionet.cli.common import echo_manifest, fail
+
+app = typer.Typer()
 
 
 @app.command()
@@ -28,22 +30,22 @@ def report(
 ) -> None:
     """One self-contained HTML page with PNG figures, every number read from the run's stage tables; sections whose
     tables are missing are listed as not computed."""
-    from laionet.report_html import run_report
+    from laionet.report.html import run_report
 
     if disclaimer is None and preset is not None:
-        from laionet.config import load_preset
+        from laionet.core.config import load_preset
 
         try:
             disclaimer = load_preset(preset).disclaimer
         except ValueError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     try:
         manifest = run_report(run_dir, out, title=title, disclaimer=disclaimer, grid_classes=grid_classes,
                               grid_per_class=grid_per_class)  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
-    _echo_manifest(manifest)
+    echo_manifest(manifest)
     extra = manifest.extra
     typer.echo(f"  {manifest.outputs[0]}")
     typer.echo(f"  sections: {', '.join(extra['sections']) or 'none'}; figures: {extra['figures']}")

@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from laionet.models import ZOO
-from laionet.text import Mode
+from laionet.inference.models import ZOO
+from laionet.text.normalize import Mode
 
 
 class ImageFilter(BaseModel):
@@ -33,7 +33,7 @@ class ImageFilter(BaseModel):
 
 
 class Reference(BaseModel):
-    """A reference dataset to ingest (``laionet.references.ingest``): its kind and the paths it needs."""
+    """A reference dataset to ingest (``laionet.images.references.ingest``): its kind and the paths it needs."""
 
     kind: Literal["imagenet-val", "imagenetv2", "imagenet-captions"]
     paths: dict[str, str]
@@ -52,7 +52,7 @@ class Preset(BaseModel):
     encoder: str = "minilm"
     threshold: float | Literal["auto"] = "auto"
     top_k: int | None = 50
-    download: dict[str, Any] = Field(default_factory=dict, description="laionet.download.DownloadConfig fields")
+    download: dict[str, Any] = Field(default_factory=dict, description="laionet.images.download.DownloadConfig fields")
     ocr: bool = True
     models: list[str] = Field(default_factory=lambda: ["efficientnet_lite0"], description="classifiers to evaluate")
     embedding_model: str = Field("efficientnet_lite0", description="image encoder of the intra-class similarity")
@@ -63,7 +63,7 @@ class Preset(BaseModel):
         default_factory=lambda: [("laionet", "laionet-image")],
         description="variant pairs (A, B) compared: intra-class similarity, recall differences, relations",
     )
-    infer: dict[str, Any] = Field(default_factory=dict, description="laionet.inference.InferConfig fields")
+    infer: dict[str, Any] = Field(default_factory=dict, description="laionet.inference.engine.InferConfig fields")
     shard_batches: int = Field(1, ge=1, description="inference tasks per dataset (fan-out over shard groups)")
     n_boot: int = 1000
     intra_cap: int | None = 100

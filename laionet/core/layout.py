@@ -27,7 +27,7 @@ image-filtered variant, ``imagenet-val``).
 
 from __future__ import annotations
 
-from laionet.manifest import join
+from laionet.core.manifest import join
 
 
 def slug(name: str) -> str:
@@ -44,9 +44,9 @@ def shards_dir(run_dir: str, dataset: str = "laionet") -> str:
 
 
 def inference_dir(run_dir: str, dataset: str, model: str) -> str:
-    """Where ``laionet.inference`` writes ``model``'s outputs for ``dataset``: named after the canonical spec, so
+    """Where ``laionet.inference.engine`` writes ``model``'s outputs for ``dataset``: named after the canonical spec, so
     ``clip`` and ``open_clip:ViT-B-32-quickgelu@openai`` are the same directory."""
-    from laionet.models import canonical_model_spec
+    from laionet.inference.models import canonical_model_spec
 
     return join(run_dir, "inference", dataset, slug(canonical_model_spec(model)))
 
@@ -76,7 +76,7 @@ def stage_outputs(run_dir: str, exclude: tuple[str, ...] = ("report",)) -> list[
     top-level directories in ``exclude`` left out."""
     from fsspec.core import url_to_fs
 
-    from laionet.manifest import MANIFEST_NAME
+    from laionet.core.manifest import MANIFEST_NAME
 
     fs, root = url_to_fs(run_dir)
     root = root.rstrip("/")

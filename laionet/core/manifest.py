@@ -34,7 +34,7 @@ MANIFEST_NAME = "_manifest.json"
 def code_version() -> str:
     """``laionet.__version__`` plus a digest of the package's files (source and bundled data), so an edit to the
     library changes it even without a version bump."""
-    root = Path(__file__).parent
+    root = Path(__file__).resolve().parents[1]  # the laionet package (this module is laionet/core/manifest.py)
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
         digest.update(path.relative_to(root).as_posix().encode())

@@ -25,11 +25,19 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.core import url_to_fs
 
-from laionet.manifest import Manifest, Timer, config_hash, join, write_manifest, write_parquet_atomic
-from laionet.metrics import bootstrap_interval, paper_interval, per_class_recall, recall_difference, weighted_accuracy
-from laionet.stats import (
+from laionet.core.manifest import Manifest, Timer, config_hash, join, write_manifest, write_parquet_atomic
+from laionet.core.tables import expand as _glob
+from laionet.core.tables import read_columns
+from laionet.core.tables import read_file_columns as _read
+from laionet.evaluation.metrics import (
+    bootstrap_interval,
+    paper_interval,
+    per_class_recall,
+    recall_difference,
+    weighted_accuracy,
+)
+from laionet.evaluation.stats import (
     compare_bootstrap,
     compare_means,
     compare_paper,
@@ -40,35 +48,6 @@ from laionet.stats import (
     proportions,
     sample_by_class,
 )
-
-
-def _glob(pattern: str) -> list[str]:
-    fs, path = url_to_fs(pattern)
-    paths = sorted(fs.glob(path)) if any(c in path for c in "*?[") else ([path] if fs.exists(path) else [])
-    if not paths:
-        raise FileNotFoundError(f"nothing matches {pattern!r}")
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return paths if protocol in ("file", "local") else [f"{protocol}://{p}" for p in paths]
-
-
-def _read(path: str, columns: list[str]) -> pd.DataFrame:
-    """``columns`` of one parquet file (only those are read; others, e.g. prediction ``scores``, are skipped).
-
-    Raises:
-        ValueError: naming the file and the missing columns.
-    """
-    with fsspec.open(path, "rb") as f:
-        parquet = pq.ParquetFile(f)
-        names = parquet.schema_arrow.names
-        missing = set(columns) - set(names)
-        if missing:
-            raise ValueError(f"{path}: missing columns {sorted(missing)} (has {names})")
-        return parquet.read(columns=columns).to_pandas()
-
-
-def read_columns(pattern: str, columns: list[str]) -> pd.DataFrame:
-    """``columns`` of every parquet file matching ``pattern``, concatenated."""
-    return pd.concat([_read(p, columns) for p in _glob(pattern)], ignore_index=True)
 
 
 def run_accuracy(

@@ -40,9 +40,9 @@ from dataclasses import dataclass
 import pandas as pd
 import pyarrow as pa
 
-from laionet.evaluation import read_columns
-from laionet.manifest import Manifest, Timer, config_hash, join, write_manifest, write_parquet_atomic
-from laionet.stats import spearman_interval
+from laionet.core.manifest import Manifest, Timer, config_hash, join, write_manifest, write_parquet_atomic
+from laionet.core.tables import read_columns
+from laionet.evaluation.stats import spearman_interval
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ kept + ``not_downloaded`` + one count per quarantine reason.
 
 ``<filtered_name>/labels.parquet`` (default name ``<name>-image``; only with ``predictions``) — the image-filtered
 variant: a text-selected sample is kept only if an image model agrees with its class, judged from that model's
-``*.predictions.parquet`` (``key``, ``topk``, ``own_score``) by the ``laionet.config.ImageFilter`` rule:
+``*.predictions.parquet`` (``key``, ``topk``, ``own_score``) by the ``laionet.core.config.ImageFilter`` rule:
 ``topk`` (the default: the class is among the model's top ``k`` = 5 predictions; with the offline classifier,
 EfficientNet-Lite0) or ``own_score`` (the model's score of the sample's own class ≥ ``threshold``: a softmax
 probability for a classifier, an image-to-synset-text cosine for CLIP). Counts: text-only rows = kept +
@@ -33,9 +33,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from laionet.config import ImageFilter
-from laionet.evaluation import read_columns
-from laionet.manifest import Manifest, Timer, config_hash, join, write_manifest, write_parquet_atomic
+from laionet.core.config import ImageFilter
+from laionet.core.manifest import Manifest, Timer, config_hash, join, write_manifest, write_parquet_atomic
+from laionet.core.tables import read_columns
 
 LABEL_COLUMNS = ["key", "wnid", "class_index"]
 

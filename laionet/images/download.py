@@ -31,8 +31,8 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 from pydantic import BaseModel, Field
 
-from laionet.manifest import Manifest, Timer, atomic_path, config_hash, join, write_manifest, write_parquet_atomic
-from laionet.shards import encode_rgb_jpeg, safe_key
+from laionet.core.manifest import Manifest, Timer, atomic_path, config_hash, join, write_manifest, write_parquet_atomic
+from laionet.images.shards import encode_rgb_jpeg, safe_key
 
 OPT_OUT_DIRECTIVES = ["noai", "noimageai", "noindex", "noimageindex"]
 TRANSIENT = ("timeout", "connection", "http_error")  # reasons worth another attempt
@@ -280,7 +280,7 @@ def prepare_index(
     """
     import json
 
-    from laionet.manifest import read_manifest, write_json_atomic
+    from laionet.core.manifest import read_manifest, write_json_atomic
 
     with fsspec.open(index_path, "rb") as f:
         index = pq.read_table(f, columns=["key", "url", "text", "wnid", "class_index"]).to_pandas()

@@ -18,8 +18,7 @@ import pyarrow as pa
 from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
-from laionet.catalog import read_catalog
-from laionet.manifest import (
+from laionet.core.manifest import (
     Manifest,
     Timer,
     completed,
@@ -29,8 +28,9 @@ from laionet.manifest import (
     write_manifest,
     write_parquet_atomic,
 )
-from laionet.shards import iter_samples
-from laionet.text import paper_normalize
+from laionet.images.shards import iter_samples
+from laionet.text.catalog import read_catalog
+from laionet.text.normalize import paper_normalize
 
 
 class OcrEngine(Protocol):

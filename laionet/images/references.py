@@ -18,9 +18,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from laionet.catalog import load_class_set
-from laionet.manifest import Manifest, Timer, config_hash, write_manifest
-from laionet.shards import ShardWriter, encode_rgb_jpeg
+from laionet.core.manifest import Manifest, Timer, config_hash, write_manifest
+from laionet.images.shards import ShardWriter, encode_rgb_jpeg
+from laionet.text.catalog import load_class_set
 
 IMAGENETV2_VARIANTS = {"a": "threshold0.7", "b": "matched-frequency", "c": "top-images"}
 

@@ -101,7 +101,7 @@ class ShardWriter:
         import pandas as pd
         import pyarrow as pa
 
-        from laionet.manifest import atomic_path, join, write_parquet_atomic
+        from laionet.core.manifest import atomic_path, join, write_parquet_atomic
 
         name = join(self.out_dir, f"{self.shard:05d}")
         with atomic_path(f"{name}.tar") as tmp, fsspec.open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:

@@ -13,8 +13,8 @@ import pyarrow as pa
 from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
-from laionet.manifest import Manifest, Timer, config_hash, join, write_manifest, write_parquet_atomic
-from laionet.shards import verify_shard
+from laionet.core.manifest import Manifest, Timer, config_hash, join, write_manifest, write_parquet_atomic
+from laionet.images.shards import verify_shard
 
 
 def run_verify(shards_dir: str, out_dir: str) -> Manifest:

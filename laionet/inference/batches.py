@@ -1,4 +1,4 @@
-"""Shards → preprocessed batches, in DataLoader worker processes (the decoding half of ``laionet.inference``).
+"""Shards → preprocessed batches, in DataLoader worker processes (the decoding half of ``laionet.inference.engine``).
 
 Each worker takes whole shards (every n-th); every image is decoded once and each distinct ``Recipe`` applied once.
 A batch is a dict: ``shard``, ``keys``, ``wnids``, ``images`` ({recipe: tensor or None}), ``last`` (the shard's last
@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from laionet.models import Recipe
-from laionet.shards import iter_raw, original_key
+from laionet.images.shards import iter_raw, original_key
+from laionet.inference.models import Recipe
 
 
 def _pack(shard: str, keys: list[str], wnids: list[str | None], tensors: dict[Recipe, list[Any]]) -> dict[str, Any]:

@@ -1,11 +1,11 @@
 """Streaming batched inference over WebDataset shards: image embeddings, classifier top-k, CLIP zero-shot.
 
 One pass over the shards feeds every model. Decoding happens once per image, in DataLoader worker processes
-(``laionet.batches``), each worker taking whole shards; every distinct preprocessing ``Recipe`` among the models is
-applied once per image and its tensor shared by all models that use it. The main process moves each batch to the
-device once per recipe (pinned memory, non-blocking copies, channels-last on a GPU), runs the models under autocast
+(``laionet.inference.batches``), each worker taking whole shards; every distinct preprocessing ``Recipe`` among the
+models is applied once per image and its tensor shared by all models that use it. The main process moves each batch to
+the device once per recipe (pinned memory, non-blocking copies, channels-last on a GPU), runs the models under autocast
 (fp16 on a GPU; fp32 on a CPU unless bf16 is asked for), and collects outputs per (shard, model). When a shard's
-last batch arrives its outputs are written, per model, into ``<out_root>/<model slug>/`` (``laionet.layout``):
+last batch arrives its outputs are written, per model, into ``<out_root>/<model slug>/`` (``laionet.core.layout``):
 
 * ``<shard>.npy`` float16 (N, D) L2-normalised embeddings and ``<shard>.keys.parquet`` (``key``);
 * ``<shard>.predictions.parquet``: ``key``, ``topk`` (list<int32> class indices, best first), ``scores``
@@ -39,10 +39,8 @@ import torch
 from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
-from laionet.batches import ShardStream, make_loader
-from laionet.evaluation import read_columns
-from laionet.layout import slug
-from laionet.manifest import (
+from laionet.core.layout import slug
+from laionet.core.manifest import (
     Manifest,
     Timer,
     atomic_path,
@@ -54,9 +52,11 @@ from laionet.manifest import (
     write_parquet_atomic,
     write_part_record,
 )
-from laionet.models import ImageModel, Recipe, canonical_model_spec, load_image_model
-from laionet.runtime import tune_cpu
-from laionet.shards import list_shards
+from laionet.core.runtime import tune_cpu
+from laionet.core.tables import read_columns
+from laionet.images.shards import list_shards
+from laionet.inference.batches import ShardStream, make_loader
+from laionet.inference.models import ImageModel, Recipe, canonical_model_spec, load_image_model
 
 ModelBuilder = Callable[[str], ImageModel]
 
@@ -214,7 +214,8 @@ def run_inference(
     ``<out_root>/<model slug>/``; return each model's manifest.
 
     Args:
-        models: model specs (``laionet.models``); all are loaded (and their weights checked) before any shard is read.
+        models: model specs (``laionet.inference.models``); all are loaded (and their weights checked) before any
+            shard is read.
         catalog_path: the class catalog; gives open_clip models their zero-shot prompts (synset texts).
         quarantine: ``quarantine.parquet`` of ``laionet verify``; its keys are skipped and counted.
         builder: ``builder(spec, class_texts=..., class_index=...)`` → ``ImageModel`` (injected in tests).
@@ -234,7 +235,7 @@ def run_inference(
     all_shards = list_shards(shards)
     skip = read_quarantine(quarantine)
     device = _device(config.device)
-    from laionet.encoders import resolve_precision
+    from laionet.selection.encoders import resolve_precision
 
     # auto: fp16 autocast on a GPU; fp32 on a CPU. bf16 is 1.6x faster on this project's CPUs but moved the top-1
     # class of 8.5% of the demo's images (EfficientNet-Lite0): opt in with precision="bf16" for embeddings only.
@@ -245,7 +246,7 @@ def run_inference(
         tune_cpu()
     texts = index = wnids = None
     if catalog_path:
-        from laionet.catalog import read_catalog
+        from laionet.text.catalog import read_catalog
 
         catalog = read_catalog(catalog_path)
         texts, index, wnids = list(catalog["synset_text"]), list(catalog["class_index"]), list(catalog["wnid"])

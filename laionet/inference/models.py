@@ -271,7 +271,7 @@ def _open_clip_model(spec: str, target: str, class_texts: Sequence[str] | None, 
     import torch
     import torch.nn.functional as F  # noqa: N812
 
-    from laionet.encoders import EncoderError, OpenClipTextEncoder, _load_open_clip
+    from laionet.selection.encoders import EncoderError, OpenClipTextEncoder, _load_open_clip
 
     name, _, weights = target.partition("@")
     try:

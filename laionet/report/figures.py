@@ -16,7 +16,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 
-from laionet.manifest import atomic_path
+from laionet.core.manifest import atomic_path
 
 BLUE, RED, ORANGE, GREY = "#1f77b4", "#d62728", "#ff7f0e", "#7f7f7f"
 _SIZE = (6.4, 3.6)

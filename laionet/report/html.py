@@ -1,6 +1,6 @@
 """The report stage: one self-contained HTML page (``index.html`` + PNG figures) from the stage tables of a run.
 
-Reads only what the stages wrote (paths from ``laionet.layout``): every stage manifest; ``selection/`` (``sweep``,
+Reads only what the stages wrote (paths from ``laionet.core.layout``): every stage manifest; ``selection/`` (``sweep``,
 ``histogram``, ``class_frequency``, manifest ``extra.threshold``); ``evaluate/accuracy/<variant>/<model>/summary``;
 ``evaluate/intra/<a>--<b>/<model>/`` (``intra_a``, ``intra_b``, ``compare_bootstrap``, ``summary``);
 ``evaluate/recall-difference`` and ``evaluate/own-similarity`` (any table with ``delta``, ``lower``, ``upper``);
@@ -19,9 +19,8 @@ from typing import Any
 import pandas as pd
 from fsspec.core import url_to_fs
 
-from laionet import figures
-from laionet.layout import dataset_of, report_dir, shards_dir, slug, stage_outputs
-from laionet.manifest import (
+from laionet.core.layout import dataset_of, report_dir, shards_dir, slug, stage_outputs
+from laionet.core.manifest import (
     Manifest,
     Timer,
     code_version,
@@ -31,7 +30,9 @@ from laionet.manifest import (
     write_manifest,
     write_text_atomic,
 )
-from laionet.report_page import (
+from laionet.images.shards import keys_by_tar, read_images
+from laionet.report import figures
+from laionet.report.page import (
     _ID_COLUMNS,
     _Context,
     _dirname,
@@ -46,7 +47,6 @@ from laionet.report_page import (
     _table,
     _when,
 )
-from laionet.shards import keys_by_tar, read_images
 
 STAGE = "report"
 DEFAULT_TITLE = "LAIONet report"

@@ -1,4 +1,4 @@
-"""Building blocks of the report page (``laionet.report_html``): the context the sections share (the run, tables
+"""Building blocks of the report page (``laionet.report.html``): the context the sections share (the run, tables
 read, figures written, class names) and the HTML formatting helpers.
 """
 
@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from laionet.manifest import join
+from laionet.core.manifest import join
 
 _ID_COLUMNS = {"class", "class_index", "n", "n_a", "n_b", "n_pairs", "missing", "classes", "k", "seed"}
 

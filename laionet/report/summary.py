@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from laionet.catalog import read_catalog
-from laionet.manifest import read_manifest
-from laionet.match_stage import read_matches
+from laionet.core.manifest import read_manifest
+from laionet.text.catalog import read_catalog
+from laionet.text.match import read_matches
 
 
 def match_summary(match_dir: str, catalog_path: str | None = None) -> dict[str, Any]:

@@ -84,7 +84,7 @@ def _device(device: str) -> str:
 
 
 def _use_all_cores() -> None:
-    from laionet.runtime import tune_cpu
+    from laionet.core.runtime import tune_cpu
 
     tune_cpu()
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
-from laionet.manifest import atomic_path, join, part_stem
+from laionet.core.manifest import atomic_path, join, part_stem
 
 _INDEX = re.compile(r"(\d+)(?!.*\d)")
 

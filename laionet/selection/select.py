@@ -24,9 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from laionet.catalog import read_catalog
-from laionet.encoders import PAPER_THRESHOLDS, canonical_spec
-from laionet.manifest import (
+from laionet.core.manifest import (
     Manifest,
     Timer,
     atomic_path,
@@ -37,6 +35,8 @@ from laionet.manifest import (
     write_manifest,
     write_parquet_atomic,
 )
+from laionet.selection.encoders import PAPER_THRESHOLDS, canonical_spec
+from laionet.text.catalog import read_catalog
 
 STAGE = "select"
 INDEX_SCHEMA = pa.schema(

@@ -6,7 +6,7 @@ Reads a completed match stage (``key``, ``text``, ``wnids`` per part) and the ca
 ``<out>/_synsets.npy`` (the catalog's synset-text embeddings, encoded once), per-part records and the manifest.
 Similarities are stored once per encoder, so selection at any threshold re-reads them and never re-encodes.
 Pairs whose wnid is not in the catalog are skipped and counted (``wnid_not_in_catalog``). With precomputed caption
-embeddings (``laionet.precomputed``), captions without one are skipped and counted (``no_caption_embedding``).
+embeddings (``laionet.selection.precomputed``), captions without one are skipped and counted (``no_caption_embedding``).
 """
 
 from __future__ import annotations
@@ -24,9 +24,7 @@ from fsspec.core import url_to_fs
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
-from laionet.catalog import read_catalog
-from laionet.encoders import TextEncoder, canonical_spec, create_text_encoder, spec_slug
-from laionet.manifest import (
+from laionet.core.manifest import (
     Manifest,
     Timer,
     atomic_path,
@@ -43,7 +41,9 @@ from laionet.manifest import (
     write_parquet_atomic,
     write_part_record,
 )
-from laionet.precomputed import EmbeddingShardError, gather, pair_shards
+from laionet.selection.encoders import TextEncoder, canonical_spec, create_text_encoder, spec_slug
+from laionet.selection.precomputed import EmbeddingShardError, gather, pair_shards
+from laionet.text.catalog import read_catalog
 
 STAGE = "similarity"
 SIM_SCHEMA = pa.schema([("key", pa.string()), ("wnid", pa.string()), ("similarity", pa.float32())])

@@ -13,8 +13,8 @@ import fsspec
 import pandas as pd
 import pyarrow as pa
 
-from laionet.manifest import Manifest, Timer, completed, config_hash, write_manifest, write_parquet_atomic
-from laionet.wordnet import synset_from_wnid
+from laionet.core.manifest import Manifest, Timer, completed, config_hash, write_manifest, write_parquet_atomic
+from laionet.text.wordnet import synset_from_wnid
 
 BUILTIN_CLASS_SETS = ("imagenet1k", "imagenet21k")
 CATALOG_COLUMNS = ["class_index", "wnid", "name", "lemmas", "definition", "synset_text"]

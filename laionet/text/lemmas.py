@@ -18,9 +18,17 @@ from dataclasses import dataclass
 import pandas as pd
 import pyarrow as pa
 
-from laionet.catalog import read_catalog
-from laionet.manifest import Manifest, Timer, completed, config_hash, file_digest, write_manifest, write_parquet_atomic
-from laionet.text import Mode, default_normalize, default_normalize_array, paper_normalize
+from laionet.core.manifest import (
+    Manifest,
+    Timer,
+    completed,
+    config_hash,
+    file_digest,
+    write_manifest,
+    write_parquet_atomic,
+)
+from laionet.text.catalog import read_catalog
+from laionet.text.normalize import Mode, default_normalize, default_normalize_array, paper_normalize
 
 LEMMA_MAP_COLUMNS = ["lemma", "wnid", "sources"]
 DROP_COLUMNS = ["lemma", "wnids", "reason"]
@@ -151,7 +159,7 @@ def reachability(table: pd.DataFrame, policy: Mode) -> dict[str, int]:
     ASCII punctuation, since captions lose theirs).
     A class is ``unreachable`` when none of its lemmas, written alone as a caption, yields exactly that class.
     """
-    from laionet.matching import LemmaMatcher, match_strings  # matching imports text; avoid a cycle at import
+    from laionet.text.matcher import LemmaMatcher, match_strings  # matching imports text; avoid a cycle at import
 
     matcher = LemmaMatcher(table, policy)
     found = match_strings(matcher, table["lemma"].tolist())

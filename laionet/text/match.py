@@ -22,8 +22,7 @@ from fsspec.core import url_to_fs
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
-from laionet.corpus import BAD_REASONS, CARRIED_TYPES, ColumnMap, CorpusError, iter_part
-from laionet.manifest import (
+from laionet.core.manifest import (
     Manifest,
     Timer,
     atomic_path,
@@ -39,8 +38,9 @@ from laionet.manifest import (
     write_manifest,
     write_part_record,
 )
-from laionet.matching import LemmaMatcher
-from laionet.text import Mode
+from laionet.text.corpus import BAD_REASONS, CARRIED_TYPES, ColumnMap, CorpusError, iter_part
+from laionet.text.matcher import LemmaMatcher
+from laionet.text.normalize import Mode
 
 STAGE = "match"
 MATCH_SCHEMA = pa.schema(

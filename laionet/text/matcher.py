@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from laionet.text import PAPER_BYTE_TABLE, Mode, default_haystack, paper_normalize
+from laionet.text.normalize import PAPER_BYTE_TABLE, Mode, default_haystack, paper_normalize
 
 
 @dataclass(frozen=True)

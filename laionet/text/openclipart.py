@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from laionet.manifest import Manifest, Timer, completed, config_hash, join, write_manifest, write_parquet_atomic
+from laionet.core.manifest import Manifest, Timer, completed, config_hash, join, write_manifest, write_parquet_atomic
 
 DEFAULT_ROOT = Path("/usr/share/openclipart/svg")
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"

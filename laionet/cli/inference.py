@@ -1,0 +1,53 @@
+"""``laionet infer``: image models over shards in one streaming pass (``laionet.inference``).
+
+The root app in ``laionet.cli`` registers this module's ``app``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from laionet.cli.common import echo_manifest, fail
+
+app = typer.Typer()
+
+
+@app.command()
+def infer(
+    shards: Annotated[str, typer.Option(help="Directory or glob of .tar shards (downloaded or ingested).")],
+    out: Annotated[str, typer.Option(help="Output root: one directory per model (<out>/<model slug>/).")],
+    model: Annotated[
+        list[str],
+        typer.Option(
+            help="Model spec, repeatable: efficientnet_lite0 (offline default), a zoo name (resnet50, "
+            "convnext_base_224_22k, ...), timm:<name>[@<weights file>|@random], clip, open_clip:<model>[@<tag|file>]."
+        ),
+    ] = ["efficientnet_lite0"],  # noqa: B006 - typer needs a list default
+    catalog: Annotated[
+        str | None, typer.Option(help="Catalog parquet: zero-shot prompts (synset texts) for open_clip models.")
+    ] = None,
+    quarantine: Annotated[
+        str | None, typer.Option(help="quarantine.parquet from 'laionet verify': those keys are skipped.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda, cuda:1, ...")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (fp16 GPU, fp32 CPU), fp32, fp16, bf16.")] = "auto",
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch (auto: 256 GPU, 32 CPU).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decode processes (auto: cores-1 GPU; 0 CPU ≤4 cores).")] = None,
+    top_k: Annotated[int, typer.Option(help="Classes kept per image, best first.")] = 5,
+) -> None:
+    """Run image models over shards in one streaming pass (each image decoded once, shared by all models): per shard
+    and model, L2-normalised float16 embeddings (.npy + .keys.parquet) and top-k predictions with the score of the
+    sample's own class (.predictions.parquet). Resumable per shard; models and weights are checked first."""
+    from laionet.inference.engine import InferConfig, run_inference
+    from laionet.inference.models import ModelError
+
+    config = InferConfig(device=device, precision=precision, batch_size=batch_size, workers=workers, top_k=top_k)
+    try:
+        manifests = run_inference(shards, model, out, catalog_path=catalog, quarantine=quarantine, config=config)
+    except (ModelError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    for spec, manifest in manifests.items():
+        typer.echo(f"{spec}:")
+        echo_manifest(manifest)
