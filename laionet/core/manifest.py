@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -92,16 +93,52 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
 
 
+def is_local(fs: Any) -> bool:
+    """Whether an fsspec filesystem is the local one (where fsync and hard links exist)."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; on success rename it to ``path``, on error delete it."""
+    """Yield a temporary path beside ``path``; on success rename it to ``path``, on error delete it.
+
+    On the local filesystem the file is fsync'ed before the rename and the directory after it, so a crash (or a
+    power loss) leaves either the old file or the complete new one, never a truncated file under the final name.
+    """
     fs, real = url_to_fs(path)
     parent = real.rsplit("/", 1)[0] if "/" in real else "."
     fs.makedirs(parent, exist_ok=True)
     tmp = f"{real}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         yield tmp
-        fs.mv(tmp, real)
+        if is_local(fs):
+            _fsync_file(tmp)
+            os.replace(tmp, real)  # never fsspec's mv: onto an existing directory it moves *into* it
+            _fsync_dir(parent)
+        else:
+            fs.mv(tmp, real)
     except BaseException:
         if fs.exists(tmp):
             fs.rm(tmp)
@@ -130,11 +167,22 @@ def manifest_path(target: str) -> str:
     return join(target, MANIFEST_NAME)
 
 
+def incomplete_marker(target: str) -> str:
+    """The marker of an output being (re)built: ``<dir>/_INCOMPLETE`` or ``<file>.incomplete``."""
+    if target.endswith(".parquet"):
+        return f"{target}.incomplete"
+    return join(target, "_INCOMPLETE")
+
+
 def write_manifest(target: str, manifest: Manifest) -> str:
-    """Check the counts and write the manifest of ``target`` (see ``manifest_path``) atomically; return its path."""
+    """Check the counts and write the manifest of ``target`` (see ``manifest_path``) atomically, then remove the
+    output's ``_INCOMPLETE`` marker; return the manifest's path. Call it last: the output is complete from here."""
     manifest.check_counts()
     path = manifest_path(target)
     write_text_atomic(path, manifest.model_dump_json(indent=2) + "\n")
+    fs, marker = url_to_fs(incomplete_marker(target))
+    if fs.exists(marker):
+        fs.rm(marker)
     return path
 
 
@@ -171,20 +219,31 @@ def part_stem(path: str) -> str:
 
 
 def write_part_record(out_dir: str, part: str, record: dict[str, Any]) -> None:
-    """Record that one input part is done (write its output first): ``<out_dir>/_parts/<stem>.json``."""
+    """Record that one input part is done (write its output first): ``<out_dir>/_parts/<stem>.json``. The record
+    should carry ``config_hash`` and the input's ``identity`` (``laionet.core.stage.input_identity``)."""
     write_json_atomic(join(out_dir, "_parts", f"{part_stem(part)}.json"), {"part": part, **record})
 
 
-def read_part_record(out_dir: str, part: str, part_hash: str) -> dict[str, Any] | None:
-    """The record of a part finished under ``part_hash`` whose output still exists, else None (redo the part)."""
+def read_part_record(
+    out_dir: str, part: str, part_hash: str, identity: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The record of a part finished under ``part_hash`` from the same input (``identity``, when given) whose
+    output still exists, else None (redo the part). An unreadable record is redone too, never trusted."""
     path = join(out_dir, "_parts", f"{part_stem(part)}.json")
     fs, real = url_to_fs(path)
     if not fs.exists(real):
         return None
-    with fsspec.open(path, "r") as f:
-        record: dict[str, Any] = json.load(f)
-    out_fs, out_real = url_to_fs(record.get("output", ""))
+    try:
+        with fsspec.open(path, "r") as f:
+            record: dict[str, Any] = json.load(f)
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    out_fs, out_real = url_to_fs(str(record.get("output", "")))
     if record.get("config_hash") != part_hash or record.get("part") != part or not out_fs.exists(out_real):
+        return None
+    if identity is not None and record.get("identity") != identity:
         return None
     return record
 

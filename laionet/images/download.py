@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import multiprocessing
 import os
 import re
 import tarfile
@@ -32,6 +31,8 @@ from fsspec.core import url_to_fs
 from pydantic import BaseModel, Field
 
 from laionet.core.manifest import Manifest, Timer, atomic_path, config_hash, join, write_manifest, write_parquet_atomic
+from laionet.core.stage import require_file_input, stage_rebuild
+from laionet.images.child import run_in_child
 from laionet.images.shards import encode_rgb_jpeg, safe_key
 
 OPT_OUT_DIRECTIVES = ["noai", "noimageai", "noindex", "noimageindex"]
@@ -112,12 +113,9 @@ def _attempt(index: pd.DataFrame, folder: str, config: DownloadConfig) -> None:
         img2dataset.download(**kwargs)
         return
     # img2dataset installs a SIGINT handler, which Python allows only in the main thread; a worker thread (e.g. a
-    # Prefect task runner's) runs it in a child process instead
-    child = multiprocessing.get_context("spawn").Process(target=_img2dataset_download, kwargs=kwargs)
-    child.start()
-    child.join()
-    if child.exitcode != 0:
-        raise RuntimeError(f"img2dataset failed (exit code {child.exitcode}) downloading into {folder}")
+    # Prefect task runner's) runs it in a child process instead; its failure comes back classified (ChildError:
+    # transient → the task retries, configuration → it does not)
+    run_in_child(_img2dataset_download, kwargs, f"img2dataset downloading into {folder}")
 
 
 def _img2dataset_download(**kwargs: Any) -> None:
@@ -176,14 +174,23 @@ def run_download(index_path: str, out_dir: str, config: DownloadConfig | None = 
     """
     config = config or DownloadConfig()
     timer = Timer()
+    require_file_input(index_path, "select", hint="re-run `laionet select` (or the build flow)")
+    with stage_rebuild(out_dir, "download"):
+        return _download(index_path, out_dir, config, timer)
+
+
+def _download(index_path: str, out_dir: str, config: DownloadConfig, timer: Timer) -> Manifest:
+    """The body of ``run_download`` under the stage lock."""
     with fsspec.open(index_path, "rb") as f:
         index = pq.read_table(f, columns=["key", "url", "text", "wnid", "class_index"]).to_pandas()
     if index["key"].duplicated().any():
         repeated = index["key"][index["key"].duplicated()].iloc[0]
         raise ValueError(f"{index_path}: keys must be unique; {repeated!r} repeats")
+    wanted = set(index["key"].astype(str))
     attempt = _next_attempt(out_dir)
     for previous in range(attempt):  # a run killed after img2dataset wrote shards: keep what it finished
-        _finalise_attempt(join(out_dir, "_attempts", f"{previous:03d}"), out_dir, config.encode_quality)
+        _finalise_attempt(join(out_dir, "_attempts", f"{previous:03d}"), out_dir, config.encode_quality, wanted)
+    _restrict(out_dir, wanted)  # shards of an earlier index keep only the rows this index still has
     status = _collect(out_dir)
     fs, out_real = url_to_fs(out_dir)
     todo = index if status.empty else index[~index["key"].isin(status["key"])]  # never tried (or killed)
@@ -194,7 +201,7 @@ def run_download(index_path: str, out_dir: str, config: DownloadConfig | None = 
             break
         folder = join(out_dir, "_attempts", f"{attempt:03d}")
         _attempt(batch, folder, config)
-        _finalise_attempt(folder, out_dir, config.encode_quality)
+        _finalise_attempt(folder, out_dir, config.encode_quality, wanted)
         status = _collect(out_dir)
         todo = index.iloc[0:0]
         retry = status[status["reason"].isin(TRANSIENT) & status["key"].isin(batch["key"])]["key"]
@@ -204,10 +211,11 @@ def run_download(index_path: str, out_dir: str, config: DownloadConfig | None = 
     success = int(counts.pop("success", 0))
     shards = sorted(fs.glob(out_real.rstrip("/") + "/*.tar"))
     cfg = config.model_dump(mode="json")
+    digest = config_hash({"index": pd.util.hash_pandas_object(index, index=False).tolist()})
     manifest = Manifest(
         stage="download",
         config=cfg,
-        config_hash=config_hash(cfg),
+        config_hash=config_hash({**cfg, "index": digest}),
         inputs=[index_path],
         outputs=shards,
         rows_in=len(index),
@@ -228,8 +236,9 @@ def _next_attempt(out_dir: str) -> int:
     return max(done) + 1 if done else 0
 
 
-def _finalise_attempt(folder: str, out_dir: str, quality: int) -> None:
-    """Turn every finished raw shard of an attempt into a final shard (skipping those already done)."""
+def _finalise_attempt(folder: str, out_dir: str, quality: int, wanted: set[str]) -> None:
+    """Turn every finished raw shard of an attempt into a final shard (skipping those already done, and those
+    holding none of the ``wanted`` keys: an earlier index's)."""
     fs, raw = url_to_fs(join(folder, "shards"))
     if not fs.exists(raw):
         return
@@ -242,11 +251,52 @@ def _finalise_attempt(folder: str, out_dir: str, quality: int) -> None:
         if out_fs.exists(final_real):
             continue
         base = stats.removesuffix("_stats.json")
+        with fs.open(f"{base}.parquet", "rb") as f:
+            raw_keys = pq.read_table(f, columns=["sample_key"]).column("sample_key").to_pylist()
+        if not wanted.intersection(map(str, raw_keys)):
+            continue
         rows = _finalise(f"{base}.tar", f"{base}.parquet", final, quality)
         rows["reason"] = [failure_reason(s, m) for s, m in zip(rows["status"], rows["error_message"], strict=True)]
         table = rows.rename(columns={"key": "img2dataset_key", "sample_key": "key"})
         with atomic_path(final_rows) as tmp, fsspec.open(tmp, "wb") as f:
             pq.write_table(pa.Table.from_pandas(table, preserve_index=False), f)
+
+
+def _restrict(out_dir: str, wanted: set[str]) -> None:
+    """Make the final shards hold only ``wanted`` keys: a shard with none is removed (tar first, then its row
+    table), a shard with some is rewritten without the others (tar, then row table; each under a temp name). Idempotent,
+    so a run killed midway is finished by the next."""
+    fs, real = url_to_fs(out_dir)
+    if not fs.exists(real):
+        return
+    for rows_path in sorted(fs.glob(real.rstrip("/") + "/*.parquet")):
+        if rows_path.rsplit("/", 1)[-1].startswith("_"):
+            continue
+        with fs.open(rows_path, "rb") as f:
+            rows = pq.read_table(f).to_pandas()
+        keep = rows["key"].astype(str).isin(wanted)
+        if keep.all():
+            continue
+        tar = rows_path.removesuffix(".parquet") + ".tar"
+        if not keep.any():
+            if fs.exists(tar):
+                fs.rm(tar)
+            fs.rm(rows_path)
+            continue
+        safe = {safe_key(str(k)) for k in rows.loc[keep, "key"]}
+        if fs.exists(tar):
+            with (
+                atomic_path(tar) as tmp,
+                fsspec.open(tmp, "wb") as out,
+                fs.open(tar, "rb") as src,
+                tarfile.open(fileobj=src, mode="r|") as reader,
+                tarfile.open(fileobj=out, mode="w") as writer,
+            ):
+                for member in reader:
+                    if member.isfile() and member.name.rpartition("/")[2].partition(".")[0] in safe:
+                        writer.addfile(member, reader.extractfile(member))
+        with atomic_path(rows_path) as tmp, fsspec.open(tmp, "wb") as f:
+            pq.write_table(pa.Table.from_pandas(rows[keep], preserve_index=False), f)
 
 
 def _collect(out_dir: str) -> pd.DataFrame:

@@ -10,25 +10,31 @@ ONNX models shipped inside the ``rapidocr-onnxruntime`` wheel).
 
 from __future__ import annotations
 
+import io
+import json
+import tarfile
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import pandas as pd
 import pyarrow as pa
-from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
 from laionet.core.manifest import (
     Manifest,
     Timer,
-    completed,
     config_hash,
+    file_digest,
     join,
     part_stem,
+    read_part_record,
     write_manifest,
     write_parquet_atomic,
+    write_part_record,
 )
-from laionet.images.shards import iter_samples
+from laionet.core.stage import input_identity, prune, prune_records, require_file_input, stage_run
+from laionet.core.tables import read_columns
+from laionet.images.shards import iter_raw, list_shards, original_key
 from laionet.text.catalog import read_catalog
 from laionet.text.normalize import paper_normalize
 
@@ -71,57 +77,115 @@ def run_ocr(
     out_dir: str,
     engine_factory: Callable[[], OcrEngine] = RapidOcrEngine,
     progress: Callable[[int, int], None] | None = None,
+    quarantine: str | None = None,
 ) -> Manifest:
-    """Flag every sample of every shard; skip shards already done; manifest last. ``progress(done, total)`` is
-    called after each shard (e.g. to update a Prefect progress artifact)."""
+    """Flag every sample of every shard; resume per shard; manifest last. ``progress(done, total)`` is called after
+    each shard (e.g. to update a Prefect progress artifact).
+
+    Shards are the shard stage's current ones (its manifest). With ``quarantine`` (``quarantine.parquet`` of
+    ``laionet verify``; run verify first) its keys are skipped and counted ``quarantined``. A sample whose image does
+    not decode is counted ``undecodable``, and a truncated shard keeps the samples read before the cut (counted in
+    ``extra.truncated_shards``): neither stops the stage. A shard's flags are reused on a re-run only if its record
+    names the same shard content (size, mtime), catalog and quarantine.
+    """
     timer = Timer()
-    fs, real = url_to_fs(shards_dir)
-    shards = sorted(fs.glob(real.rstrip("/") + "/*.tar"))
-    if not shards:
-        raise FileNotFoundError(f"no .tar shards in {shards_dir}")
-    chash = config_hash({"shards": shards, "sizes": [fs.size(s) for s in shards], "catalog": catalog_path})
-    complete = completed(out_dir, chash)
-    if complete:
+    shards = list_shards(shards_dir)
+    require_file_input(catalog_path, "catalog", hint="re-run `laionet catalog`")
+    bad: set[str] = set()
+    if quarantine is not None:
+        require_file_input(quarantine, "verify", hint="re-run `laionet verify`")
+        bad = set(read_columns(quarantine, ["key"])["key"].astype(str)) - {"*"}
+    part_hash = config_hash(
+        {"catalog": file_digest(catalog_path), "quarantine": file_digest(quarantine) if quarantine else None}
+    )
+    identities = {shard: input_identity(shard) for shard in shards}
+    chash = config_hash({"part_hash": part_hash, "shards": [[s, identities[s]] for s in shards]})
+    with stage_run(out_dir, chash, "ocr") as complete:
+        if complete:
+            if progress:
+                progress(len(shards), len(shards))
+            return complete
+        catalog = read_catalog(catalog_path)
+        names = dict(zip(catalog["wnid"], catalog["name"], strict=True))
+        engine: OcrEngine | None = None
+        records = []
+        for i, shard in enumerate(tqdm(shards, desc="ocr", unit="shard", disable=None)):
+            if progress and i:
+                progress(i, len(shards))
+            record = read_part_record(out_dir, shard, part_hash, identities[shard])
+            if record is None:
+                engine = engine or engine_factory()
+                record = _ocr_shard(shard, out_dir, engine, names, bad)
+                record.update(config_hash=part_hash, identity=identities[shard])
+                write_part_record(out_dir, shard, record)
+            records.append(record)
         if progress:
             progress(len(shards), len(shards))
-        return complete
-    catalog = read_catalog(catalog_path)
-    names = dict(zip(catalog["wnid"], catalog["name"], strict=True))
-    engine: OcrEngine | None = None
-    outputs, total, flagged, unknown = [], 0, 0, 0
-    for i, shard in enumerate(tqdm(shards, desc="ocr", unit="shard", disable=None)):
-        if progress and i:
-            progress(i, len(shards))
-        out_path = join(out_dir, f"{part_stem(shard.removesuffix('.tar'))}.parquet")
-        out_fs, out_real = url_to_fs(out_path)
-        if not out_fs.exists(out_real):
-            engine = engine or engine_factory()
-            rows = []
-            for key, image, meta in iter_samples(shard):
-                wnid = meta.get("wnid")
-                text = engine.read(image)
-                name = names.get(wnid)
-                rows.append({"key": key, "wnid": wnid, "flagged": bool(name and shows_name(name, text)), "text": text})
-            table = pd.DataFrame(rows, columns=["key", "wnid", "flagged", "text"])
-            write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False), out_path)
-        with out_fs.open(out_real, "rb") as f:
-            done = pd.read_parquet(f)
-        outputs.append(out_path)
-        total += len(done)
-        flagged += int(done["flagged"].sum())
-        unknown += int((~done["wnid"].isin(names)).sum())
-    if progress:
-        progress(len(shards), len(shards))
-    manifest = Manifest(
-        stage="ocr",
-        config={"shards": shards_dir, "catalog": catalog_path},
-        config_hash=chash,
-        inputs=shards,
-        outputs=outputs,
-        rows_in=total,
-        rows_out=total,
-        wall_time_s=timer.elapsed,
-        extra={"flagged": flagged, "class_not_in_catalog": unknown},
-    )
-    write_manifest(out_dir, manifest)
-    return manifest
+        outputs = [r["output"] for r in records]
+        dropped = {reason: sum(r["dropped"][reason] for r in records) for reason in OCR_DROP_REASONS}
+        manifest = Manifest(
+            stage="ocr",
+            config={"shards": shards_dir, "catalog": catalog_path, "quarantine": quarantine},
+            config_hash=chash,
+            inputs=shards,
+            outputs=outputs,
+            rows_in=sum(r["rows_in"] for r in records),
+            rows_out=sum(r["rows_out"] for r in records),
+            dropped=dropped,
+            wall_time_s=timer.elapsed,
+            extra={
+                "flagged": sum(r["flagged"] for r in records),
+                "class_not_in_catalog": sum(r["class_not_in_catalog"] for r in records),
+                "truncated_shards": [r["part"] for r in records if r.get("truncated")],
+            },
+        )
+        prune(out_dir, outputs, ["*.parquet"])  # flags of shards that are no longer in the shard stage
+        prune_records(out_dir, shards)
+        write_manifest(out_dir, manifest)
+        return manifest
+
+
+OCR_DROP_REASONS = ("quarantined", "undecodable")
+
+
+def _ocr_shard(shard: str, out_dir: str, engine: OcrEngine, names: dict[str, str], bad: set[str]) -> dict[str, Any]:
+    """OCR one shard into ``<out>/<shard stem>.parquet``; return its record (counts, output)."""
+    from PIL import Image
+
+    out_path = join(out_dir, f"{part_stem(shard.removesuffix('.tar'))}.parquet")
+    rows = []
+    dropped = dict.fromkeys(OCR_DROP_REASONS, 0)
+    rows_in = 0
+    truncated = False
+    try:
+        for safe, sample in iter_raw(shard):
+            if "jpg" not in sample:
+                continue  # not an image sample (verify counts it)
+            rows_in += 1
+            key = original_key(safe)
+            if key in bad:
+                dropped["quarantined"] += 1
+                continue
+            try:
+                meta = json.loads(sample["json"]) if "json" in sample else {}
+                image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
+            except (OSError, ValueError):
+                dropped["undecodable"] += 1
+                continue
+            wnid = meta.get("wnid")
+            text = engine.read(image)
+            name = names.get(str(wnid)) if wnid is not None else None
+            rows.append({"key": key, "wnid": wnid, "flagged": bool(name and shows_name(name, text)), "text": text})
+    except (tarfile.TarError, OSError, EOFError):
+        truncated = True  # the samples read before the cut are kept; verify quarantines the shard's rest
+    table = pd.DataFrame(rows, columns=["key", "wnid", "flagged", "text"])
+    write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False), out_path)
+    return {
+        "output": out_path,
+        "rows_in": rows_in,
+        "rows_out": len(table),
+        "dropped": dropped,
+        "flagged": int(table["flagged"].sum()),
+        "class_not_in_catalog": int((~table["wnid"].isin(names)).sum()),
+        "truncated": truncated,
+    }

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from laionet.core.manifest import Manifest, Timer, config_hash, write_manifest
+from laionet.core.stage import prune, stage_rebuild
 from laionet.images.shards import ShardWriter, encode_rgb_jpeg
 from laionet.text.catalog import load_class_set
 
@@ -75,36 +76,38 @@ def ingest(kind: str, out_dir: str, per_shard: int = 10_000, **paths: Path) -> M
     for name, path in paths.items():
         if not path.exists():
             raise FileNotFoundError(f"{kind}: {name} {path} does not exist")
-    class_index = {w: i for i, w in enumerate(load_class_set("imagenet1k"))}
-    writer = ShardWriter(out_dir, per_shard)
-    dropped = {"missing_image": 0, "unreadable_image": 0, "not_imagenet1k": 0}
-    rows_in = 0
-    for key, image, wnid, text in readers[kind]():
-        rows_in += 1
-        if wnid not in class_index:
-            dropped["not_imagenet1k"] += 1
-            continue
-        if not image.is_file():
-            dropped["missing_image"] += 1
-            continue
-        try:
-            jpg = encode_rgb_jpeg(image.read_bytes())
-        except OSError:
-            dropped["unreadable_image"] += 1
-            continue
-        writer.write(key, jpg, text, {"wnid": wnid, "class_index": class_index[wnid], "dataset": kind})
-    outputs = writer.close()
-    config = {"kind": kind, **{k: str(v) for k, v in paths.items()}, "per_shard": per_shard}
-    manifest = Manifest(
-        stage=f"ingest-{kind}",
-        config=config,
-        config_hash=config_hash(config),
-        inputs=[str(p) for p in paths.values()],
-        outputs=outputs,
-        rows_in=rows_in,
-        rows_out=rows_in - sum(dropped.values()),
-        dropped=dropped,
-        wall_time_s=timer.elapsed,
-    )
-    write_manifest(out_dir, manifest)
-    return manifest
+    with stage_rebuild(out_dir, f"ingest-{kind}"):
+        class_index = {w: i for i, w in enumerate(load_class_set("imagenet1k"))}
+        writer = ShardWriter(out_dir, per_shard)
+        dropped = {"missing_image": 0, "unreadable_image": 0, "not_imagenet1k": 0}
+        rows_in = 0
+        for key, image, wnid, text in readers[kind]():
+            rows_in += 1
+            if wnid not in class_index:
+                dropped["not_imagenet1k"] += 1
+                continue
+            if not image.is_file():
+                dropped["missing_image"] += 1
+                continue
+            try:
+                jpg = encode_rgb_jpeg(image.read_bytes())
+            except OSError:
+                dropped["unreadable_image"] += 1
+                continue
+            writer.write(key, jpg, text, {"wnid": wnid, "class_index": class_index[wnid], "dataset": kind})
+        outputs = writer.close()
+        config = {"kind": kind, **{k: str(v) for k, v in paths.items()}, "per_shard": per_shard}
+        manifest = Manifest(
+            stage=f"ingest-{kind}",
+            config=config,
+            config_hash=config_hash(config),
+            inputs=[str(p) for p in paths.values()],
+            outputs=outputs,
+            rows_in=rows_in,
+            rows_out=rows_in - sum(dropped.values()),
+            dropped=dropped,
+            wall_time_s=timer.elapsed,
+        )
+        prune(out_dir, outputs, ["*.tar", "*.parquet"])  # shards of an earlier, larger ingest
+        write_manifest(out_dir, manifest)
+        return manifest

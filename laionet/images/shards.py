@@ -181,10 +181,30 @@ def verify_shard(path: str) -> tuple[list[str], list[tuple[str, str]]]:
 def list_shards(shards: str, missing_ok: bool = False) -> list[str]:
     """The ``.tar`` shards of a directory or a glob, sorted.
 
+    A directory written by a stage (download, ingest) is listed from its manifest — exactly the shards of its
+    current input, never a leftover of an earlier one — and must be complete; a directory without a manifest or
+    marker (shards made elsewhere) and a glob are listed as they are.
+
     Raises:
-        FileNotFoundError: when there are none (unless ``missing_ok``).
+        FileNotFoundError: when there are none (unless ``missing_ok``); ``UpstreamError`` (a FileNotFoundError) for a
+            stage directory that is incomplete.
     """
+    from laionet.core.manifest import incomplete_marker, read_manifest
+    from laionet.core.stage import UpstreamError, require_complete
+
     fs, real = url_to_fs(shards)
+    if not any(c in real for c in "*?[") and fs.isdir(real):
+        if read_manifest(shards) is not None:
+            manifest = require_complete(shards, "download/ingest", hint="re-run the stage that writes these shards")
+            tars = sorted(o for o in manifest.outputs if o.endswith(".tar"))
+            if tars or missing_ok:
+                return tars
+            raise FileNotFoundError(f"no .tar shards in {shards!r} (its manifest lists none)")
+        marker_fs, marker = url_to_fs(incomplete_marker(shards))
+        if marker_fs.exists(marker) and not missing_ok:
+            raise UpstreamError(
+                f"{shards}: the shards are incomplete (a download or ingest was interrupted); re-run that stage"
+            )
     pattern = real if any(c in real for c in "*?[") else real.rstrip("/") + "/*.tar"
     found = sorted(fs.glob(pattern))
     if not found and not missing_ok:

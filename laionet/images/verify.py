@@ -14,16 +14,20 @@ from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
 from laionet.core.manifest import Manifest, Timer, config_hash, join, write_manifest, write_parquet_atomic
-from laionet.images.shards import verify_shard
+from laionet.core.stage import stage_rebuild
+from laionet.images.shards import list_shards, verify_shard
 
 
 def run_verify(shards_dir: str, out_dir: str) -> Manifest:
     """Verify every shard of a directory; write the quarantine table and the manifest."""
     timer = Timer()
-    fs, real = url_to_fs(shards_dir)
-    shards = sorted(fs.glob(real.rstrip("/") + "/*.tar"))
-    if not shards:
-        raise FileNotFoundError(f"no .tar shards in {shards_dir}")
+    shards = list_shards(shards_dir)  # the shard stage's current shards (its manifest), checked complete
+    with stage_rebuild(out_dir, "verify"):
+        return _verify(shards_dir, shards, out_dir, timer)
+
+
+def _verify(shards_dir: str, shards: list[str], out_dir: str, timer: Timer) -> Manifest:
+    fs = url_to_fs(shards_dir)[0]
     rows: list[dict[str, str]] = []
     good_total = 0
     for shard in tqdm(shards, desc="verify", unit="shard", disable=None):

@@ -36,7 +36,6 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import torch
-from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
 from laionet.core.layout import slug
@@ -53,6 +52,7 @@ from laionet.core.manifest import (
     write_part_record,
 )
 from laionet.core.runtime import tune_cpu
+from laionet.core.stage import begin, input_identity, prune, prune_records, require_file_input, stage_lock
 from laionet.core.tables import read_columns
 from laionet.images.shards import list_shards
 from laionet.inference.batches import ShardStream, make_loader
@@ -187,11 +187,10 @@ def _write_outputs(out_dir: str, stem: str, parts: list[dict[str, Any]], dim: in
 
 
 def _shard_hashes(shards: list[str], specs: list[str], top_k: int, skip: set[str]) -> dict[tuple[str, str], str]:
-    """What each (shard, model) output depends on: the shard (path, size), the model, top-k and the quarantined
-    keys — each shard stat-ed and the quarantine hashed once, not once per model."""
-    fs, _ = url_to_fs(shards[0])
+    """What each (shard, model) output depends on: the shard (path, size, mtime), the model, top-k and the
+    quarantined keys — each shard stat-ed and the quarantine hashed once, not once per model."""
     skipped = config_hash(sorted(skip))
-    sizes = {s: fs.size(url_to_fs(s)[1]) for s in shards}
+    sizes = {s: input_identity(s) for s in shards}
     return {
         (s, spec): config_hash({"spec": spec, "top_k": top_k, "shard": s, "size": sizes[s], "skip": skipped})
         for s in shards
@@ -233,6 +232,16 @@ def run_inference(
     if not models:
         raise ValueError("no models given")
     all_shards = list_shards(shards)
+    stems: dict[str, str] = {}
+    for shard in all_shards:
+        if shard_stem(shard) in stems:
+            raise ValueError(
+                f"shards {stems[shard_stem(shard)]} and {shard} share the name {shard_stem(shard)!r}; their outputs "
+                "would collide (infer one shard directory at a time)"
+            )
+        stems[shard_stem(shard)] = shard
+    if quarantine is not None:
+        require_file_input(quarantine, "verify", hint="re-run `laionet verify`")
     skip = read_quarantine(quarantine)
     device = _device(config.device)
     from laionet.selection.encoders import resolve_precision
@@ -252,6 +261,54 @@ def run_inference(
         texts, index, wnids = list(catalog["synset_text"]), list(catalog["class_index"]), list(catalog["wnid"])
     specs = [canonical_model_spec(m) for m in dict.fromkeys(models)]  # an unknown name fails here, before anything
     out_dirs = {spec: join(out_root, slug(spec)) for spec in specs}
+    # models are loaded (weights checked) only when there is work, and before anything is written or read
+    todo, runners, hashes = _prepare(all_shards, specs, out_dirs, (texts, index, wnids), config, device, precision,
+                                     builder, only, skip)  # fmt: skip
+    targets = (out_root, *out_dirs.values())
+    if only is not None:  # one shard group of a fanned-out run: disjoint shards, no lock; the final call takes it
+        for target in targets:
+            begin(target, "")  # visibly incomplete until the final call writes the manifests
+        _run_or_report(todo, runners, out_dirs, hashes, skip, config, device, progress)
+        return {}
+    with stage_lock(out_root, "infer"):
+        for target in targets:
+            begin(target, "")
+        _run_or_report(todo, runners, out_dirs, hashes, skip, config, device, progress)
+        return _write_manifests(shards, all_shards, specs, out_root, out_dirs, skip, quarantine, config, device,
+                                precision, timer)  # fmt: skip
+
+
+def _run_or_report(
+    todo: dict[str, list[str]],
+    runners: dict[str, _Runner],
+    out_dirs: dict[str, str],
+    hashes: dict[tuple[str, str], str],
+    skip: set[str],
+    config: InferConfig,
+    device: str,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    if todo:
+        _run(todo, runners, out_dirs, hashes, skip, config, device, progress)
+    elif progress:  # nothing left to do: done
+        progress(1, 1)
+
+
+def _prepare(
+    all_shards: list[str],
+    specs: list[str],
+    out_dirs: dict[str, str],
+    classes: tuple[list[str] | None, list[int] | None, list[str] | None],
+    config: InferConfig,
+    device: str,
+    precision: str,
+    builder: Callable[..., ImageModel],
+    only: Sequence[str] | None,
+    skip: set[str],
+) -> tuple[dict[str, list[str]], dict[str, _Runner], dict[tuple[str, str], str]]:
+    """The (shard → models) still to run (of ``only``, when given), the loaded models if any, and the shard hashes.
+    ``classes``: the catalog's synset texts, class indices and wnids (zero-shot prompts), or Nones."""
+    texts, index, wnids = classes
     hashes = _shard_hashes(all_shards, specs, config.top_k, skip)
     wanted = None if only is None else set(only)
     todo: dict[str, list[str]] = {}
@@ -263,19 +320,31 @@ def run_inference(
         ]
         if need:
             todo[shard] = need
-    if todo:  # models are loaded (weights checked) only when there is work, and before any shard is read
-        runners: dict[str, _Runner] = {}
+    runners: dict[str, _Runner] = {}
+    if todo:
         for spec in specs:
             model = builder(spec, class_texts=texts, class_index=index)
             if model.kind == "open_clip" and wnids is not None:
                 model.info["class_wnids"] = wnids
             runners[spec] = _Runner(model.to(device, channels_last=True), device, precision, config.top_k)
-        _run(todo, runners, out_dirs, hashes, skip, config, device, progress)
-    elif progress:  # nothing left to do: done
-        progress(1, 1)
-    if only is not None:
-        return {}
+    return todo, runners, hashes
 
+
+def _write_manifests(
+    shards: str,
+    all_shards: list[str],
+    specs: list[str],
+    out_root: str,
+    out_dirs: dict[str, str],
+    skip: set[str],
+    quarantine: str | None,
+    config: InferConfig,
+    device: str,
+    precision: str,
+    timer: Timer,
+) -> dict[str, Manifest]:
+    """Every shard done: each model's manifest (outputs of earlier shard lists removed), then the summary."""
+    hashes = _shard_hashes(all_shards, specs, config.top_k, skip)
     manifests = {}
     for spec in specs:
         records = [read_part_record(out_dirs[spec], shard_stem(s), hashes[s, spec]) for s in all_shards]
@@ -305,6 +374,8 @@ def run_inference(
                 **done[-1]["model"],
             },
         )
+        prune(out_dirs[spec], manifest.outputs, ["*.npy", "*.parquet"])  # shards that are no longer in the input
+        prune_records(out_dirs[spec], [shard_stem(s) for s in all_shards])
         write_manifest(out_dirs[spec], manifest)
         manifests[spec] = manifest
     first = manifests[specs[0]]

@@ -28,13 +28,12 @@ from laionet.core.manifest import (
     Manifest,
     Timer,
     atomic_path,
-    completed,
     config_hash,
     join,
-    read_manifest,
     write_manifest,
     write_parquet_atomic,
 )
+from laionet.core.stage import prune, require_complete, stage_run
 from laionet.selection.encoders import PAPER_THRESHOLDS, canonical_spec
 from laionet.text.catalog import read_catalog
 
@@ -156,120 +155,119 @@ def run_select(
     """
     config = config or SelectionConfig()
     timer = Timer()
-    matches, sims = read_manifest(matches_dir), read_manifest(similarity_dir)
-    if matches is None or sims is None:
-        missing = matches_dir if matches is None else similarity_dir
-        raise FileNotFoundError(f"{missing}: stage is not complete (no _manifest.json)")
+    matches = require_complete(matches_dir, "match", hint="re-run `laionet match` (or the build flow)")
+    sims = require_complete(similarity_dir, "similarity", hint="re-run `laionet similarity` (or the build flow)")
     if sims.inputs != matches.outputs:
         raise ValueError(f"{similarity_dir} was computed from other match parts than {matches_dir}'s")
     encoder = canonical_spec(sims.config["encoder"])
     cfg = config.model_dump(mode="json")
     chash = config_hash({"config": cfg, "matches": matches.config_hash, "similarity": sims.config_hash})
-    done = completed(out_dir, chash)
-    if done:
-        return done
-    catalog = read_catalog(catalog_path)
-    class_index = dict(zip(catalog["wnid"], catalog["class_index"], strict=True))
-    grid = config.grid()
+    with stage_run(out_dir, chash, STAGE) as done:
+        if done:
+            return done
+        catalog = read_catalog(catalog_path)
+        class_index = dict(zip(catalog["wnid"], catalog["class_index"], strict=True))
+        grid = config.grid()
 
-    # pass 1: candidates per part → sweep counts, per-class max similarity, histogram, top-k
-    dropped = dict.fromkeys(DROP_REASONS, 0)
-    above = np.zeros(len(grid), dtype=np.int64)
-    class_max: dict[str, float] = {}
-    edges = np.round(np.arange(-1.0, 1.0 + 1e-9, 0.01), 6)
-    hist = np.zeros(len(edges) - 1, dtype=np.int64)
-    top: pd.DataFrame | None = None
-    rows_in = 0
-    parts = list(zip(matches.outputs, sims.outputs, strict=True))
-    for match_path, sim_path in parts:
-        frame = _read(match_path, ["key", "wnids", "nsfw"])
-        rows_in += len(frame)
-        cand, part_dropped = candidates(frame, _read(sim_path, ["key", "wnid", "similarity"]), config)
-        for reason, n in part_dropped.items():
-            dropped[reason] += n
-        sim = cand["similarity"].to_numpy(dtype=np.float64)
-        above += sweep_counts(sim, grid)
-        hist += np.histogram(np.clip(sim, -1, 1), bins=edges)[0]
-        for wnid, value in cand.groupby("wnid")["similarity"].max().items():
-            class_max[str(wnid)] = max(class_max.get(str(wnid), -np.inf), float(value))
-        if config.top_k:
-            top = top_k_per_class(pd.concat([top, cand]) if top is not None else cand, config.top_k)
-    maxima = np.array(sorted(class_max.values()))
-    sweep = pd.DataFrame(
-        {"threshold": grid, "n_samples": above, "n_classes": len(maxima) - np.searchsorted(maxima, grid, "right")}
-    )
-    if config.threshold == "auto":
-        if encoder in PAPER_THRESHOLDS:
-            threshold, rule = PAPER_THRESHOLDS[encoder], "paper value for this encoder"
-        else:
-            threshold = calibrate_threshold(sweep, config.calibration, config.coverage_keep)
-            rule = f"calibrated ({config.calibration} of the class-coverage curve)"
-    else:
-        threshold, rule = float(config.threshold), "given"
-
-    # pass 2: the index, streamed part by part (candidates recomputed: nothing corpus-sized is held in memory)
-    index_path = join(out_dir, "laionet.parquet")
-    counts: dict[str, int] = {}
-    with (
-        atomic_path(index_path) as tmp,
-        fsspec.open(tmp, "wb") as handle,
-        pq.ParquetWriter(handle, INDEX_SCHEMA, compression="zstd") as writer,
-    ):
+        # pass 1: candidates per part → sweep counts, per-class max similarity, histogram, top-k
+        dropped = dict.fromkeys(DROP_REASONS, 0)
+        above = np.zeros(len(grid), dtype=np.int64)
+        class_max: dict[str, float] = {}
+        edges = np.round(np.arange(-1.0, 1.0 + 1e-9, 0.01), 6)
+        hist = np.zeros(len(edges) - 1, dtype=np.int64)
+        top: pd.DataFrame | None = None
+        rows_in = 0
+        parts = list(zip(matches.outputs, sims.outputs, strict=True))
         for match_path, sim_path in parts:
             frame = _read(match_path, ["key", "wnids", "nsfw"])
-            cand, _ = candidates(frame, _read(sim_path, ["key", "wnid", "similarity"]), config)
-            kept = cand[cand["similarity"] > threshold]
-            dropped["below_threshold"] += len(cand) - len(kept)
-            for wnid, n in kept["wnid"].value_counts().items():
-                counts[str(wnid)] = counts.get(str(wnid), 0) + int(n)
-            writer.write_table(_index_rows(kept, _read(match_path, _CARRIED), class_index))
-    n_selected = sum(counts.values())
+            rows_in += len(frame)
+            cand, part_dropped = candidates(frame, _read(sim_path, ["key", "wnid", "similarity"]), config)
+            for reason, n in part_dropped.items():
+                dropped[reason] += n
+            sim = cand["similarity"].to_numpy(dtype=np.float64)
+            above += sweep_counts(sim, grid)
+            hist += np.histogram(np.clip(sim, -1, 1), bins=edges)[0]
+            for wnid, value in cand.groupby("wnid")["similarity"].max().items():
+                class_max[str(wnid)] = max(class_max.get(str(wnid), -np.inf), float(value))
+            if config.top_k:
+                top = top_k_per_class(pd.concat([top, cand]) if top is not None else cand, config.top_k)
+        maxima = np.array(sorted(class_max.values()))
+        sweep = pd.DataFrame(
+            {"threshold": grid, "n_samples": above, "n_classes": len(maxima) - np.searchsorted(maxima, grid, "right")}
+        )
+        if config.threshold == "auto":
+            if encoder in PAPER_THRESHOLDS:
+                threshold, rule = PAPER_THRESHOLDS[encoder], "paper value for this encoder"
+            else:
+                threshold = calibrate_threshold(sweep, config.calibration, config.coverage_keep)
+                rule = f"calibrated ({config.calibration} of the class-coverage curve)"
+        else:
+            threshold, rule = float(config.threshold), "given"
 
-    names = dict(zip(catalog["wnid"], catalog["name"], strict=True))
-    freq = pd.DataFrame({"wnid": list(counts), "n": list(counts.values())}, columns=["wnid", "n"])
-    freq["class_index"] = freq["wnid"].map(class_index).astype("int64")
-    freq["name"] = freq["wnid"].map(names)
-    freq["share"] = freq["n"] / max(n_selected, 1)
-    freq = freq.sort_values(["n", "class_index"], ascending=[False, True])[
-        ["wnid", "class_index", "name", "n", "share"]
-    ]
+        # pass 2: the index, streamed part by part (candidates recomputed: nothing corpus-sized is held in memory)
+        index_path = join(out_dir, "laionet.parquet")
+        counts: dict[str, int] = {}
+        with (
+            atomic_path(index_path) as tmp,
+            fsspec.open(tmp, "wb") as handle,
+            pq.ParquetWriter(handle, INDEX_SCHEMA, compression="zstd") as writer,
+        ):
+            for match_path, sim_path in parts:
+                frame = _read(match_path, ["key", "wnids", "nsfw"])
+                cand, _ = candidates(frame, _read(sim_path, ["key", "wnid", "similarity"]), config)
+                kept = cand[cand["similarity"] > threshold]
+                dropped["below_threshold"] += len(cand) - len(kept)
+                for wnid, n in kept["wnid"].value_counts().items():
+                    counts[str(wnid)] = counts.get(str(wnid), 0) + int(n)
+                writer.write_table(_index_rows(kept, _read(match_path, _CARRIED), class_index))
+        n_selected = sum(counts.values())
 
-    outputs = {
-        "index": index_path,
-        "class_frequency": join(out_dir, "class_frequency.parquet"),
-        "sweep": join(out_dir, "sweep.parquet"),
-        "histogram": join(out_dir, "histogram.parquet"),
-    }
-    write_parquet_atomic(pa.Table.from_pandas(freq, preserve_index=False), outputs["class_frequency"])
-    write_parquet_atomic(pa.Table.from_pandas(sweep, preserve_index=False), outputs["sweep"])
-    histogram = pd.DataFrame({"bin_left": edges[:-1], "bin_right": edges[1:], "count": hist})
-    write_parquet_atomic(pa.Table.from_pandas(histogram, preserve_index=False), outputs["histogram"])
-    extra: dict[str, Any] = {
-        "encoder": encoder,
-        "threshold": threshold,
-        "threshold_rule": rule,
-        "classes": len(counts),
-    }
-    if config.top_k and top is not None:
-        outputs["top_k"] = join(out_dir, f"top{config.top_k}.parquet")
-        top_rows = _index_rows(top, _read_many([m for m, _ in parts], top["key"]), class_index)
-        write_parquet_atomic(top_rows, outputs["top_k"])
-        extra["top_k_rows"] = len(top_rows)
-        extra["top_k_classes"] = len(pc.unique(top_rows.column("wnid")))
-    manifest = Manifest(
-        stage=STAGE,
-        config={**cfg, "encoder": encoder, "matches": matches_dir, "similarity": similarity_dir},
-        config_hash=chash,
-        inputs=[matches_dir, similarity_dir, catalog_path],
-        outputs=list(outputs.values()),
-        rows_in=rows_in,
-        rows_out=n_selected,
-        dropped=dropped,
-        wall_time_s=timer.elapsed,
-        extra=extra,
-    )
-    write_manifest(out_dir, manifest)
-    return manifest
+        names = dict(zip(catalog["wnid"], catalog["name"], strict=True))
+        freq = pd.DataFrame({"wnid": list(counts), "n": list(counts.values())}, columns=["wnid", "n"])
+        freq["class_index"] = freq["wnid"].map(class_index).astype("int64")
+        freq["name"] = freq["wnid"].map(names)
+        freq["share"] = freq["n"] / max(n_selected, 1)
+        freq = freq.sort_values(["n", "class_index"], ascending=[False, True])[
+            ["wnid", "class_index", "name", "n", "share"]
+        ]
+
+        outputs = {
+            "index": index_path,
+            "class_frequency": join(out_dir, "class_frequency.parquet"),
+            "sweep": join(out_dir, "sweep.parquet"),
+            "histogram": join(out_dir, "histogram.parquet"),
+        }
+        write_parquet_atomic(pa.Table.from_pandas(freq, preserve_index=False), outputs["class_frequency"])
+        write_parquet_atomic(pa.Table.from_pandas(sweep, preserve_index=False), outputs["sweep"])
+        histogram = pd.DataFrame({"bin_left": edges[:-1], "bin_right": edges[1:], "count": hist})
+        write_parquet_atomic(pa.Table.from_pandas(histogram, preserve_index=False), outputs["histogram"])
+        extra: dict[str, Any] = {
+            "encoder": encoder,
+            "threshold": threshold,
+            "threshold_rule": rule,
+            "classes": len(counts),
+        }
+        if config.top_k and top is not None:
+            outputs["top_k"] = join(out_dir, f"top{config.top_k}.parquet")
+            top_rows = _index_rows(top, _read_many([m for m, _ in parts], top["key"]), class_index)
+            write_parquet_atomic(top_rows, outputs["top_k"])
+            extra["top_k_rows"] = len(top_rows)
+            extra["top_k_classes"] = len(pc.unique(top_rows.column("wnid")))
+        manifest = Manifest(
+            stage=STAGE,
+            config={**cfg, "encoder": encoder, "matches": matches_dir, "similarity": similarity_dir},
+            config_hash=chash,
+            inputs=[matches_dir, similarity_dir, catalog_path],
+            outputs=list(outputs.values()),
+            rows_in=rows_in,
+            rows_out=n_selected,
+            dropped=dropped,
+            wall_time_s=timer.elapsed,
+            extra=extra,
+        )
+        prune(out_dir, manifest.outputs, ["*.parquet"])  # e.g. the top-k table of an earlier k
+        write_manifest(out_dir, manifest)
+        return manifest
 
 
 def _index_rows(chosen: pd.DataFrame, carried: pd.DataFrame, class_index: dict[str, int]) -> pa.Table:

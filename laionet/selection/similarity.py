@@ -28,19 +28,18 @@ from laionet.core.manifest import (
     Manifest,
     Timer,
     atomic_path,
-    completed,
     config_hash,
     file_digest,
     join,
     parquet_rows,
     part_stem,
-    read_manifest,
     read_part_record,
     write_json_atomic,
     write_manifest,
     write_parquet_atomic,
     write_part_record,
 )
+from laionet.core.stage import prune, prune_records, require_complete, stage_run
 from laionet.selection.encoders import TextEncoder, canonical_spec, create_text_encoder, spec_slug
 from laionet.selection.precomputed import EmbeddingShardError, gather, pair_shards
 from laionet.text.catalog import read_catalog
@@ -189,9 +188,7 @@ def run_similarity(
     config = config or SimilarityConfig()
     spec = canonical_spec(config.encoder)
     timer = Timer()
-    matches = read_manifest(matches_dir)
-    if matches is None:
-        raise FileNotFoundError(f"{matches_dir}: match stage is not complete (no _manifest.json)")
+    matches = require_complete(matches_dir, "match", hint="re-run `laionet match` (or the build flow)")
     catalog = read_catalog(catalog_path)
     # what a part's similarities depend on: encoder, numeric precision, catalog (device and batch size do not)
     sources = {
@@ -203,86 +200,90 @@ def run_similarity(
         {"encoder": spec, "precision": config.precision, "catalog": file_digest(catalog_path), **sources}
     )
     chash = config_hash({"part_hash": part_hash, "matches": matches.config_hash, "parts": matches.outputs})
-    done = completed(out_dir, chash)
-    if done:
-        return done
+    with stage_run(out_dir, chash, STAGE) as done:
+        if done:
+            return done
 
-    # each part's result also depends on that match part's content (a rebuilt match stage must not be reused)
-    hashes = {part: config_hash({"stage": part_hash, "part": file_digest(part)}) for part in matches.outputs}
-    records: dict[str, dict[str, Any]] = {}
-    todo = []
-    for part in matches.outputs:
-        record = read_part_record(out_dir, part, hashes[part])
-        if record:
-            records[part] = record
-        else:
-            todo.append(part)
-    if todo:
-        shards = None
-        if config.caption_embeddings or config.caption_metadata:
-            if not (config.caption_embeddings and config.caption_metadata):
-                raise ValueError("precomputed caption embeddings need both caption_embeddings and caption_metadata")
-            shards = pair_shards(config.caption_embeddings, config.caption_metadata)  # checked before any work
-        # a text model is needed unless both captions and synset texts come precomputed
-        encoder = None if (shards and config.synset_embeddings) else encoder_factory(config)
-        wnid_index = {w: i for i, w in enumerate(catalog["wnid"])}
-        if config.synset_embeddings:
-            synset_emb = _load_synset_embeddings(config.synset_embeddings, len(catalog))
-        else:
-            assert encoder is not None
-            synset_emb = _synset_embeddings(out_dir, catalog, encoder)
-        gathered = gather(todo, shards, out_dir, config.metadata_url_col, config.metadata_text_col) if shards else {}
-        total = sum(parquet_rows(p) or 0 for p in todo)
-        with tqdm(total=total, desc=f"similarity {spec}", unit="captions", unit_scale=True, disable=None) as bar:
-            for part in todo:
-                part_timer = Timer()
-                with fsspec.open(part, "rb") as f:
-                    table = pq.read_table(f, columns=["key", "text", "wnids"])
-                encoded = [0]
+        # each part's result also depends on that match part's content (a rebuilt match stage must not be reused)
+        hashes = {part: config_hash({"stage": part_hash, "part": file_digest(part)}) for part in matches.outputs}
+        records: dict[str, dict[str, Any]] = {}
+        todo = []
+        for part in matches.outputs:
+            record = read_part_record(out_dir, part, hashes[part])
+            if record:
+                records[part] = record
+            else:
+                todo.append(part)
+        if todo:
+            shards = None
+            if config.caption_embeddings or config.caption_metadata:
+                if not (config.caption_embeddings and config.caption_metadata):
+                    raise ValueError("precomputed caption embeddings need both caption_embeddings and caption_metadata")
+                shards = pair_shards(config.caption_embeddings, config.caption_metadata)  # checked before any work
+            # a text model is needed unless both captions and synset texts come precomputed
+            encoder = None if (shards and config.synset_embeddings) else encoder_factory(config)
+            wnid_index = {w: i for i, w in enumerate(catalog["wnid"])}
+            if config.synset_embeddings:
+                synset_emb = _load_synset_embeddings(config.synset_embeddings, len(catalog))
+            else:
+                assert encoder is not None
+                synset_emb = _synset_embeddings(out_dir, catalog, encoder)
+            gathered = (
+                gather(todo, shards, out_dir, config.metadata_url_col, config.metadata_text_col) if shards else {}
+            )
+            total = sum(parquet_rows(p) or 0 for p in todo)
+            with tqdm(total=total, desc=f"similarity {spec}", unit="captions", unit_scale=True, disable=None) as bar:
+                for part in todo:
+                    part_timer = Timer()
+                    with fsspec.open(part, "rb") as f:
+                        table = pq.read_table(f, columns=["key", "text", "wnids"])
+                    encoded = [0]
 
-                def advance(n: int, encoded: list[int] = encoded) -> None:
-                    encoded[0] += n
-                    bar.update(n)
+                    def advance(n: int, encoded: list[int] = encoded) -> None:
+                        encoded[0] += n
+                        bar.update(n)
 
-                caption_emb = None
-                if part in gathered:
-                    with fsspec.open(gathered[part], "rb") as f:
-                        caption_emb = np.load(f)
-                    if caption_emb.shape[0] and caption_emb.shape[1] != synset_emb.shape[1]:
-                        raise EmbeddingShardError(
-                            f"caption embeddings are {caption_emb.shape[1]}-d but synset embeddings are "
-                            f"{synset_emb.shape[1]}-d: they must come from the same model"
-                        )
-                scored, dropped = score_part(
-                    table, encoder, synset_emb, wnid_index, progress=advance, caption_emb=caption_emb
-                )
-                out_path = join(out_dir, f"{part_stem(part)}.parquet")
-                write_parquet_atomic(scored, out_path)
-                record = {
-                    "output": out_path,
-                    "config_hash": hashes[part],
-                    "rows_in": scored.num_rows + sum(dropped.values()),
-                    "rows_out": scored.num_rows,
-                    "dropped": dropped,
-                    "captions": table.num_rows,
-                    "wall_time_s": part_timer.elapsed,
-                }
-                write_part_record(out_dir, part, record)
-                records[part] = {"part": part, **record}
-                bar.update(max(0, table.num_rows - encoded[0]))  # duplicates were encoded once
+                    caption_emb = None
+                    if part in gathered:
+                        with fsspec.open(gathered[part], "rb") as f:
+                            caption_emb = np.load(f)
+                        if caption_emb.shape[0] and caption_emb.shape[1] != synset_emb.shape[1]:
+                            raise EmbeddingShardError(
+                                f"caption embeddings are {caption_emb.shape[1]}-d but synset embeddings are "
+                                f"{synset_emb.shape[1]}-d: they must come from the same model"
+                            )
+                    scored, dropped = score_part(
+                        table, encoder, synset_emb, wnid_index, progress=advance, caption_emb=caption_emb
+                    )
+                    out_path = join(out_dir, f"{part_stem(part)}.parquet")
+                    write_parquet_atomic(scored, out_path)
+                    record = {
+                        "output": out_path,
+                        "config_hash": hashes[part],
+                        "rows_in": scored.num_rows + sum(dropped.values()),
+                        "rows_out": scored.num_rows,
+                        "dropped": dropped,
+                        "captions": table.num_rows,
+                        "wall_time_s": part_timer.elapsed,
+                    }
+                    write_part_record(out_dir, part, record)
+                    records[part] = {"part": part, **record}
+                    bar.update(max(0, table.num_rows - encoded[0]))  # duplicates were encoded once
 
-    ordered = [records[p] for p in matches.outputs]
-    manifest = Manifest(
-        stage=STAGE,
-        config={**config.model_dump(mode="json"), "encoder": spec, "catalog": catalog_path, "matches": matches_dir},
-        config_hash=chash,
-        inputs=matches.outputs,
-        outputs=[r["output"] for r in ordered],
-        rows_in=sum(r["rows_in"] for r in ordered),
-        rows_out=sum(r["rows_out"] for r in ordered),
-        dropped={reason: sum(r["dropped"].get(reason, 0) for r in ordered) for reason in DROP_REASONS},
-        wall_time_s=timer.elapsed,
-        extra={"captions": sum(r["captions"] for r in ordered), "parts_skipped": len(ordered) - len(todo)},
-    )
-    write_manifest(out_dir, manifest)
-    return manifest
+        ordered = [records[p] for p in matches.outputs]
+        manifest = Manifest(
+            stage=STAGE,
+            config={**config.model_dump(mode="json"), "encoder": spec, "catalog": catalog_path, "matches": matches_dir},
+            config_hash=chash,
+            inputs=matches.outputs,
+            outputs=[r["output"] for r in ordered],
+            rows_in=sum(r["rows_in"] for r in ordered),
+            rows_out=sum(r["rows_out"] for r in ordered),
+            dropped={reason: sum(r["dropped"].get(reason, 0) for r in ordered) for reason in DROP_REASONS},
+            wall_time_s=timer.elapsed,
+            extra={"captions": sum(r["captions"] for r in ordered), "parts_skipped": len(ordered) - len(todo)},
+        )
+        prune(out_dir, manifest.outputs, ["*.parquet"])  # parts of an earlier match stage
+        prune_records(out_dir, matches.outputs)
+        write_manifest(out_dir, manifest)
+        return manifest

@@ -13,7 +13,8 @@ import fsspec
 import pandas as pd
 import pyarrow as pa
 
-from laionet.core.manifest import Manifest, Timer, completed, config_hash, write_manifest, write_parquet_atomic
+from laionet.core.manifest import Manifest, Timer, config_hash, write_manifest, write_parquet_atomic
+from laionet.core.stage import stage_run
 from laionet.text.wordnet import synset_from_wnid
 
 BUILTIN_CLASS_SETS = ("imagenet1k", "imagenet21k")
@@ -97,23 +98,23 @@ def run_catalog(classes: str, out_path: str) -> Manifest:
     wnids = load_class_set(classes)
     config = {"classes": classes if classes in BUILTIN_CLASS_SETS else str(Path(classes).resolve())}
     chash = config_hash({**config, "wnids": wnids})
-    done = completed(out_path, chash)
-    if done:
-        return done
-    table = build_catalog(wnids)
-    write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False), out_path)
-    manifest = Manifest(
-        stage="catalog",
-        config=config,
-        config_hash=chash,
-        inputs=[classes],
-        outputs=[out_path],
-        rows_in=len(wnids),
-        rows_out=len(table),
-        wall_time_s=timer.elapsed,
-    )
-    write_manifest(out_path, manifest)
-    return manifest
+    with stage_run(out_path, chash, "catalog") as done:
+        if done:
+            return done
+        table = build_catalog(wnids)
+        write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False), out_path)
+        manifest = Manifest(
+            stage="catalog",
+            config=config,
+            config_hash=chash,
+            inputs=[classes],
+            outputs=[out_path],
+            rows_in=len(wnids),
+            rows_out=len(table),
+            wall_time_s=timer.elapsed,
+        )
+        write_manifest(out_path, manifest)
+        return manifest
 
 
 def read_catalog(path: str) -> pd.DataFrame:

@@ -28,7 +28,8 @@ CARRIED_TYPES: dict[str, pa.DataType] = {
     "height": pa.int64(),
     "laion_similarity": pa.float64(),
 }
-BAD_REASONS = ("null_text", "invalid_utf8", "too_long", "null_key")
+BAD_REASONS = ("null_text", "invalid_utf8", "too_long", "null_key", "duplicate_key")
+DUPLICATE_SAMPLE = 5  # keys named in a part's record when duplicates are dropped
 
 
 class CorpusError(ValueError):
@@ -60,6 +61,7 @@ class ColumnMap(BaseModel):
 class BatchCounts:
     rows: int = 0
     bad: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BAD_REASONS, 0))
+    duplicate_keys: list[str] = field(default_factory=list)  # a sample of the keys dropped as duplicate_key
 
 
 def open_part(path: str, columns: ColumnMap) -> pq.ParquetFile:
@@ -86,10 +88,28 @@ def open_part(path: str, columns: ColumnMap) -> pq.ParquetFile:
     return part
 
 
+def _repeated_keys(key: pa.Array, seen: set[str]) -> pa.Array | None:
+    """Mask of the rows whose (non-null) key occurred earlier in the part — in ``seen`` or earlier in this batch —
+    and add this batch's keys to ``seen``; None when no key repeats."""
+    values = key.to_pylist()
+    mask = []
+    for value in values:
+        if value is None:
+            mask.append(False)
+        elif value in seen:
+            mask.append(True)
+        else:
+            seen.add(value)
+            mask.append(False)
+    return pa.array(mask, pa.bool_()) if any(mask) else None
+
+
 def _decode_text(array: pa.Array, path: str, column: str, counts: BatchCounts) -> pa.Array:
     """Return a valid string array; rows that are not valid UTF-8 become null and are counted."""
     if pa.types.is_dictionary(array.type):
         array = array.dictionary_decode()
+    if pa.types.is_null(array.type):  # a column with no caption at all (Arrow type null): every row is null_text
+        return pa.nulls(len(array), pa.string())
     if pa.types.is_large_string(array.type):
         array = array.cast(pa.string())
     if pa.types.is_string(array.type):
@@ -151,6 +171,7 @@ def iter_part(
     read_cols = sorted({*sources.values(), *([columns.key] if columns.key else [])})
     stem = path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".parquet")
     start = 0
+    seen: set[str] = set()  # keys of this part so far: a repeated key keeps its first row (duplicate_key)
     try:
         for batch in _batches(part, read_cols, batch_size):
             counts = BatchCounts(rows=batch.num_rows)
@@ -179,6 +200,12 @@ def iter_part(
             counts.bad["null_text"] = int(pc.sum(pc.is_null(text)).as_py() or 0) - counts.bad["invalid_utf8"]
             counts.bad["null_key"] = int(pc.sum(pc.and_(null_key, pc.is_valid(text))).as_py() or 0)
             counts.bad["too_long"] = int(pc.sum(pc.and_(too_long, pc.invert(null_key))).as_py() or 0)
+            repeated = _repeated_keys(key, seen) if columns.key else None  # '<stem>/<row>' keys are unique
+            if repeated is not None:  # counted only where no earlier reason applies
+                dup = pc.and_(repeated, pc.invert(pc.or_(unusable, pc.is_null(text))))
+                counts.bad["duplicate_key"] = int(pc.sum(dup).as_py() or 0)
+                counts.duplicate_keys = pc.filter(key, dup).to_pylist()[:DUPLICATE_SAMPLE]
+                unusable = pc.or_(unusable, repeated)
             data["text"] = pc.if_else(unusable, pa.scalar(None, pa.string()), text)
             yield pa.RecordBatch.from_pydict(data), counts
             start += n

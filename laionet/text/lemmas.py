@@ -21,12 +21,12 @@ import pyarrow as pa
 from laionet.core.manifest import (
     Manifest,
     Timer,
-    completed,
     config_hash,
     file_digest,
     write_manifest,
     write_parquet_atomic,
 )
+from laionet.core.stage import require_file_input, stage_run
 from laionet.text.catalog import read_catalog
 from laionet.text.normalize import Mode, default_normalize, default_normalize_array, paper_normalize
 
@@ -117,37 +117,38 @@ def run_lemmas(catalog_path: str, policy: Mode, out_path: str) -> Manifest:
     (``<out stem>.dropped.parquet``), manifest last. Counts are over distinct WordNet lemma strings. Returns the
     existing manifest without work if the output is complete for the same catalog content and policy."""
     timer = Timer()
+    require_file_input(catalog_path, "catalog", hint="re-run `laionet catalog`")
     chash = config_hash({"policy": policy, "catalog": file_digest(catalog_path)})
-    done = completed(out_path, chash)
-    if done:
-        return done
-    catalog = read_catalog(catalog_path)
-    result = build_lemma_map(catalog, policy)
-    write_parquet_atomic(pa.Table.from_pandas(result.table, preserve_index=False), out_path)
-    dropped_path = out_path.removesuffix(".parquet") + ".dropped.parquet"
-    write_parquet_atomic(pa.Table.from_pandas(result.dropped, preserve_index=False), dropped_path)
-    n_sources = len({lemma for lemmas in catalog["lemmas"] for lemma in lemmas})
-    kept_sources = sum(len(s) for s in result.table["sources"])
-    manifest = Manifest(
-        stage="lemmas",
-        config={"policy": policy, "catalog": catalog_path},
-        config_hash=chash,
-        inputs=[catalog_path],
-        outputs=[out_path, dropped_path],
-        rows_in=n_sources,
-        rows_out=kept_sources,
-        dropped={"not_kept": n_sources - kept_sources},
-        wall_time_s=timer.elapsed,
-        extra={
-            "lemmas": len(result.table),
-            "classes_covered": result.n_classes,
-            "classes": len(catalog),
-            "dropped_by_reason": result.dropped["reason"].value_counts().to_dict(),
-            "reachability": reachability(result.table, policy),
-        },
-    )
-    write_manifest(out_path, manifest)
-    return manifest
+    with stage_run(out_path, chash, "lemmas") as done:
+        if done:
+            return done
+        catalog = read_catalog(catalog_path)
+        result = build_lemma_map(catalog, policy)
+        write_parquet_atomic(pa.Table.from_pandas(result.table, preserve_index=False), out_path)
+        dropped_path = out_path.removesuffix(".parquet") + ".dropped.parquet"
+        write_parquet_atomic(pa.Table.from_pandas(result.dropped, preserve_index=False), dropped_path)
+        n_sources = len({lemma for lemmas in catalog["lemmas"] for lemma in lemmas})
+        kept_sources = sum(len(s) for s in result.table["sources"])
+        manifest = Manifest(
+            stage="lemmas",
+            config={"policy": policy, "catalog": catalog_path},
+            config_hash=chash,
+            inputs=[catalog_path],
+            outputs=[out_path, dropped_path],
+            rows_in=n_sources,
+            rows_out=kept_sources,
+            dropped={"not_kept": n_sources - kept_sources},
+            wall_time_s=timer.elapsed,
+            extra={
+                "lemmas": len(result.table),
+                "classes_covered": result.n_classes,
+                "classes": len(catalog),
+                "dropped_by_reason": result.dropped["reason"].value_counts().to_dict(),
+                "reachability": reachability(result.table, policy),
+            },
+        )
+        write_manifest(out_path, manifest)
+        return manifest
 
 
 def reachability(table: pd.DataFrame, policy: Mode) -> dict[str, int]:

@@ -26,11 +26,9 @@ from laionet.core.manifest import (
     Manifest,
     Timer,
     atomic_path,
-    completed,
     config_hash,
     file_digest,
     join,
-    manifest_path,
     parquet_rows,
     part_stem,
     read_manifest,
@@ -38,7 +36,8 @@ from laionet.core.manifest import (
     write_manifest,
     write_part_record,
 )
-from laionet.text.corpus import BAD_REASONS, CARRIED_TYPES, ColumnMap, CorpusError, iter_part
+from laionet.core.stage import input_identity, prune, prune_records, stage_run
+from laionet.text.corpus import BAD_REASONS, CARRIED_TYPES, DUPLICATE_SAMPLE, ColumnMap, CorpusError, iter_part
 from laionet.text.matcher import LemmaMatcher
 from laionet.text.normalize import Mode
 
@@ -106,6 +105,7 @@ def match_part(
     """
     dropped = dict.fromkeys(DROP_REASONS, 0)
     rows_in = rows_out = 0
+    duplicate_keys: list[str] = []
     with atomic_path(out_path) as tmp, fsspec.open(tmp, "wb") as handle:
         writer = pq.ParquetWriter(handle, MATCH_SCHEMA, compression="zstd")
         try:
@@ -115,6 +115,7 @@ def match_part(
                 rows_out += len(found.rows)
                 for reason, n in counts.bad.items():
                     dropped[reason] += n
+                duplicate_keys = (duplicate_keys + counts.duplicate_keys)[:DUPLICATE_SAMPLE]
                 dropped["unmatched"] += batch.num_rows - len(found.rows) - sum(counts.bad.values())
                 if len(found.rows):
                     taken = batch.take(pa.array(found.rows))
@@ -126,7 +127,10 @@ def match_part(
                     on_rows(batch.num_rows)
         finally:
             writer.close()
-    return {"rows_in": rows_in, "rows_out": rows_out, "dropped": dropped}
+    result: dict[str, Any] = {"rows_in": rows_in, "rows_out": rows_out, "dropped": dropped}
+    if duplicate_keys:
+        result["duplicate_keys"] = duplicate_keys
+    return result
 
 
 @lru_cache(maxsize=4)
@@ -147,7 +151,13 @@ def _run_one(part: str, out_dir: str, lemma_map_path: str, config: MatchConfig, 
         counts = match_part(part, out_path, matcher, config, on_rows=bar.update)
     finally:
         bar.close()
-    record = {"output": out_path, "config_hash": chash, **counts, "wall_time_s": timer.elapsed}
+    record = {
+        "output": out_path,
+        "config_hash": chash,
+        "identity": input_identity(part),
+        **counts,
+        "wall_time_s": timer.elapsed,
+    }
     write_part_record(out_dir, part, record)
     return {"part": part, **record}
 
@@ -180,17 +190,28 @@ def run_match(
     cfg = config.model_dump(mode="json")
     part_hash = config_hash({"config": cfg, "lemma_map": file_digest(lemma_map_path)})  # what one part depends on
     chash = config_hash({"part_hash": part_hash, "parts": parts})
-    complete = completed(out_dir, chash)
-    if complete:
-        return complete
-    if read_manifest(out_dir):  # the directory is about to change: incomplete until the new manifest exists
-        fs, real = url_to_fs(manifest_path(out_dir))
-        fs.rm(real)
+    with stage_run(out_dir, chash, STAGE) as complete:
+        if complete:
+            return complete
+        return _match_parts(parts, out_dir, lemma_map_path, config, cfg, part_hash, chash, workers, timer)
 
+
+def _match_parts(
+    parts: list[str],
+    out_dir: str,
+    lemma_map_path: str,
+    config: MatchConfig,
+    cfg: dict[str, Any],
+    part_hash: str,
+    chash: str,
+    workers: int,
+    timer: Timer,
+) -> Manifest:
+    """The body of ``run_match`` under the stage lock: resume parts whose record matches, match the rest."""
     records: dict[str, dict[str, Any]] = {}
     todo = []
     for part in parts:
-        record = read_part_record(out_dir, part, part_hash)
+        record = read_part_record(out_dir, part, part_hash, input_identity(part))
         if record:
             records[part] = record
         else:
@@ -217,8 +238,14 @@ def run_match(
         rows_out=sum(r["rows_out"] for r in ordered),
         dropped=dropped,
         wall_time_s=timer.elapsed,
-        extra={"parts_skipped": len(parts) - len(todo), "workers": workers},
+        extra={
+            "parts_skipped": len(parts) - len(todo),
+            "workers": workers,
+            "duplicate_keys": [k for r in ordered for k in r.get("duplicate_keys", [])][:DUPLICATE_SAMPLE],
+        },
     )
+    prune(out_dir, manifest.outputs, ["*.parquet"])  # outputs of parts that are no longer inputs
+    prune_records(out_dir, parts)
     write_manifest(out_dir, manifest)
     return manifest
 

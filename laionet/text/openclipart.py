@@ -17,7 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from laionet.core.manifest import Manifest, Timer, completed, config_hash, join, write_manifest, write_parquet_atomic
+from laionet.core.manifest import Manifest, Timer, config_hash, join, write_manifest, write_parquet_atomic
+from laionet.core.stage import stage_run
 
 DEFAULT_ROOT = Path("/usr/share/openclipart/svg")
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -102,57 +103,59 @@ def build_openclipart_corpus(
     """
     timer = Timer()
     config = {"root": str(root), "base_url": base_url, "limit": limit}
-    done = completed(out_dir, config_hash(config))
-    if done:
-        return done
-    files = sorted(root.rglob("*.svg"))
-    if limit is not None:
-        files = files[:limit]
-    if not files:
-        raise FileNotFoundError(f"no .svg files under {root}; install Debian's openclipart-svg (apt-get install ...)")
-    columns: dict[str, list[object]] = {k: [] for k in ["SAMPLE_ID", "URL", "TEXT", "HEIGHT", "WIDTH", "PATH"]}
-    unreadable = 0
-    for index, path in enumerate(tqdm(files, desc="openclipart", unit="svg", disable=None)):
-        try:
-            with path.open("rb") as f:
-                art = parse_svg(f.read(_READ_BYTES))
-        except OSError:
-            unreadable += 1
-            continue
-        rel = path.relative_to(root).as_posix()
-        columns["SAMPLE_ID"].append(index)
-        columns["URL"].append(f"{base_url.rstrip('/')}/{rel}")
-        columns["TEXT"].append(art.text)
-        columns["HEIGHT"].append(art.height)
-        columns["WIDTH"].append(art.width)
-        columns["PATH"].append(str(path))
-    n = len(columns["URL"])
-    table = pa.table(
-        {
-            "SAMPLE_ID": pa.array(columns["SAMPLE_ID"], pa.int64()),
-            "URL": pa.array(columns["URL"], pa.string()),
-            "TEXT": pa.array(columns["TEXT"], pa.string()),
-            "HEIGHT": pa.array(columns["HEIGHT"], pa.int64()),
-            "WIDTH": pa.array(columns["WIDTH"], pa.int64()),
-            "LICENSE": pa.array(["public domain"] * n, pa.string()),
-            "NSFW": pa.array(["UNLIKELY"] * n, pa.string()),
-            "similarity": pa.nulls(n, pa.float64()),
-            "PATH": pa.array(columns["PATH"], pa.string()),
-        }
-    )
-    out_path = join(out_dir, "openclipart.parquet")
-    write_parquet_atomic(table, out_path)
-    manifest = Manifest(
-        stage=STAGE,
-        config=config,
-        config_hash=config_hash(config),
-        inputs=[str(root)],
-        outputs=[out_path],
-        rows_in=len(files),
-        rows_out=n,
-        dropped={"unreadable": unreadable},
-        wall_time_s=timer.elapsed,
-        extra={"rows_without_text": sum(t is None for t in columns["TEXT"])},
-    )
-    write_manifest(out_dir, manifest)
-    return manifest
+    with stage_run(out_dir, config_hash(config), STAGE) as done:
+        if done:
+            return done
+        files = sorted(root.rglob("*.svg"))
+        if limit is not None:
+            files = files[:limit]
+        if not files:
+            raise FileNotFoundError(
+                f"no .svg files under {root}; install Debian's openclipart-svg (apt-get install ...)"
+            )
+        columns: dict[str, list[object]] = {k: [] for k in ["SAMPLE_ID", "URL", "TEXT", "HEIGHT", "WIDTH", "PATH"]}
+        unreadable = 0
+        for index, path in enumerate(tqdm(files, desc="openclipart", unit="svg", disable=None)):
+            try:
+                with path.open("rb") as f:
+                    art = parse_svg(f.read(_READ_BYTES))
+            except OSError:
+                unreadable += 1
+                continue
+            rel = path.relative_to(root).as_posix()
+            columns["SAMPLE_ID"].append(index)
+            columns["URL"].append(f"{base_url.rstrip('/')}/{rel}")
+            columns["TEXT"].append(art.text)
+            columns["HEIGHT"].append(art.height)
+            columns["WIDTH"].append(art.width)
+            columns["PATH"].append(str(path))
+        n = len(columns["URL"])
+        table = pa.table(
+            {
+                "SAMPLE_ID": pa.array(columns["SAMPLE_ID"], pa.int64()),
+                "URL": pa.array(columns["URL"], pa.string()),
+                "TEXT": pa.array(columns["TEXT"], pa.string()),
+                "HEIGHT": pa.array(columns["HEIGHT"], pa.int64()),
+                "WIDTH": pa.array(columns["WIDTH"], pa.int64()),
+                "LICENSE": pa.array(["public domain"] * n, pa.string()),
+                "NSFW": pa.array(["UNLIKELY"] * n, pa.string()),
+                "similarity": pa.nulls(n, pa.float64()),
+                "PATH": pa.array(columns["PATH"], pa.string()),
+            }
+        )
+        out_path = join(out_dir, "openclipart.parquet")
+        write_parquet_atomic(table, out_path)
+        manifest = Manifest(
+            stage=STAGE,
+            config=config,
+            config_hash=config_hash(config),
+            inputs=[str(root)],
+            outputs=[out_path],
+            rows_in=len(files),
+            rows_out=n,
+            dropped={"unreadable": unreadable},
+            wall_time_s=timer.elapsed,
+            extra={"rows_without_text": sum(t is None for t in columns["TEXT"])},
+        )
+        write_manifest(out_dir, manifest)
+        return manifest
