@@ -138,11 +138,11 @@ def test_recall_difference_by_hand(tmp_path) -> None:
     assert table["verdict"].tolist() == ["neither", "higher"]
     summary = pd.read_parquet(tmp_path / "diff" / "summary.parquet")
     assert summary[["k", "classes", "n_higher", "n_lower"]].values.tolist() == [[1, 2, 1, 0]]
-    boot = run_recall_difference(a, b, str(tmp_path / "boot"), n_boot=400)
+    boot = run_recall_difference(a, b, str(tmp_path / "boot"), method="bootstrap", n_boot=400)
     table = pd.read_parquet(tmp_path / "boot" / "recall_at_1.parquet").set_index("class")
     assert table.loc[1, "lower"] > 0.4 and table.loc[0, "lower"] < 0.4 < table.loc[0, "upper"]
     assert boot.extra["proportions"][0]["higher"] == pytest.approx(table["significantly_higher"].mean())
-    with pytest.raises(ValueError, match=r"a\.parquet: missing columns \['recall@5'\]"):
+    with pytest.raises(ValueError, match=r"a\.parquet: missing columns \['recall@5', 'correct@5'\]"):
         run_recall_difference(a, b, str(tmp_path / "k5"), ks=(5,))
 
 
@@ -180,3 +180,46 @@ def test_own_similarity_matches_b_class_counts(tmp_path) -> None:
     assert per_class.loc[0, "verdict"] == "lower" and per_class["n_b"].tolist() == [4, 7, 9]
     summary = pd.read_parquet(tmp_path / "own" / "summary.parquet").set_index("group")
     assert summary.loc["b", "ks_vs_b"] == 0 and summary.loc["a_matched", "n"] == summary.loc["b", "n"] == 20
+
+
+def test_laion_weighting_by_the_reference_beside_the_renormalised_default(tmp_path) -> None:
+    """Shares of the full pre-OCR LAIONet: 0.5, 0.3, 0.2; class 2's only image is OCR-flagged, so it is unscored."""
+    labels = _write(tmp_path / "labels.parquet", key=list("abcdef"), class_index=[0, 0, 1, 1, 1, 2])
+    preds = _write(
+        tmp_path / "pred.parquet",
+        key=list("abcdef"),
+        topk=pa.array([[0], [3], [1], [1], [0], [2]], type=pa.list_(pa.int64())),
+    )
+    flags = _write(tmp_path / "ocr.parquet", key=["f"], flagged=[True])
+    weights = _write(tmp_path / "freq.parquet", class_index=[0, 1, 2], share=[0.5, 0.3, 0.2])
+    run_accuracy(preds, labels, str(tmp_path / "acc"), weights=weights, flags=flags, ks=(1,), n_boot=200)
+    summary = pd.read_parquet(tmp_path / "acc" / "summary.parquet").set_index("weighting")
+    recall_0, recall_1 = 1 / 2, 2 / 3
+    assert summary.loc["equal", "accuracy"] == pytest.approx((recall_0 + recall_1) / 2)
+    assert summary.loc["laion", "accuracy"] == pytest.approx((0.5 * recall_0 + 0.3 * recall_1) / 0.8)
+    assert summary.loc["laion-paper", "accuracy"] == pytest.approx(0.5 * recall_0 + 0.3 * recall_1)  # class 2 as 0
+    for row in summary.itertuples():
+        assert row.bootstrap_lower <= row.accuracy <= row.bootstrap_upper
+        assert row.classes == 2 and row.bootstrap_method == "jeffreys" and "2 classes" in row.class_set
+
+
+def test_pair_accuracy_over_the_classes_both_have_and_all_classes_as_its_own_row(tmp_path) -> None:
+    from laionet.evaluation.evaluate import run_recall_difference
+
+    # A (LAIONet-like) has classes 0, 1; B (val-like) has 0-3, its extra classes easy (recall 1)
+    a = _per_class(tmp_path / "a.parquet", [0, 1], [4, 6], [1, 3])
+    b = _per_class(tmp_path / "b.parquet", [0, 1, 2, 3], [10, 10, 10, 10], [5, 6, 10, 10])
+    weights = _write(tmp_path / "freq.parquet", class_index=[0, 1, 2, 3], share=[0.6, 0.2, 0.1, 0.1])
+    run_recall_difference(a, b, str(tmp_path / "diff"), weights=weights, n_boot=500)
+    acc = pd.read_parquet(tmp_path / "diff" / "accuracy.parquet").set_index(["weighting", "class_set"])
+    both, every = acc.loc[("equal", "both")], acc.loc[("equal", "all")]
+    assert (both["classes_a"], both["classes_b"]) == (2, 2)
+    assert both["accuracy_a"] == pytest.approx((1 / 4 + 3 / 6) / 2)
+    assert both["accuracy_b"] == pytest.approx((0.5 + 0.6) / 2)  # B over A's classes only
+    assert both["difference"] == pytest.approx(0.375 - 0.55)
+    assert both["lower"] < both["difference"] < both["upper"]
+    assert (every["classes_a"], every["classes_b"]) == (2, 4)
+    assert every["accuracy_b"] == pytest.approx((0.5 + 0.6 + 1 + 1) / 4)  # the all-classes figure, its own row
+    laion = acc.loc[("laion", "both")]
+    assert laion["accuracy_b"] == pytest.approx((0.6 * 0.5 + 0.2 * 0.6) / 0.8)
+    assert acc.loc[("laion-paper", "all"), "accuracy_b"] == pytest.approx(0.6 * 0.5 + 0.2 * 0.6 + 0.1 + 0.1)

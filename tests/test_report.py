@@ -21,7 +21,7 @@ from laionet.core.config import DEMO_DISCLAIMER
 from laionet.core.layout import accuracy_dir, intra_dir, relations_dir, report_dir, variant_labels
 from laionet.core.manifest import Manifest, config_hash, join, read_manifest, write_manifest
 from laionet.evaluation.evaluate import run_accuracy, run_intra_class
-from laionet.evaluation.metrics import recall_difference
+from laionet.evaluation.metrics import compared_accuracy, recall_difference
 from laionet.evaluation.stats import compare_means
 from laionet.images.shards import ShardWriter
 from laionet.report.html import run_report
@@ -111,6 +111,12 @@ def _build_run(run: Path) -> None:
                  for v in ("laionet", "laionet-image")]  # fmt: skip
     diff_dir = run / "evaluate" / "recall-difference" / pair / MODEL
     _parquet(recall_difference(per_class[0], per_class[1], 1, n_boot=50), diff_dir / "recall_at_1.parquet")
+    both = compared_accuracy(per_class[0], per_class[1], 1, n_boot=50)
+    pair_acc = {"k": 1, "weighting": "equal", "class_set": "both", "classes_a": both["classes"],
+                "classes_b": both["classes"], "accuracy_a": both["accuracy_a"], "accuracy_b": both["accuracy_b"],
+                "difference": both["difference"], "lower": both["lower"], "upper": both["upper"],
+                "interval": "jeffreys bootstrap"}  # fmt: skip
+    _parquet(pd.DataFrame([pair_acc]), diff_dir / "accuracy.parquet")
     _manifest(diff_dir, "recall-difference", 4, 4)
     own_dir = run / "evaluate" / "own-similarity" / pair / MODEL
     values = {c: rng.normal(0.3 + 0.02 * c, 0.05, 10) for c in range(4)}
@@ -148,6 +154,10 @@ def test_report_numbers_come_from_the_tables(run_dir: Path) -> None:
     row = summary[(summary["k"] == 1) & (summary["weighting"] == "laion")].iloc[0]
     assert f"<b>{row.accuracy:.1%}</b>" in page
     assert f"[{row.bootstrap_lower:.1%}, {row.bootstrap_upper:.1%}]" in page
+    assert "all 4 scored classes of the variant" in page and "jeffreys" in page  # class set and interval method
+    pair_acc = pd.read_parquet(run_dir / "evaluate" / "recall-difference" / "laionet--laionet-image" / MODEL /
+                               "accuracy.parquet").iloc[0]  # fmt: skip
+    assert "the 4 classes scored in both" in page and f"<b>{pair_acc.difference:.1%}</b>" in page
     intra = pd.read_parquet(join(intra_dir(str(run_dir), "laionet", "laionet-image", MODEL), "summary.parquet"))
     assert f"{intra.iloc[0]['higher']:.1%}" in page
     assert "great white shark" in page and "relations_laionet-laionet-image-recall_vs_intra" in page

@@ -133,8 +133,8 @@ def recall_difference_command(
         None
     ),
     method: Annotated[
-        str, typer.Option(help="bootstrap (binomial resampling per class) or newcombe (Wilson-score hybrid).")
-    ] = "bootstrap",
+        str, typer.Option(help="newcombe (Wilson-score hybrid; default) or bootstrap (binomial resampling per class).")
+    ] = "newcombe",
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     level: Annotated[float, typer.Option(help="Confidence level of the bounds.")] = 0.95,

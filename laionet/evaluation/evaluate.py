@@ -32,6 +32,7 @@ from laionet.core.tables import read_columns
 from laionet.core.tables import read_file_columns as _read
 from laionet.evaluation.metrics import (
     bootstrap_interval,
+    compared_accuracy,
     paper_interval,
     per_class_recall,
     recall_difference,
@@ -60,9 +61,15 @@ def run_accuracy(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> Manifest:
-    """Per-class recall@k and accuracy (equally and, with ``weights``, LAION-weighted) with paper and bootstrap
-    intervals. Writes ``per_class.parquet``, ``summary.parquet``; counts labelled samples in = scored + dropped
-    (``no_prediction``, ``flagged``)."""
+    """Per-class recall@k and accuracy with paper and bootstrap intervals. Writes ``per_class.parquet`` and
+    ``summary.parquet`` (per k and weighting: ``accuracy``, ``paper_lower``/``upper``, ``bootstrap_lower``/``upper``,
+    ``bootstrap_method``, ``classes``, ``class_set``); counts labelled samples in = scored + dropped
+    (``no_prediction``, ``flagged``).
+
+    Weightings, all over this variant's classes with a scored sample: ``equal`` (mean of per-class recalls);
+    with ``weights``: ``laion`` (default: Σ p_y·recall_y / Σ p_y over the scored classes) and ``laion-paper`` (the
+    reference: Σ p_y·recall_y with the shares of the full pre-OCR LAIONet, an unscored class counting as 0; see
+    ``metrics.weighted_accuracy``)."""
     timer = Timer()
     label_frame = read_columns(labels, ["key", "class_index"])
     pred_frame = read_columns(predictions, ["key", "topk"])
@@ -87,12 +94,16 @@ def run_accuracy(
         w = read_columns(weights, ["class_index", "share"])
         share = w.set_index("class_index")["share"]
     rows = []
+    scored = int((table["n"] > 0).sum())
+    weightings: list[tuple[str, pd.Series | None, bool]] = [("equal", None, True)]
+    if share is not None:
+        weightings += [("laion", share, True), ("laion-paper", share, False)]
     for k in ks:
         recall = table.set_index("class")[f"recall@{k}"]
-        for weighting, wts in [("equal", None), *([("laion", share)] if share is not None else [])]:
-            acc = weighted_accuracy(recall, wts)
-            _, plo, phi = paper_interval(table, k, wts)
-            _, blo, bhi = bootstrap_interval(table, k, wts, n_boot=n_boot, seed=seed)
+        for weighting, wts, normalize in weightings:
+            acc = weighted_accuracy(recall, wts, normalize)
+            _, plo, phi = paper_interval(table, k, wts, normalize)
+            _, blo, bhi = bootstrap_interval(table, k, wts, n_boot=n_boot, seed=seed, normalize=normalize)
             rows.append(
                 {
                     "k": k,
@@ -102,7 +113,9 @@ def run_accuracy(
                     "paper_upper": phi,
                     "bootstrap_lower": blo,
                     "bootstrap_upper": bhi,
-                    "classes": int((table["n"] > 0).sum()),
+                    "bootstrap_method": "jeffreys",
+                    "classes": scored,
+                    "class_set": f"the {scored} classes of this variant with a scored sample",
                 }
             )
     summary = pd.DataFrame(rows)
@@ -215,13 +228,23 @@ def run_recall_difference(
     per_class_b: str,
     out_dir: str,
     ks: Sequence[int] | None = None,
-    method: Literal["bootstrap", "newcombe"] = "bootstrap",
+    method: Literal["bootstrap", "newcombe"] = "newcombe",
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    weights: str | None = None,
 ) -> Manifest:
     """Per-class recall@k of A minus B with confidence bounds, per k (Appendix B, Figure 12), from two
-    ``run_accuracy`` per-class tables of one model (A: e.g. LAIONet, B: e.g. ImageNet val).
+    ``run_accuracy`` per-class tables of one model (A: e.g. LAIONet, B: e.g. ImageNet val), and the accuracy of the
+    pair over one class set.
+
+    ``accuracy.parquet`` (per k and weighting — ``equal`` and, with ``weights`` (``class_index``, ``share``), ``laion``
+    and ``laion-paper``, see ``run_accuracy``): ``class_set`` = ``both`` — A and B over the classes scored in both,
+    A − B with a bootstrap interval (``metrics.compared_accuracy``): the like-for-like comparison (LAIONet vs
+    ImageNet drop, zero-shot comparisons); and ``all`` — each over all its own scored classes (``classes_a`` and
+    ``classes_b`` differ; no interval for the difference, which mixes class sets). Columns: ``k``, ``weighting``,
+    ``class_set``, ``classes_a``, ``classes_b``, ``accuracy_a``, ``accuracy_b``, ``difference``, ``lower``,
+    ``upper``, ``interval`` (the method of the difference's interval).
 
     Writes ``recall_at_<k>.parquet`` per k (``metrics.recall_difference`` columns plus ``k`` and ``verdict``:
     ``lower`` / ``higher`` / ``neither`` = A significantly lower / higher than B / neither) and ``summary.parquet``
@@ -270,13 +293,17 @@ def run_recall_difference(
     summary = pd.DataFrame(rows)
     outputs.append(join(out_dir, "summary.parquet"))
     write_parquet_atomic(pa.Table.from_pandas(summary, preserve_index=False), outputs[-1])
+    share = read_columns(weights, ["class_index", "share"]).set_index("class_index")["share"] if weights else None
+    accuracy = _pair_accuracy(a, b, chosen, share, n_boot, seed, level)
+    outputs.append(join(out_dir, "accuracy.parquet"))
+    write_parquet_atomic(pa.Table.from_pandas(accuracy, preserve_index=False), outputs[-1])
     config = {"a": per_class_a, "b": per_class_b, "ks": chosen, "method": method, "n_boot": n_boot, "seed": seed,
-              "level": level}  # fmt: skip
+              "level": level, "weights": weights}  # fmt: skip
     manifest = Manifest(
         stage="recall-difference",
         config=config,
         config_hash=config_hash(config),
-        inputs=[per_class_a, per_class_b],
+        inputs=[per_class_a, per_class_b, *([weights] if weights else [])],
         outputs=outputs,
         rows_in=len(classes_a | classes_b),
         rows_out=len(scored),
@@ -286,6 +313,29 @@ def run_recall_difference(
     )
     write_manifest(out_dir, manifest)
     return manifest
+
+
+def _pair_accuracy(
+    a: pd.DataFrame, b: pd.DataFrame, ks: Sequence[int], share: pd.Series | None, n_boot: int, seed: int, level: float
+) -> pd.DataFrame:
+    """The ``accuracy.parquet`` table of ``run_recall_difference``."""
+    weightings: list[tuple[str, pd.Series | None, bool]] = [("equal", None, True)]
+    if share is not None:
+        weightings += [("laion", share, True), ("laion-paper", share, False)]
+    rows = []
+    for k in ks:
+        for weighting, w, normalize in weightings:
+            both = compared_accuracy(a, b, k, w, normalize, n_boot=n_boot, seed=seed, level=level)
+            rows.append({"k": k, "weighting": weighting, "class_set": "both", "classes_a": both["classes"],
+                         "classes_b": both["classes"], "accuracy_a": both["accuracy_a"],
+                         "accuracy_b": both["accuracy_b"], "difference": both["difference"], "lower": both["lower"],
+                         "upper": both["upper"], "interval": "jeffreys bootstrap"})  # fmt: skip
+            own = [weighted_accuracy(t[t["n"] > 0].set_index("class")[f"recall@{k}"], w, normalize) for t in (a, b)]
+            rows.append({"k": k, "weighting": weighting, "class_set": "all", "classes_a": int((a["n"] > 0).sum()),
+                         "classes_b": int((b["n"] > 0).sum()), "accuracy_a": own[0], "accuracy_b": own[1],
+                         "difference": own[0] - own[1], "lower": np.nan, "upper": np.nan,
+                         "interval": "none (different class sets)"})  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def _recall_ks(table: pd.DataFrame) -> set[int]:

@@ -128,19 +128,54 @@ def _accuracy(ctx: _Context) -> str | None:
     if not frames:
         return None
     summary = pd.concat(frames, ignore_index=True).sort_values(["variant", "model", "k", "weighting"])
+    method = summary["bootstrap_method"] if "bootstrap_method" in summary else pd.Series("binomial", summary.index)
     rows = [[_esc(r.variant), _esc(r.model), f"top-{_esc(r.k)}", _esc(r.weighting), f"<b>{_pct(r.accuracy)}</b>",
-             _interval(r.paper_lower, r.paper_upper), _interval(r.bootstrap_lower, r.bootstrap_upper), _int(r.classes)]
-            for r in summary.itertuples()]  # fmt: skip
+             _interval(r.paper_lower, r.paper_upper), _interval(r.bootstrap_lower, r.bootstrap_upper), _esc(m),
+             f"all {_int(r.classes)} scored classes of the variant"]
+            for r, m in zip(summary.itertuples(), method, strict=True)]  # fmt: skip
     header = ["variant", "model", "k", "weighting", "accuracy", "paper 95 % interval", "bootstrap 95 % interval",
-              "classes"]  # fmt: skip
-    parts = [_table(header, rows, {4, 5, 6, 7})]
+              "bootstrap method", "class set"]  # fmt: skip
+    parts = [_table(header, rows, {4, 5, 6})]
     parts.append("<p class=note>Paper interval: the reference's Wilson-per-class combination, symmetric around the "
-                 "accuracy (so it can leave [0 %, 100 %]); bootstrap: classes resampled binomially. LAION weighting: "
-                 "class shares of the selection.</p>")  # fmt: skip
+                 "accuracy (so it can leave [0 %, 100 %]); bootstrap <i>jeffreys</i>: each class's correct count "
+                 "redrawn from Binomial(n, (correct + ½)/(n + 1)), recentred on the accuracy (holds its level with "
+                 "classes of 1-2 images, where a plain binomial resample has no variance). Weighting <i>laion</i>: "
+                 "Σ share·recall / Σ share over the scored classes (default); <i>laion-paper</i>: the reference's "
+                 "Σ share·recall with the shares of the full pre-OCR LAIONet, an unscored class counting as 0."
+                 "</p>")  # fmt: skip
+    parts.append(_compared_accuracy(ctx))
     if (summary["weighting"] == "laion").any() and (summary["k"] == 1).any():
         alt = "LAION-weighted against equally weighted top-1 accuracy, one point per variant and model (paper Fig. 5)"
         parts.append(ctx.figure("fig_weighted_accuracy.png", partial(figures.weighted_vs_equal, summary), alt))
     return "\n".join(parts)
+
+
+def _compared_accuracy(ctx: _Context) -> str:
+    """The accuracy of each compared pair over the classes both have, and each over all its own classes."""
+    frames = []
+    for path in _glob(ctx.path("evaluate", "recall-difference", "*", "*", "accuracy.parquet")):
+        frame = ctx.read(path)
+        if frame is not None:
+            pair, model = path.rsplit("/", 3)[-3:-1]
+            frames.append(frame.assign(pair=pair, model=model))
+    if not frames:
+        return ""
+    table = pd.concat(frames, ignore_index=True).sort_values(["pair", "model", "k", "weighting", "class_set"])
+    rows = []
+    for r in table.itertuples():
+        a, _, b = str(r.pair).partition("--")
+        if r.class_set == "both":
+            where = f"the {_int(r.classes_a)} classes scored in both"
+        else:
+            where = f"all scored classes of each ({_int(r.classes_a)} / {_int(r.classes_b)})"
+        rows.append([_esc(a), _esc(b), _esc(r.model), f"top-{_esc(r.k)}", _esc(r.weighting), _esc(where),
+                     _pct(r.accuracy_a), _pct(r.accuracy_b), f"<b>{_pct(r.difference)}</b>",
+                     _interval(r.lower, r.upper), _esc(r.interval)])  # fmt: skip
+    header = ["A", "B", "model", "k", "weighting", "class set", "accuracy A", "accuracy B", "A − B", "95 % interval",
+              "interval method"]  # fmt: skip
+    return ("<h3>Compared pairs</h3><p class=note>A against B on the same classes (the paper's comparison), and each "
+            "over all its own classes as its own row (not a like-for-like difference).</p>"
+            + _table(header, rows, {6, 7, 8, 9}))  # fmt: skip
 
 
 def _intra(ctx: _Context) -> str | None:
@@ -185,6 +220,8 @@ def _differences(ctx: _Context, kind: str, ylabel: str) -> str | None:
     shown as they are."""
     parts = []
     for path in _glob(ctx.path("evaluate", kind, "**", "*.parquet")):
+        if path.endswith("/accuracy.parquet"):  # the pair's accuracy: shown in the accuracy section
+            continue
         frame = ctx.read(path)
         if frame is None:
             continue
