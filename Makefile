@@ -4,7 +4,7 @@ VENV ?= .venv
 RUN_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint typecheck bench
+.PHONY: setup demo test lint typecheck bench stress
 
 setup:
 	@bash scripts/setup.sh
@@ -15,7 +15,7 @@ PREFECT_HOME_DIR ?= $(abspath $(dir $(RUN_DIR)).prefect)
 
 demo: setup
 	@mkdir -p $(PREFECT_HOME_DIR)
-	PREFECT_HOME=$(PREFECT_HOME_DIR) PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	PREFECT_HOME=$(PREFECT_HOME_DIR) PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_LOGGING_EXTRA_LOGGERS=laionet \
 	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 $(VENV)/bin/python -m flows.demo --run-dir $(RUN_DIR)
 
 lint: setup
@@ -30,3 +30,7 @@ test: lint typecheck
 
 bench: setup
 	$(VENV)/bin/python benchmarks/bench_matching.py
+
+# the kill harness of tests/test_rerun.py with 100 kill points per stage on 20x larger inputs (minutes)
+stress: setup
+	LAIONET_STRESS=1 $(VENV)/bin/pytest -q tests/test_rerun.py

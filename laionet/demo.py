@@ -105,7 +105,8 @@ def _images(run_dir: str, catalog_path: str, limit: int | None, echo: Callable[[
          f"failed {downloaded.dropped or 'none'}")  # fmt: skip
     verified = run_verify(join(run_dir, "shards"), join(run_dir, "verify"))
     echo(f"verify: {verified.rows_out} good samples, quarantined {verified.dropped or 'none'}")
-    ocr = run_ocr(join(run_dir, "shards"), catalog_path, join(run_dir, "ocr"))
+    quarantine = join(run_dir, "verify", "quarantine.parquet")
+    ocr = run_ocr(join(run_dir, "shards"), catalog_path, join(run_dir, "ocr"), quarantine=quarantine)
     echo(f"ocr: {ocr.extra['flagged']} of {ocr.rows_in} images show their class name as text")
     for name, manifest in (("download", downloaded), ("verify", verified), ("ocr", ocr)):
         out[name] = manifest.model_dump(mode="json")

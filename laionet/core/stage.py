@@ -18,15 +18,17 @@ finds a file beside the marker (but no manifest listing it) knows it is a leftov
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -42,6 +44,8 @@ from laionet.core.manifest import (
     write_text_atomic,
 )
 
+P = ParamSpec("P")
+R = TypeVar("R")
 LOCK_NAME = "_lock.json"
 RESERVED_PREFIX = "_"  # names a stage directory keeps for itself: manifest, lock, marker, _parts/, _attempts/
 
@@ -122,6 +126,8 @@ def stage_lock(target: str, stage: str = "") -> Iterator[dict[str, Any]]:
         _remove(fs, real)  # stale: its owner died
     else:  # pragma: no cover - three takeovers lost in a row
         raise StageBusyError(f"could not take the lock {path}")
+    for leftover in fs.glob(f"{real}.tmp-*"):  # lock files of runs killed while taking the lock
+        _remove(fs, leftover)
     try:
         yield me
     finally:
@@ -177,17 +183,39 @@ def outputs_exist(manifest: Manifest) -> bool:
     return True
 
 
-def begin(target: str, chash: str) -> Manifest | None:
+def sweep(target: str) -> list[str]:
+    """Remove the temp files (``*.tmp-<id>``) that killed runs left in a stage output; call only under its lock
+    (a live writer's temp files look the same)."""
+    fs, real = url_to_fs(target)
+    if target.endswith(".parquet"):
+        found = fs.glob(f"{real}.tmp-*") + fs.glob(f"{real}.*.tmp-*")
+    else:
+        found = fs.glob(real.rstrip("/") + "/**/*.tmp-*") if fs.exists(real) else []
+    removed = []
+    for path in found:
+        name = path.rsplit("/", 1)[-1]
+        if ".tmp-" in name and not fs.isdir(path):
+            fs.rm(path)
+            removed.append(path)
+    return removed
+
+
+def begin(target: str, chash: str, *, locked: bool = True) -> Manifest | None:
     """The manifest of ``target`` if it is complete for ``chash`` (and its outputs exist); otherwise make the output
-    visibly incomplete — manifest removed, ``_INCOMPLETE`` marker written — and return None. Call under the lock,
-    before the first output is touched."""
+    visibly incomplete — manifest removed, ``_INCOMPLETE`` marker written — and return None. Call under the lock
+    (``locked``: then temp files of killed runs are swept too), before the first output is touched."""
     path = manifest_path(target)
     fs, real = url_to_fs(path)
+    if locked:
+        sweep(target)
     try:
         manifest = read_manifest(target)
     except ValueError:  # a corrupt manifest of our own output: it is about to be rebuilt
         manifest = None
     if manifest is not None and manifest.config_hash == chash and outputs_exist(manifest):
+        marker_fs, marker = url_to_fs(incomplete_marker(target))
+        if locked and marker_fs.exists(marker):  # a run killed between its manifest and removing the marker
+            marker_fs.rm(marker)
         return manifest
     write_text_atomic(incomplete_marker(target), json.dumps({"config_hash": chash, "since": time.time()}) + "\n")
     if fs.exists(real):
@@ -210,6 +238,25 @@ def stage_rebuild(target: str, stage: str = "") -> Iterator[None]:
     with stage_lock(target, stage):
         begin(target, "")
         yield
+
+
+def rebuilds(stage: str, target: str = "out_dir") -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorator for a driver that always rebuilds its output (argument ``target`` names the output directory): the
+    call runs under ``stage_rebuild`` — locked, and the output visibly incomplete until the driver's manifest."""
+
+    def decorate(driver: Callable[P, R]) -> Callable[P, R]:
+        signature = inspect.signature(driver)
+
+        @functools.wraps(driver)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            with stage_rebuild(str(bound.arguments[target]), stage):
+                return driver(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 def require_complete(target: str, stage: str, *, hint: str | None = None) -> Manifest:
@@ -333,6 +380,7 @@ __all__ = [
     "outputs_exist",
     "prune",
     "prune_records",
+    "rebuilds",
     "require_complete",
     "require_file_input",
     "stage_lock",

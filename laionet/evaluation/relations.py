@@ -41,6 +41,7 @@ import pandas as pd
 import pyarrow as pa
 
 from laionet.core.manifest import Manifest, Timer, config_hash, join, write_manifest, write_parquet_atomic
+from laionet.core.stage import rebuilds
 from laionet.core.tables import read_columns
 from laionet.evaluation.stats import spearman_interval
 
@@ -140,6 +141,7 @@ def relation_tables(
     return tables, seen
 
 
+@rebuilds("relations")
 def run_relations(
     per_class_a: str,
     out_dir: str,

@@ -35,7 +35,9 @@ from fsspec.core import url_to_fs
 
 from laionet.core.config import ImageFilter
 from laionet.core.manifest import Manifest, Timer, config_hash, join, write_manifest, write_parquet_atomic
+from laionet.core.stage import begin, stage_lock
 from laionet.core.tables import read_columns
+from laionet.images.shards import list_shards
 
 LABEL_COLUMNS = ["key", "wnid", "class_index"]
 
@@ -48,17 +50,13 @@ def read_listings(shards_dir: str) -> tuple[pd.DataFrame, list[str]]:
         FileNotFoundError: no ``.tar`` shard, or a shard without its ``.parquet`` listing (naming it).
         ValueError: a listing without ``key``, ``wnid`` or ``class_index`` (naming the file).
     """
-    fs, real = url_to_fs(shards_dir)
-    tars = sorted(fs.glob(real.rstrip("/") + "/*.tar"))
-    if not tars:
-        raise FileNotFoundError(f"no .tar shards in {shards_dir}")
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    tars = list_shards(shards_dir)  # the shard stage's current shards (its manifest), checked complete
     frames, listings = [], []
     for tar in tars:
-        listing = tar.removesuffix(".tar") + ".parquet"
+        path = tar.removesuffix(".tar") + ".parquet"
+        fs, listing = url_to_fs(path)
         if not fs.exists(listing):
-            raise FileNotFoundError(f"shard {tar} has no listing {listing}")
-        path = listing if protocol in ("file", "local") else f"{protocol}://{listing}"
+            raise FileNotFoundError(f"shard {tar} has no listing {path}")
         with fsspec.open(path, "rb") as f:
             table = pq.read_table(f)
         missing = set(LABEL_COLUMNS) - set(table.column_names)
@@ -129,71 +127,75 @@ def run_variants(
     rule = rule or (ImageFilter() if predictions else None)
     if rule is not None and rule.rule == "own_score" and rule.threshold is None:
         raise ValueError("image filter rule own_score needs a threshold")
-    listed, listings = read_listings(shards_dir)
-    downloaded = listed["status"].eq("success").to_numpy() if "status" in listed else np.ones(len(listed), bool)
-    dropped = {"not_downloaded": int((~downloaded).sum())}
-    kept = listed[downloaded]
-    if quarantine:
-        bad = read_columns(quarantine, ["key", "reason"])
-        bad = bad[bad["key"] != "*"].drop_duplicates("key")  # "*": a truncated shard; its lost keys are listed too
-        reason = kept["key"].map(bad.set_index("key")["reason"])
-        for why, n in reason.dropna().value_counts().items():
-            dropped[str(why)] = int(n)
-        kept = kept[reason.isna().to_numpy()]
-    text_path = join(out_root, name, "labels.parquet")
-    write_parquet_atomic(_labels_table(kept), text_path)
-    config = {"shards": shards_dir, "name": name, "quarantine": quarantine, "predictions": predictions,
-              "image_filter": rule.model_dump() if rule else None, "filtered_name": filtered_name}  # fmt: skip
-    text_manifest = Manifest(
-        stage="variants",
-        config=config,
-        config_hash=config_hash(config),
-        inputs=[*listings, *([quarantine] if quarantine else [])],
-        outputs=[text_path],
-        rows_in=len(listed),
-        rows_out=len(kept),
-        dropped=dropped,
-        wall_time_s=timer.elapsed,
-        extra={"variant": name, "classes": int(kept["class_index"].nunique())},
-    )
-    if predictions is not None and rule is not None:
-        filtered = filtered_name or f"{name}-image"
-        pattern = _predictions_glob(predictions)
-        column = "topk" if rule.rule == "topk" else "own_score"
-        preds = read_columns(pattern, ["key", column])
-        preds["key"] = preds["key"].astype(str)
-        has, agrees = image_agrees(kept, preds, rule)
-        image_kept = kept[agrees]
-        image_path = join(out_root, filtered, "labels.parquet")
-        write_parquet_atomic(_labels_table(image_kept), image_path)
-        described = {"rule": rule.rule, "model": rule.model, "predictions": pattern,
-                     **({"k": rule.k} if rule.rule == "topk" else {"threshold": rule.threshold})}  # fmt: skip
-        image_config = {"shards": shards_dir, "quarantine": quarantine, "name": filtered, "source": name,
-                        "image_filter": described}  # fmt: skip
-        image_manifest = Manifest(
+    with stage_lock(out_root, "variants"):  # each variant directory is visibly incomplete until its manifest
+        begin(join(out_root, name), "")
+        if rule is not None:
+            begin(join(out_root, filtered_name or f"{name}-image"), "")
+        listed, listings = read_listings(shards_dir)
+        downloaded = listed["status"].eq("success").to_numpy() if "status" in listed else np.ones(len(listed), bool)
+        dropped = {"not_downloaded": int((~downloaded).sum())}
+        kept = listed[downloaded]
+        if quarantine:
+            bad = read_columns(quarantine, ["key", "reason"])
+            bad = bad[bad["key"] != "*"].drop_duplicates("key")  # "*": a truncated shard; its lost keys are listed too
+            reason = kept["key"].map(bad.set_index("key")["reason"])
+            for why, n in reason.dropna().value_counts().items():
+                dropped[str(why)] = int(n)
+            kept = kept[reason.isna().to_numpy()]
+        text_path = join(out_root, name, "labels.parquet")
+        write_parquet_atomic(_labels_table(kept), text_path)
+        config = {"shards": shards_dir, "name": name, "quarantine": quarantine, "predictions": predictions,
+                  "image_filter": rule.model_dump() if rule else None, "filtered_name": filtered_name}  # fmt: skip
+        text_manifest = Manifest(
             stage="variants",
-            config=image_config,
-            config_hash=config_hash(image_config),
-            inputs=[text_path, pattern],
-            outputs=[image_path],
-            rows_in=len(kept),
-            rows_out=len(image_kept),
-            dropped={"no_prediction": int((~has).sum()), "image_disagrees": int((has & ~agrees).sum())},
+            config=config,
+            config_hash=config_hash(config),
+            inputs=[*listings, *([quarantine] if quarantine else [])],
+            outputs=[text_path],
+            rows_in=len(listed),
+            rows_out=len(kept),
+            dropped=dropped,
             wall_time_s=timer.elapsed,
-            extra={
-                "variant": filtered,
-                "source": name,
-                "rule": _describe(rule),
-                "classes": int(image_kept["class_index"].nunique()),
-            },
+            extra={"variant": name, "classes": int(kept["class_index"].nunique())},
         )
-        write_manifest(join(out_root, filtered), image_manifest)
-        text_manifest.outputs.append(image_path)
-        text_manifest.extra["filtered"] = {"variant": filtered, "rows_out": image_manifest.rows_out,
-                                           "dropped": image_manifest.dropped, "rule": _describe(rule)}  # fmt: skip
-    text_manifest.wall_time_s = timer.elapsed
-    write_manifest(join(out_root, name), text_manifest)
-    return text_manifest
+        if predictions is not None and rule is not None:
+            filtered = filtered_name or f"{name}-image"
+            pattern = _predictions_glob(predictions)
+            column = "topk" if rule.rule == "topk" else "own_score"
+            preds = read_columns(pattern, ["key", column])
+            preds["key"] = preds["key"].astype(str)
+            has, agrees = image_agrees(kept, preds, rule)
+            image_kept = kept[agrees]
+            image_path = join(out_root, filtered, "labels.parquet")
+            write_parquet_atomic(_labels_table(image_kept), image_path)
+            described = {"rule": rule.rule, "model": rule.model, "predictions": pattern,
+                         **({"k": rule.k} if rule.rule == "topk" else {"threshold": rule.threshold})}  # fmt: skip
+            image_config = {"shards": shards_dir, "quarantine": quarantine, "name": filtered, "source": name,
+                            "image_filter": described}  # fmt: skip
+            image_manifest = Manifest(
+                stage="variants",
+                config=image_config,
+                config_hash=config_hash(image_config),
+                inputs=[text_path, pattern],
+                outputs=[image_path],
+                rows_in=len(kept),
+                rows_out=len(image_kept),
+                dropped={"no_prediction": int((~has).sum()), "image_disagrees": int((has & ~agrees).sum())},
+                wall_time_s=timer.elapsed,
+                extra={
+                    "variant": filtered,
+                    "source": name,
+                    "rule": _describe(rule),
+                    "classes": int(image_kept["class_index"].nunique()),
+                },
+            )
+            write_manifest(join(out_root, filtered), image_manifest)
+            text_manifest.outputs.append(image_path)
+            text_manifest.extra["filtered"] = {"variant": filtered, "rows_out": image_manifest.rows_out,
+                                               "dropped": image_manifest.dropped, "rule": _describe(rule)}  # fmt: skip
+        text_manifest.wall_time_s = timer.elapsed
+        write_manifest(join(out_root, name), text_manifest)
+        return text_manifest
 
 
 def _describe(rule: ImageFilter) -> str:

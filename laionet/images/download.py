@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import tarfile
@@ -167,6 +168,9 @@ def _finalise(raw_tar: str, raw_parquet: str, out_tar: str, quality: int) -> pd.
     return rows
 
 
+_log = logging.getLogger("laionet.download")
+
+
 def run_download(index_path: str, out_dir: str, config: DownloadConfig | None = None) -> Manifest:
     """Download every row of an index into final shards; retry transient failures; manifest last.
 
@@ -174,6 +178,7 @@ def run_download(index_path: str, out_dir: str, config: DownloadConfig | None = 
     """
     config = config or DownloadConfig()
     timer = Timer()
+    _log.info("download of %s → %s, %s", index_path, out_dir, config)
     require_file_input(index_path, "select", hint="re-run `laionet select` (or the build flow)")
     with stage_rebuild(out_dir, "download"):
         return _download(index_path, out_dir, config, timer)
@@ -332,6 +337,7 @@ def prepare_index(
 
     from laionet.core.manifest import read_manifest, write_json_atomic
 
+    require_file_input(index_path, "select", hint="re-run `laionet select` (or the build flow)")
     with fsspec.open(index_path, "rb") as f:
         index = pq.read_table(f, columns=["key", "url", "text", "wnid", "class_index"]).to_pandas()
     if limit is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tarfile
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -34,7 +35,7 @@ from laionet.core.manifest import (
 )
 from laionet.core.stage import input_identity, prune, prune_records, require_file_input, stage_run
 from laionet.core.tables import read_columns
-from laionet.images.shards import iter_raw, list_shards, original_key
+from laionet.images.shards import ends_cleanly, iter_raw, list_shards, original_key
 from laionet.text.catalog import read_catalog
 from laionet.text.normalize import paper_normalize
 
@@ -71,6 +72,9 @@ def shows_name(name: str, text: str) -> bool:
     return needle.strip() != "" and needle in haystack
 
 
+_log = logging.getLogger("laionet.ocr")
+
+
 def run_ocr(
     shards_dir: str,
     catalog_path: str,
@@ -89,6 +93,7 @@ def run_ocr(
     names the same shard content (size, mtime), catalog and quarantine.
     """
     timer = Timer()
+    _log.info("OCR of %s (catalog %s, quarantine %s) → %s", shards_dir, catalog_path, quarantine, out_dir)
     shards = list_shards(shards_dir)
     require_file_input(catalog_path, "catalog", hint="re-run `laionet catalog`")
     bad: set[str] = set()
@@ -116,7 +121,7 @@ def run_ocr(
             if record is None:
                 engine = engine or engine_factory()
                 record = _ocr_shard(shard, out_dir, engine, names, bad)
-                record.update(config_hash=part_hash, identity=identities[shard])
+                record.update(part=shard, config_hash=part_hash, identity=identities[shard])
                 write_part_record(out_dir, shard, record)
             records.append(record)
         if progress:
@@ -176,6 +181,7 @@ def _ocr_shard(shard: str, out_dir: str, engine: OcrEngine, names: dict[str, str
             text = engine.read(image)
             name = names.get(str(wnid)) if wnid is not None else None
             rows.append({"key": key, "wnid": wnid, "flagged": bool(name and shows_name(name, text)), "text": text})
+        truncated = not ends_cleanly(shard)  # a cut at a 512-byte boundary reads like a normal end
     except (tarfile.TarError, OSError, EOFError):
         truncated = True  # the samples read before the cut are kept; verify quarantines the shard's rest
     table = pd.DataFrame(rows, columns=["key", "wnid", "flagged", "text"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,6 +60,9 @@ def _imagenet_captions(captions: Path, images: Path) -> Iterator[Item]:
         yield f"imagenet-captions/{Path(name).stem}", images / name, record["wnid"], " ".join(text.split())
 
 
+_log = logging.getLogger("laionet.ingest")
+
+
 def ingest(kind: str, out_dir: str, per_shard: int = 10_000, **paths: Path) -> Manifest:
     """Ingest a reference dataset layout (``kind``: imagenet-val, imagenetv2, imagenet-captions) into shards.
 
@@ -66,6 +70,7 @@ def ingest(kind: str, out_dir: str, per_shard: int = 10_000, **paths: Path) -> M
     ``captions``, ``images``.
     """
     timer = Timer()
+    _log.info("ingest of %s from %s → %s", kind, {k: str(v) for k, v in paths.items()}, out_dir)
     readers = {
         "imagenet-val": lambda: _imagenet_val(paths["root"], paths["labels"]),
         "imagenetv2": lambda: _imagenetv2(paths["root"], paths["class_info"]),
@@ -108,6 +113,7 @@ def ingest(kind: str, out_dir: str, per_shard: int = 10_000, **paths: Path) -> M
             dropped=dropped,
             wall_time_s=timer.elapsed,
         )
-        prune(out_dir, outputs, ["*.tar", "*.parquet"])  # shards of an earlier, larger ingest
+        listings = [o.removesuffix(".tar") + ".parquet" for o in outputs]
+        prune(out_dir, [*outputs, *listings], ["*.tar", "*.parquet"])  # shards of an earlier, larger ingest
         write_manifest(out_dir, manifest)
         return manifest

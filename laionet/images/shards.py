@@ -52,6 +52,20 @@ def iter_raw(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
         yield current, sample
 
 
+def ends_cleanly(path: str) -> bool:
+    """Whether a tar file ends with its end-of-archive marker (two zero 512-byte blocks, size a multiple of 512).
+
+    ``tarfile`` reads a tar cut at a 512-byte boundary as a normal end of archive; this check tells the two apart.
+    """
+    fs, real = url_to_fs(path)
+    size = int(fs.size(real))
+    if size < 1024 or size % 512:
+        return False
+    with fs.open(real, "rb") as f:
+        f.seek(size - 1024)
+        return f.read(1024) == bytes(1024)
+
+
 def iter_samples(path: str) -> Iterator[tuple[str, Any, dict[str, Any]]]:
     """Stream a shard: (our key, RGB PIL image, json metadata) per sample with an image, in tar order."""
     from PIL import Image
@@ -162,6 +176,8 @@ def verify_shard(path: str) -> tuple[list[str], list[tuple[str, str]]]:
                     samples[key] = {}
                     order.append(key)
                 samples[key][ext] = handle.read() if handle else b""
+        if not ends_cleanly(path):
+            raise tarfile.ReadError("no end-of-archive marker")
     except (tarfile.TarError, OSError, EOFError):
         bad.append(("*", "truncated_shard"))
     for key in order:
@@ -189,14 +205,20 @@ def list_shards(shards: str, missing_ok: bool = False) -> list[str]:
         FileNotFoundError: when there are none (unless ``missing_ok``); ``UpstreamError`` (a FileNotFoundError) for a
             stage directory that is incomplete.
     """
-    from laionet.core.manifest import incomplete_marker, read_manifest
-    from laionet.core.stage import UpstreamError, require_complete
+    from laionet.core.manifest import incomplete_marker, join, read_manifest
+    from laionet.core.stage import UpstreamError
 
     fs, real = url_to_fs(shards)
     if not any(c in real for c in "*?[") and fs.isdir(real):
-        if read_manifest(shards) is not None:
-            manifest = require_complete(shards, "download/ingest", hint="re-run the stage that writes these shards")
-            tars = sorted(o for o in manifest.outputs if o.endswith(".tar"))
+        manifest = read_manifest(shards)
+        if manifest is not None:
+            # the manifest's shards, by name inside this directory (a copied or synced run directory still reads)
+            tars = sorted(
+                join(shards, o.rstrip("/").rsplit("/", 1)[-1]) for o in manifest.outputs if o.endswith(".tar")
+            )
+            gone = [t for t in tars if not fs.exists(url_to_fs(t)[1])]
+            if gone:
+                raise UpstreamError(f"{shards}: shards listed by its manifest are gone ({gone[:3]}); re-run that stage")
             if tars or missing_ok:
                 return tars
             raise FileNotFoundError(f"no .tar shards in {shards!r} (its manifest lists none)")

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from laionet.images.shards import iter_raw, original_key
+from laionet.images.shards import ends_cleanly, iter_raw, original_key
 from laionet.inference.models import Recipe
 
 
@@ -73,6 +73,7 @@ def decode_shard(shard: str, recipes: dict[Recipe, Any], skip: set[str], batch_s
                 tensors[r].append(t)
             if len(keys) >= batch_size:
                 yield _pack(shard, keys, wnids, tensors)
+        truncated = not ends_cleanly(shard)  # a cut at a 512-byte boundary reads like a normal end of archive
     except (tarfile.TarError, OSError, EOFError):  # a truncated tar: keep what was read, flag the shard
         truncated = True
     yield {**_pack(shard, keys, wnids, tensors), "last": True, "counts": counts, "truncated": truncated}

@@ -26,6 +26,7 @@ done. Samples are skipped and counted when quarantined (``laionet verify``) or u
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -198,6 +199,9 @@ def _shard_hashes(shards: list[str], specs: list[str], top_k: int, skip: set[str
     }
 
 
+_log = logging.getLogger("laionet.infer")
+
+
 def run_inference(
     shards: str,
     models: Sequence[str],
@@ -229,6 +233,7 @@ def run_inference(
 
     config = config or InferConfig()
     timer = Timer()
+    _log.info("inference of %s over %s (shards: %s) → %s, %s", list(models), shards, only or "all", out_root, config)
     if not models:
         raise ValueError("no models given")
     all_shards = list_shards(shards)
@@ -267,7 +272,7 @@ def run_inference(
     targets = (out_root, *out_dirs.values())
     if only is not None:  # one shard group of a fanned-out run: disjoint shards, no lock; the final call takes it
         for target in targets:
-            begin(target, "")  # visibly incomplete until the final call writes the manifests
+            begin(target, "", locked=False)  # visibly incomplete until the final call writes the manifests
         _run_or_report(todo, runners, out_dirs, hashes, skip, config, device, progress)
         return {}
     with stage_lock(out_root, "infer"):

@@ -8,6 +8,7 @@ hash is skipped on re-runs, so a killed run resumes where it stopped.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import lru_cache
@@ -162,6 +163,9 @@ def _run_one(part: str, out_dir: str, lemma_map_path: str, config: MatchConfig, 
     return {"part": part, **record}
 
 
+_log = logging.getLogger("laionet.match")
+
+
 def run_match(
     corpus: str,
     out_dir: str,
@@ -186,10 +190,12 @@ def run_match(
     """
     config = config or MatchConfig()
     timer = Timer()
+    _log.info("matching %s (parts: %s) with %s → %s, %s", corpus, max_parts or "all", lemma_map_path, out_dir, config)
     parts = resolve_parts(corpus)[:max_parts]
     cfg = config.model_dump(mode="json")
     part_hash = config_hash({"config": cfg, "lemma_map": file_digest(lemma_map_path)})  # what one part depends on
-    chash = config_hash({"part_hash": part_hash, "parts": parts})
+    identities = {part: input_identity(part) for part in parts}  # a part rewritten in place is matched again
+    chash = config_hash({"part_hash": part_hash, "parts": [[p, identities[p]] for p in parts]})
     with stage_run(out_dir, chash, STAGE) as complete:
         if complete:
             return complete
