@@ -8,13 +8,13 @@ loopback HTTP server as RGB WebDataset shards), ``verify/``, ``ocr/`` and ``summ
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from laionet.core.manifest import join, read_manifest
+from laionet.core.manifest import join, read_manifest, write_json_atomic, write_parquet_atomic
 from laionet.images.download import DownloadConfig, run_download
 from laionet.images.ocr import run_ocr
 from laionet.images.serve import ImageServer
@@ -55,8 +55,7 @@ def run_demo(
     match_dir = join(run_dir, "matches")
     manifest = run_match(corpus_dir, match_dir, join(run_dir, f"lemma_map_{mode}.parquet"), MatchConfig(mode=mode))
     summary = match_summary(match_dir, catalog_path)
-    with open(join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json_atomic(join(run_dir, "summary.json"), summary)
     echo(
         f"matching ({mode}): {summary['rows_in']} captions, {summary['rows_matched']} matched "
         f"({summary['rows_single_class']} single-class), {summary['classes_hit']} classes hit; "
@@ -83,8 +82,7 @@ def run_demo(
     summary["selection"] = selected.model_dump(mode="json")
     if images:
         summary.update(_images(run_dir, catalog_path, image_limit, echo))
-    with open(join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json_atomic(join(run_dir, "summary.json"), summary)
     return summary
 
 
@@ -98,7 +96,7 @@ def _images(run_dir: str, catalog_path: str, limit: int | None, echo: Callable[[
     with ImageServer(DEFAULT_ROOT) as base:
         index["url"] = index["url"].str.replace(DEFAULT_BASE_URL, base, regex=False)  # this run's port
         index_path = join(run_dir, "download_index.parquet")
-        index.to_parquet(index_path, index=False)
+        write_parquet_atomic(pa.Table.from_pandas(index, preserve_index=False), index_path)
         config = DownloadConfig(image_size=448, threads=16, samples_per_shard=256, timeout=20)
         downloaded = run_download(index_path, join(run_dir, "shards"), config)
     echo(f"download: {downloaded.rows_out} of {downloaded.rows_in} images into {len(downloaded.outputs)} shards; "

@@ -86,7 +86,7 @@ def _attempt(index: pd.DataFrame, folder: str, config: DownloadConfig) -> None:
     fs, real = url_to_fs(folder)
     fs.makedirs(real, exist_ok=True)
     frame = index.rename(columns={"key": "sample_key"})[["sample_key", "url", "text", "wnid", "class_index"]]
-    with fsspec.open(source, "wb") as f:
+    with atomic_path(source) as tmp, fsspec.open(tmp, "wb") as f:
         frame.to_parquet(f, index=False)
     kwargs = dict(
         url_list=source,
