@@ -405,3 +405,18 @@ def test_a_changed_input_part_is_rematched(world, tmp_path) -> None:
     again = run_match(str(corpus), str(out), world["lemma_map"])
     assert again.extra["parts_skipped"] == 2
     assert len(pd.read_parquet(out / "p0.parquet")) == 5
+
+
+def test_a_key_repeated_in_another_part_keeps_its_first_matched_row(world, tmp_path) -> None:
+    write_corpus_part(tmp_path / "c" / "a.parquet", ["a lion", "a lemon"], SAMPLE_ID=[1, 2])
+    write_corpus_part(tmp_path / "c" / "b.parquet", ["lion again", "grass", "lemon"], SAMPLE_ID=[2, 5, 3])
+    config = MatchConfig.model_validate({"columns": {"key": "SAMPLE_ID"}})
+    manifest = run_match(str(tmp_path / "c"), str(tmp_path / "m"), world["lemma_map"], config)
+    keys = [pd.read_parquet(tmp_path / "m" / f"{p}.parquet")["key"].tolist() for p in "ab"]
+    assert keys == [["1", "2"], ["3"]]
+    assert (
+        manifest.dropped["duplicate_key"] == 1 and manifest.rows_out == 3 and manifest.extra["duplicate_keys"] == ["2"]
+    )
+    (tmp_path / "m" / "_manifest.json").unlink()  # resumed: both parts reused, same counts
+    again = run_match(str(tmp_path / "c"), str(tmp_path / "m"), world["lemma_map"], config)
+    assert again.extra["parts_skipped"] == 2 and again.dropped == manifest.dropped

@@ -35,6 +35,7 @@ from laionet.core.manifest import (
     read_manifest,
     read_part_record,
     write_manifest,
+    write_parquet_atomic,
     write_part_record,
 )
 from laionet.core.stage import input_identity, prune, prune_records, stage_run
@@ -218,7 +219,7 @@ def _match_parts(
     todo = []
     for part in parts:
         record = read_part_record(out_dir, part, part_hash, input_identity(part))
-        if record:
+        if record and parquet_rows(record["output"]) == record["rows_out"]:  # else: killed between output and record
             records[part] = record
         else:
             todo.append(part)
@@ -232,6 +233,8 @@ def _match_parts(
         for part in tqdm(todo, desc="parts", unit="part", disable=None if len(todo) > 1 else True):
             records[part] = _run_one(part, out_dir, lemma_map_path, config, part_hash)
 
+    if config.columns.key:  # a key column of the user's: a key may repeat across parts too
+        _drop_cross_part_duplicates(out_dir, [records[p] for p in parts])
     ordered = [records[p] for p in parts]
     dropped = {reason: sum(r["dropped"][reason] for r in ordered) for reason in DROP_REASONS}
     manifest = Manifest(
@@ -254,6 +257,30 @@ def _match_parts(
     prune_records(out_dir, parts)
     write_manifest(out_dir, manifest)
     return manifest
+
+
+def _drop_cross_part_duplicates(out_dir: str, records: list[dict[str, Any]]) -> None:
+    """Across parts (in part order), keep the first matched row of each key: later matched rows with a key already
+    seen are removed from their part's output and counted ``duplicate_key`` in its record (output rewritten first,
+    record second; a run killed between the two redoes that part, whose row count no longer matches). Unmatched rows
+    are not compared across parts: they never reach the selection. Holds the matched keys in memory."""
+    seen: set[str] = set()
+    for record in records:
+        with fsspec.open(record["output"], "rb") as f:
+            table = pq.read_table(f)
+        keys = table.column("key").to_pylist()
+        repeated = [k in seen for k in keys]
+        seen.update(keys)
+        n = sum(repeated)
+        if not n:
+            continue
+        kept = table.filter(pa.array([not r for r in repeated]))
+        write_parquet_atomic(kept, record["output"])
+        record["rows_out"] -= n
+        record["dropped"]["duplicate_key"] += n
+        named = [k for k, r in zip(keys, repeated, strict=True) if r]
+        record["duplicate_keys"] = (record.get("duplicate_keys", []) + named)[:DUPLICATE_SAMPLE]
+        write_part_record(out_dir, record["part"], {k: v for k, v in record.items() if k != "part"})
 
 
 def read_matches(out_dir: str, columns: list[str] | None = None) -> pd.DataFrame:
