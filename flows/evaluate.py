@@ -22,10 +22,11 @@ from laionet.core.layout import (
     recall_difference_dir,
     relations_dir,
     shards_dir,
+    slug,
     variant_labels,
 )
 from laionet.core.manifest import join
-from tasks.evaluate import accuracy, intra_class, own_similarity, recall_difference, relations, variants
+from tasks.evaluate import accuracy, intra_class, own_similarity, recall_difference, relations, top_k_variant, variants
 from tasks.runners import task_runner
 
 
@@ -46,8 +47,15 @@ def evaluate(run_dir: str, preset: str = "demo") -> dict[str, Any]:
     }
     for name in config.references:
         made[name] = variants.submit(shards_dir(run_dir, name), join(run_dir, "variants", name))
-    names = ["laionet", *(["laionet-image"] if filt else []), *config.references]
-    source = {v: made[dataset_of(v)] for v in names}
+    top = f"laionet-top{config.top_k}" if config.top_k else None
+    if top:  # the reference's top-50 variant: per class the most similar samples of LAIONet, after the OCR filter
+        made[top] = top_k_variant.submit(
+            variant_labels(run_dir, "laionet"), join(run_dir, "selection", "laionet.parquet"),
+            join(run_dir, "variants", top), config.top_k, ocr_dir=join(run_dir, "ocr") if config.ocr else None,
+            wait_for=[made["laionet"]],
+        )  # fmt: skip
+    names = ["laionet", *(["laionet-image"] if filt else []), *([top] if top else []), *config.references]
+    source = {v: made.get(v, made[dataset_of(v)]) for v in names}
     weights = join(run_dir, "selection", "class_frequency.parquet")
     scored = [*config.models, *([config.zero_shot] if config.zero_shot else [])]
     ocr = {v: join(run_dir, "ocr") if dataset_of(v) == "laionet" and config.ocr else None for v in names}
@@ -72,13 +80,13 @@ def evaluate(run_dir: str, preset: str = "demo") -> dict[str, Any]:
             inference_dir(run_dir, dataset_of(a), emb), variant_labels(run_dir, a),
             inference_dir(run_dir, dataset_of(b), emb), variant_labels(run_dir, b),
             intra_dir(run_dir, a, b, emb), config.intra_cap, config.n_boot, config.seed,
-            wait_for=[source[a], source[b]],
+            ocr_dir_a=ocr[a], ocr_dir_b=ocr[b], wait_for=[source[a], source[b]],
         )  # fmt: skip
         futures[f"intra:{a}--{b}"] = intra
         for m in scored:
             futures[f"recall-difference:{a}--{b}:{m}"] = recall_difference.submit(
                 accuracy_dir(run_dir, a, m), accuracy_dir(run_dir, b, m),
-                recall_difference_dir(run_dir, a, b, m),
+                recall_difference_dir(run_dir, a, b, m), weights=weights,
                 wait_for=[acc[a, m], acc[b, m]],
             )  # fmt: skip
         if config.zero_shot:
@@ -89,10 +97,10 @@ def evaluate(run_dir: str, preset: str = "demo") -> dict[str, Any]:
                 own_similarity_dir(run_dir, a, b, z), ocr_dir_a=ocr[a], ocr_dir_b=ocr[b],
                 n_boot=config.n_boot, seed=config.seed, wait_for=[source[a], source[b]],
             )  # fmt: skip
-        first = scored[0]
-        futures[f"relations:{a}--{b}"] = relations.submit(
-            accuracy_dir(run_dir, a, first), accuracy_dir(run_dir, b, first), intra_dir(run_dir, a, b, emb),
-            weights, join(relations_dir(run_dir), f"{a}--{b}"), n_boot=config.n_boot, seed=config.seed,
-            wait_for=[acc[a, first], acc[b, first], intra],
-        )  # fmt: skip
+        for m in scored:  # Figs. 7 and 14: one panel per model, against the same intra-class disparity
+            futures[f"relations:{a}--{b}:{m}"] = relations.submit(
+                accuracy_dir(run_dir, a, m), accuracy_dir(run_dir, b, m), intra_dir(run_dir, a, b, emb),
+                weights, join(relations_dir(run_dir), f"{a}--{b}", slug(m)), n_boot=config.n_boot, seed=config.seed,
+                wait_for=[acc[a, m], acc[b, m], intra],
+            )  # fmt: skip
     return {key: future.result() for key, future in futures.items()}

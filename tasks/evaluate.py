@@ -69,23 +69,30 @@ def intra_class(
     cap: int | None = 100,
     n_boot: int = 1000,
     seed: int = 0,
+    ocr_dir_a: str | None = None,
+    ocr_dir_b: str | None = None,
 ) -> Manifest:
     """Intra-class similarity of two variants (embeddings of one model's inference directories) and their per-class
-    comparison (bootstrap over images; paper mode)."""
+    comparison (bootstrap over images; paper mode); OCR-flagged samples excluded, as for accuracy."""
     emb_a, emb_b = join(model_dir_a, "*.npy"), join(model_dir_b, "*.npy")
-    manifest = run_intra_class(emb_a, labels_a, emb_b, labels_b, out_dir, cap, n_boot, seed)
+    manifest = run_intra_class(
+        emb_a, labels_a, emb_b, labels_b, out_dir, cap, n_boot, seed,
+        flags_a=join(ocr_dir_a, "*.parquet") if ocr_dir_a else None,
+        flags_b=join(ocr_dir_b, "*.parquet") if ocr_dir_b else None,
+    )  # fmt: skip
     return publish(manifest, out_dir)
 
 
 @task(
     name="recall-difference", tags=["stage:recall-difference"], cache_policy=stage_cache("out_dir"), persist_result=True
 )
-def recall_difference(accuracy_a: str, accuracy_b: str, out_dir: str) -> Manifest:
-    """Per-class recall A − B of one model with confidence bounds (Appendix B), from two accuracy stage outputs."""
+def recall_difference(accuracy_a: str, accuracy_b: str, out_dir: str, weights: str | None = None) -> Manifest:
+    """Per-class recall A − B of one model with confidence bounds (Appendix B), and the pair's accuracy over the
+    classes both have, from two accuracy stage outputs (LAION-weighted too, with ``weights``)."""
     from laionet.evaluation.evaluate import run_recall_difference
 
     manifest = run_recall_difference(join(accuracy_a, "per_class.parquet"), join(accuracy_b, "per_class.parquet"),
-                                     out_dir)  # fmt: skip
+                                     out_dir, weights=weights)  # fmt: skip
     return publish(manifest, out_dir)
 
 
@@ -132,3 +139,13 @@ def relations(
         intra_dir=intra, class_frequency=class_frequency, out_dir=out_dir, n_boot=n_boot, seed=seed,
     )  # fmt: skip
     return publish(manifest, out_dir)
+
+
+@task(name="top-k-variant", tags=["stage:variants"], cache_policy=stage_cache("out_dir"), persist_result=True)
+def top_k_variant(source: str, index: str, out_dir: str, k: int = 50, ocr_dir: str | None = None) -> Manifest:
+    """The top-k variant (the reference's top-50): per class the k samples of the text-only variant most similar to
+    their synset text, after the OCR filter (``laionet.evaluation.variants.run_top_k_variant``)."""
+    from laionet.evaluation.variants import run_top_k_variant
+
+    flags = join(ocr_dir, "*.parquet") if ocr_dir else None
+    return publish(run_top_k_variant(source, index, out_dir, k, flags), out_dir)

@@ -63,7 +63,7 @@ def test_intra_class_comparison_from_embedding_shards(tmp_path) -> None:
         str(tmp_path / "b" / "*.npy"), str(tmp_path / "labels_b.parquet"),
         str(tmp_path / "out"), n_boot=200,
     )  # fmt: skip
-    assert manifest.dropped == {"no_label": 4} and manifest.rows_out == 236
+    assert manifest.dropped == {"no_label": 4, "flagged": 0} and manifest.rows_out == 236
     summary = pd.read_parquet(tmp_path / "out" / "summary.parquet").set_index("method")
     assert summary.loc["bootstrap", "higher"] == 1.0 and summary.loc["bootstrap", "classes"] == 4
     assert summary.loc["paper", "higher"] == 1.0
@@ -223,3 +223,41 @@ def test_pair_accuracy_over_the_classes_both_have_and_all_classes_as_its_own_row
     laion = acc.loc[("laion", "both")]
     assert laion["accuracy_b"] == pytest.approx((0.6 * 0.5 + 0.2 * 0.6) / 0.8)
     assert acc.loc[("laion-paper", "all"), "accuracy_b"] == pytest.approx(0.6 * 0.5 + 0.2 * 0.6 + 0.1 + 0.1)
+
+
+def _clusters(tmp_path, name: str, sizes: list[int], spread: float, seed: int) -> tuple[str, str, list[str]]:
+    """One embedding shard and labels: class c has sizes[c] unit vectors around a shared centre."""
+    centres = np.random.default_rng(0).normal(size=(len(sizes), 16))
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    emb = centres[labels] + np.random.default_rng(seed).normal(size=(len(labels), 16)) * spread
+    keys = [f"{name}{i}" for i in range(len(labels))]
+    _embeddings(tmp_path / name, "00000", emb / np.linalg.norm(emb, axis=1, keepdims=True), keys)
+    labels_path = _write(tmp_path / f"labels_{name}.parquet", key=keys, class_index=labels)
+    return str(tmp_path / name / "*.npy"), labels_path, keys
+
+
+def test_both_intra_class_proportions_share_one_class_set(tmp_path) -> None:
+    """Class 0 has 4 images in A: 6 pairs, fewer than the paper's 7, so neither comparison may count it."""
+    emb_a, labels_a, _ = _clusters(tmp_path, "a", [4, 12, 12], 0.3, 1)
+    emb_b, labels_b, _ = _clusters(tmp_path, "b", [12, 12, 12], 1.5, 2)
+    run_intra_class(emb_a, labels_a, emb_b, labels_b, str(tmp_path / "out"), n_boot=200)
+    boot = pd.read_parquet(tmp_path / "out" / "compare_bootstrap.parquet")
+    paper = pd.read_parquet(tmp_path / "out" / "compare_paper.parquet")
+    assert boot["class"].tolist() == paper["class"].tolist() == [1, 2]
+    summary = pd.read_parquet(tmp_path / "out" / "summary.parquet").set_index("method")
+    assert summary["classes"].tolist() == [2, 2] and summary["class_set"].nunique() == 1
+    assert "≥ 7 pairs" in summary.loc["paper", "class_set"]
+
+
+def test_one_sample_set_per_variant_for_accuracy_and_intra_class(tmp_path) -> None:
+    """OCR-flagged samples leave the variant for every metric: accuracy and intra-class count the same images."""
+    emb_a, labels_a, keys = _clusters(tmp_path, "a", [8, 8], 0.5, 1)
+    emb_b, labels_b, _ = _clusters(tmp_path, "b", [8, 8], 0.5, 2)
+    flags = _write(tmp_path / "ocr.parquet", key=[*keys[:3], keys[9]], flagged=[True, True, True, False])
+    preds = _write(tmp_path / "pred.parquet", key=keys, topk=pa.array([[0]] * 16, type=pa.list_(pa.int64())))
+    run_accuracy(preds, labels_a, str(tmp_path / "acc"), flags=flags, ks=(1,), n_boot=50)
+    intra = run_intra_class(emb_a, labels_a, emb_b, labels_b, str(tmp_path / "intra"), n_boot=50, flags_a=flags)
+    per_class = pd.read_parquet(tmp_path / "acc" / "per_class.parquet").set_index("class")
+    intra_a = pd.read_parquet(tmp_path / "intra" / "intra_a.parquet").set_index("class")
+    assert per_class["n"].tolist() == [5, 8] == intra_a["n"].tolist()  # 3 flagged in class 0, the unflagged row kept
+    assert intra.dropped == {"no_label": 0, "flagged": 3} and intra.rows_in == 32

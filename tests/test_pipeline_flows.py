@@ -50,6 +50,7 @@ def tiny_run(tmp_path: Path) -> tuple[str, str, Path]:
         if (SKIMAGE / name).exists():
             (images / name).write_bytes((SKIMAGE / name).read_bytes())
     index = pd.DataFrame([{"key": k, "url": MIRROR + f, "text": f, "wnid": w, "class_index": c} for k, f, w, c in ROWS])
+    index["text_similarity"] = [0.9, 0.8, 0.7, 0.6, 0.5]  # the top-k variant ranks by it
     index.to_parquet(run_dir / "selection" / "laionet.parquet")
     freq = index.groupby(["wnid", "class_index"]).size().rename("n").reset_index().assign(name="x")
     freq.assign(share=freq["n"] / freq["n"].sum()).to_parquet(run_dir / "selection" / "class_frequency.parquet")
@@ -130,16 +131,19 @@ def test_evaluate_and_report_flows_after_inference(prefect_harness: Path, tiny_r
     assert set(manifests) == {
         "accuracy:laionet:efficientnet_lite0",
         "accuracy:laionet-image:efficientnet_lite0",
+        "accuracy:laionet-top50:efficientnet_lite0",  # the reference's top-50 variant, evaluated like the others
         "intra:laionet--laionet-image",
         "recall-difference:laionet--laionet-image:efficientnet_lite0",
-        "relations:laionet--laionet-image",
+        "relations:laionet--laionet-image:efficientnet_lite0",  # per model
     }
     text_only = read_manifest(f"{run_dir}/variants/laionet")
     filtered = read_manifest(f"{run_dir}/variants/laionet-image")
     assert (text_only.rows_out, text_only.dropped) == (4, {"not_downloaded": 1})  # the 404
     assert filtered.rows_in == 4 and filtered.rows_out + filtered.dropped["image_disagrees"] == 4
     acc = pd.read_parquet(f"{run_dir}/evaluate/accuracy/laionet/efficientnet_lite0/summary.parquet")
-    assert set(acc["weighting"]) == {"equal", "laion"} and acc["accuracy"].between(0, 1).all()
+    assert set(acc["weighting"]) == {"equal", "laion", "laion-paper"} and acc["accuracy"].between(0, 1).all()
+    top = read_manifest(f"{run_dir}/variants/laionet-top50")
+    assert top.rows_in == 4 and top.rows_out + sum(top.dropped.values()) == 4
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType, FlowRunFilter, TaskRunFilter
@@ -169,6 +173,6 @@ def test_evaluate_and_report_flows_after_inference(prefect_harness: Path, tiny_r
     html = (Path(run_dir) / "report" / "index.html").read_text()
     assert "Accuracy" in html and "laionet-image" in html
     assert final_task_states(report_flow(run_dir, preset, return_state=True), 1) == {"report": ["Cached"]}
-    again = final_task_states(evaluate(run_dir, preset, return_state=True), 6)  # variants, 2 accuracies, intra, ...
-    assert sum(len(states) for states in again.values()) == 6
+    again = final_task_states(evaluate(run_dir, preset, return_state=True), 8)  # 2 variants, 3 accuracies, intra, ...
+    assert sum(len(states) for states in again.values()) == 8
     assert {s for states in again.values() for s in states} == {"Cached"}

@@ -88,3 +88,22 @@ def test_relations_with_partial_inputs_and_the_cli(tmp_path) -> None:
     result = CliRunner().invoke(app, ["relations", "--per-class-a", per_a, "--class-frequency", bad, "--out",
                                       str(tmp_path / "bad")])  # fmt: skip
     assert result.exit_code == 2 and "bad_freq.parquet: missing columns ['share']" in result.output
+
+
+def test_relations_per_model_take_the_pair_names_from_the_parent_directory(tmp_path) -> None:
+    """The evaluate flow fans relations out per model: ``relations/<a>--<b>/<model>``."""
+    per_a, per_b, intra, _ = _inputs(tmp_path)
+    out = tmp_path / "relations" / "laionet--imagenet-val" / "resnet50"
+    manifest = run_relations(per_a, str(out), per_class_b=per_b, intra_dir=intra, ks=(1,), n_boot=50)
+    assert manifest.extra["labels"] == {"a": "laionet", "b": "imagenet-val"}
+
+
+def test_evaluate_flow_fans_relations_out_per_model() -> None:
+    """Figs. 7 and 14 show several models: one relations task per scored model, not the first model only."""
+    import ast
+    from pathlib import Path
+
+    source = Path(__file__).parents[1] / "flows" / "evaluate.py"
+    tree = ast.parse(source.read_text())
+    loops = [node for node in ast.walk(tree) if isinstance(node, ast.For) and ast.unparse(node.iter) == "scored"]
+    assert any("relations.submit" in ast.unparse(loop) for loop in loops)

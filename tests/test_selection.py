@@ -118,10 +118,9 @@ def test_selection_rules_threshold_and_counts(stages) -> None:
     sweep = pd.read_parquet(f"{out}/sweep.parquet").set_index("threshold")
     assert sweep.loc[0.5, "n_samples"] == 2 and sweep.loc[0.49, "n_samples"] == 3  # strict >: 0.5 itself is out
     assert sweep.loc[0.0, "n_classes"] == 2  # candidates: lion ×3, lemon ×1 (cougar's only caption is NSFW)
-    top = pd.read_parquet(f"{out}/top50.parquet")
-    assert sorted(top["text"]) == sorted(
-        ["a lion resting in the grass", "Lion brand yarn, 3 pack", "lion", "lemon tart recipe"]
-    )
+    top = pd.read_parquet(f"{out}/top50.parquet")  # built from the selected index: nothing at or below 0.5
+    assert sorted(top["text"]) == sorted(index["text"]) and (top["text_similarity"] > 0.5).all()
+    assert manifest.extra["top_k_rows"] == 2 and manifest.extra["top_k_classes"] == 2
 
 
 def test_paper_threshold_applies_to_the_paper_encoder_and_reselection_reuses_similarities(stages) -> None:

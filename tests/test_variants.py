@@ -100,3 +100,23 @@ def test_variants_cli(tmp_path) -> None:
     result = CliRunner().invoke(app, ["variants", "--shards", str(shards), "--out", str(out), "--predictions",
                                       str(preds), "--rule", "best"])  # fmt: skip
     assert result.exit_code == 2 and "invalid image filter --rule" in result.output
+
+
+def test_top_k_variant_ranks_the_usable_samples_of_the_selected_index(tmp_path) -> None:
+    """Per class the k most similar of the text-only variant, after the OCR filter (the reference's order)."""
+    from laionet.evaluation.variants import run_top_k_variant
+
+    keys = ["a", "b", "c", "d", "e", "f", "z"]
+    source = tmp_path / "labels.parquet"
+    pq.write_table(pa.table({"key": keys, "wnid": ["n0"] * 4 + ["n1"] * 3, "class_index": [0] * 4 + [1] * 3}), source)
+    index = tmp_path / "laionet.parquet"  # "z" is not in the index; "g" is in it but was never downloaded
+    sims = {"a": 0.95, "b": 0.9, "c": 0.8, "d": 0.85, "e": 0.7, "f": 0.75, "g": 0.99}
+    pq.write_table(pa.table({"key": list(sims), "text_similarity": list(sims.values())}), index)
+    flags = tmp_path / "ocr.parquet"
+    pq.write_table(pa.table({"key": ["a", "c"], "flagged": [True, False]}), flags)
+    manifest = run_top_k_variant(str(source), str(index), str(tmp_path / "top2"), k=2, flags=str(flags))
+    kept = pd.read_parquet(tmp_path / "top2" / "labels.parquet")
+    assert sorted(kept["key"]) == ["b", "d", "e", "f"]  # a flagged; of b, c, d the two most similar
+    assert list(kept.columns) == ["key", "wnid", "class_index"]
+    assert manifest.dropped == {"flagged": 1, "not_in_index": 1, "beyond_top_k": 1}
+    assert manifest.rows_in == 7 == manifest.rows_out + sum(manifest.dropped.values())

@@ -71,15 +71,10 @@ def run_accuracy(
     reference: Σ p_y·recall_y with the shares of the full pre-OCR LAIONet, an unscored class counting as 0; see
     ``metrics.weighted_accuracy``)."""
     timer = Timer()
-    label_frame = read_columns(labels, ["key", "class_index"])
+    label_frame, n_flagged = variant_samples(labels, flags)
     pred_frame = read_columns(predictions, ["key", "topk"])
     frame = label_frame.merge(pred_frame, on="key", how="left")
-    dropped = {"flagged": 0, "no_prediction": 0}
-    if flags:
-        flag_frame = read_columns(flags, ["key", "flagged"])
-        flagged = frame["key"].isin(flag_frame.loc[flag_frame["flagged"].astype(bool), "key"])
-        dropped["flagged"] = int(flagged.sum())
-        frame = frame[~flagged]
+    dropped = {"flagged": n_flagged, "no_prediction": 0}
     width = max(ks)
     topk = np.full((len(frame), width), -1, dtype=np.int64)
     for i, row in enumerate(frame["topk"]):
@@ -130,7 +125,7 @@ def run_accuracy(
         config_hash=config_hash(config),
         inputs=[predictions, labels, *(x for x in (weights, flags) if x)],
         outputs=outputs,
-        rows_in=len(label_frame),
+        rows_in=len(label_frame) + n_flagged,
         rows_out=int(has.sum()),
         dropped=dropped,
         wall_time_s=timer.elapsed,
@@ -158,13 +153,31 @@ def read_embeddings(pattern: str) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(arrays), np.concatenate(keys)
 
 
-def _labelled(embeddings: str, labels: str) -> tuple[np.ndarray, np.ndarray, int]:
+def variant_samples(labels: str, flags: str | None = None) -> tuple[pd.DataFrame, int]:
+    """The samples of a variant that every metric scores: its labels (``key``, ``class_index``) minus the keys flagged
+    in ``flags`` (``key``, ``flagged``; e.g. the OCR filter). Returns (labels kept, number flagged). Accuracy,
+    intra-class similarity and own-synset similarity all read a variant through this, so per-class accuracy and
+    intra-class similarity joined in one figure (Fig. 7) describe the same images."""
+    frame = read_columns(labels, ["key", "class_index"])
+    if not flags:
+        return frame, 0
+    flag_frame = read_columns(flags, ["key", "flagged"])
+    flagged = frame["key"].isin(flag_frame.loc[flag_frame["flagged"].astype(bool), "key"]).to_numpy()
+    return frame[~flagged], int(flagged.sum())
+
+
+def _labelled(embeddings: str, labels: str, flags: str | None = None) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Embeddings of a variant's samples (``variant_samples``): (float32 (N, D), class (N,), unlabelled, flagged)."""
     emb, keys = read_embeddings(embeddings)
-    label_frame = read_columns(labels, ["key", "class_index"])
+    label_frame, _ = variant_samples(labels, flags)
+    flagged = 0
+    if flags:  # embeddings of flagged samples: not in the variant's sample set (counted apart from unlabelled ones)
+        every = read_columns(labels, ["key"])["key"]
+        flagged = int(pd.Series(keys).isin(set(every) - set(label_frame["key"])).sum())
     lookup = label_frame.drop_duplicates("key").set_index("key")["class_index"]
     cls = pd.Series(keys).map(lookup)
     known = cls.notna().to_numpy()
-    return emb[known], cls[known].astype(np.int64).to_numpy(), int((~known).sum())
+    return emb[known], cls[known].astype(np.int64).to_numpy(), int((~known).sum()) - flagged, flagged
 
 
 def run_intra_class(
@@ -176,38 +189,53 @@ def run_intra_class(
     cap: int | None = 100,
     n_boot: int = 1000,
     seed: int = 0,
+    flags_a: str | None = None,
+    flags_b: str | None = None,
+    min_pairs: int = 7,
 ) -> Manifest:
     """Intra-class similarity of datasets A and B and their per-class comparison (bootstrap over images, and the
     paper's normal approximation). Writes ``intra_a``, ``intra_b``, ``compare_bootstrap``, ``compare_paper`` and
-    ``summary`` parquet tables; embeddings without a label are counted (``no_label``)."""
+    ``summary`` parquet tables; embeddings without a label are counted (``no_label``), those of samples flagged in
+    ``flags_a``/``flags_b`` (the variant's OCR flags, as for accuracy: ``variant_samples``) as ``flagged``.
+
+    Both comparisons cover the same classes — those with at least ``min_pairs`` pairs (the paper's ≥ 7 values, so
+    ≥ 5 images) in both datasets — so the two proportions share a denominator; ``summary`` names it (``class_set``)."""
     timer = Timer()
-    emb_a, cls_a, unlabelled_a = _labelled(embeddings_a, labels_a)
-    emb_b, cls_b, unlabelled_b = _labelled(embeddings_b, labels_b)
+    emb_a, cls_a, unlabelled_a, flagged_a = _labelled(embeddings_a, labels_a, flags_a)
+    emb_b, cls_b, unlabelled_b, flagged_b = _labelled(embeddings_b, labels_b, flags_b)
+    min_images = int(np.ceil((1 + np.sqrt(1 + 8 * min_pairs)) / 2))  # n(n−1)/2 ≥ min_pairs
+    boot = compare_bootstrap(emb_a, cls_a, emb_b, cls_b, cap=cap, n_boot=n_boot, seed=seed, min_images=min_images)
+    pairs_a = {c: pair_similarities(emb_a[i]) for c, i in sample_by_class(cls_a, cap, seed).items()}
+    pairs_b = {c: pair_similarities(emb_b[i]) for c, i in sample_by_class(cls_b, cap, seed + 1).items()}
+    paper = compare_paper(pairs_a, pairs_b, min_values=min_pairs)
+    common = set(boot["class"]) & set(paper["class"])
     tables = {
         "intra_a": intra_class(emb_a, cls_a, cap, seed),
         "intra_b": intra_class(emb_b, cls_b, cap, seed + 1),
-        "compare_bootstrap": compare_bootstrap(emb_a, cls_a, emb_b, cls_b, cap=cap, n_boot=n_boot, seed=seed),
+        "compare_bootstrap": boot[boot["class"].isin(common)].reset_index(drop=True),
+        "compare_paper": paper[paper["class"].isin(common)].reset_index(drop=True),
     }
-    pairs_a = {c: pair_similarities(emb_a[i]) for c, i in sample_by_class(cls_a, cap, seed).items()}
-    pairs_b = {c: pair_similarities(emb_b[i]) for c, i in sample_by_class(cls_b, cap, seed + 1).items()}
-    tables["compare_paper"] = compare_paper(pairs_a, pairs_b)
-    summary = pd.DataFrame([{"method": m, **proportions(tables[f"compare_{m}"])} for m in ("bootstrap", "paper")])
+    class_set = f"classes with ≥ {min_images} images (≥ {min_pairs} pairs) in both"
+    summary = pd.DataFrame(
+        [{"method": m, **proportions(tables[f"compare_{m}"]), "class_set": class_set} for m in ("bootstrap", "paper")]
+    )
     tables["summary"] = summary
     outputs = []
     for name, table in tables.items():
         path = join(out_dir, f"{name}.parquet")
         write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False), path)
         outputs.append(path)
-    config = {"a": [embeddings_a, labels_a], "b": [embeddings_b, labels_b], "cap": cap, "n_boot": n_boot, "seed": seed}
+    config = {"a": [embeddings_a, labels_a, flags_a], "b": [embeddings_b, labels_b, flags_b], "cap": cap,
+              "n_boot": n_boot, "seed": seed, "min_pairs": min_pairs}  # fmt: skip
     manifest = Manifest(
         stage="intra-class",
         config=config,
         config_hash=config_hash(config),
-        inputs=[embeddings_a, labels_a, embeddings_b, labels_b],
+        inputs=[p for p in (embeddings_a, labels_a, flags_a, embeddings_b, labels_b, flags_b) if p],
         outputs=outputs,
-        rows_in=len(emb_a) + len(emb_b) + unlabelled_a + unlabelled_b,
+        rows_in=len(emb_a) + len(emb_b) + unlabelled_a + unlabelled_b + flagged_a + flagged_b,
         rows_out=len(emb_a) + len(emb_b),
-        dropped={"no_label": unlabelled_a + unlabelled_b},
+        dropped={"no_label": unlabelled_a + unlabelled_b, "flagged": flagged_a + flagged_b},
         wall_time_s=timer.elapsed,
         extra={"proportions": summary.to_dict("records")},
     )
@@ -351,15 +379,12 @@ def _columns(pattern: str) -> list[str]:
 
 def _scores(predictions: str, labels: str, flags: str | None) -> tuple[dict[object, np.ndarray], int, dict[str, int]]:
     """Per class, the ``own_score`` of each labelled sample: ({class: float64 (n,)}, rows in, dropped by reason)."""
-    label_frame = read_columns(labels, ["key", "class_index"]).drop_duplicates("key")
+    kept, _ = variant_samples(labels, flags)
+    every = read_columns(labels, ["key"])["key"].drop_duplicates()
+    label_frame = kept.drop_duplicates("key")
     pred_frame = read_columns(predictions, ["key", "own_score"]).drop_duplicates("key", keep="last")
     frame = label_frame.merge(pred_frame, on="key", how="left", indicator=True)
-    dropped = {"flagged": 0, "no_prediction": 0, "no_score": 0}
-    if flags:
-        flag_frame = read_columns(flags, ["key", "flagged"])
-        flagged = frame["key"].isin(flag_frame.loc[flag_frame["flagged"].astype(bool), "key"])
-        dropped["flagged"] = int(flagged.sum())
-        frame = frame[~flagged]
+    dropped = {"flagged": len(every) - len(label_frame), "no_prediction": 0, "no_score": 0}
     absent = (frame["_merge"] == "left_only").to_numpy()
     score = frame["own_score"].to_numpy(float)
     dropped["no_prediction"] = int(absent.sum())
@@ -369,7 +394,7 @@ def _scores(predictions: str, labels: str, flags: str | None) -> tuple[dict[obje
         (cls.item() if hasattr(cls, "item") else cls): group.to_numpy(float)
         for cls, group in frame.groupby("class_index", sort=True)["own_score"]
     }
-    return values, len(label_frame), dropped
+    return values, len(every), dropped
 
 
 def run_own_similarity(

@@ -61,13 +61,14 @@ class Relation:
 
 
 def _pair_labels(out_dir: str, labels: tuple[str, str] | None) -> tuple[str, str]:
-    """A and B's names: given, or from an output directory named ``<a>--<b>`` (the run layout), else A and B."""
+    """A and B's names: given, or from the output directory named ``<a>--<b>`` or its parent (the run layout:
+    ``relations/<a>--<b>/<model>``), else A and B."""
     if labels:
         return labels
-    last = out_dir.rstrip("/").rsplit("/", 1)[-1]
-    if "--" in last:
-        a, b = last.split("--", 1)
-        return a, b
+    for part in out_dir.rstrip("/").rsplit("/", 2)[::-1][:2]:
+        if "--" in part:
+            a, b = part.split("--", 1)
+            return a, b
     return "A", "B"
 
 

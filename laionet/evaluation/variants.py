@@ -202,3 +202,51 @@ def _describe(rule: ImageFilter) -> str:
     if rule.rule == "topk":
         return f"keep iff the sample's class is in {rule.model}'s top-{rule.k} predictions"
     return f"keep iff {rule.model}'s score of the sample's class (own_score) >= {rule.threshold}"
+
+
+def run_top_k_variant(source: str, index: str, out_dir: str, k: int = 50, flags: str | None = None) -> Manifest:
+    """The top-k variant (the reference's top-50): per class, the ``k`` samples of LAIONet most similar to their
+    synset text.
+
+    Reads the text-only variant's labels ``source`` (``key``, ``wnid``, ``class_index``: downloaded, not
+    quarantined), the selection's index ``index`` (``key``, ``text_similarity``: the rows above the threshold) and
+    optional ``flags`` (``key``, ``flagged``: the OCR filter). The reference ranked LAIONet after its OCR filter, so
+    flagged samples are left out before ranking, as are samples that were never downloaded (the next most similar
+    take their place). Ties: the smaller key first. Writes ``<out_dir>/labels.parquet`` (``LABEL_COLUMNS``) and the
+    manifest; counts: source rows = kept + ``flagged`` + ``not_in_index`` + ``beyond_top_k``.
+    """
+    timer = Timer()
+    labels = read_columns(source, LABEL_COLUMNS)
+    labels["key"] = labels["key"].astype(str)
+    dropped = {"flagged": 0, "not_in_index": 0, "beyond_top_k": 0}
+    if flags:
+        flag_frame = read_columns(flags, ["key", "flagged"])
+        flagged = labels["key"].isin(flag_frame.loc[flag_frame["flagged"].astype(bool), "key"].astype(str))
+        dropped["flagged"] = int(flagged.sum())
+        labels = labels[~flagged.to_numpy()]
+    sims = read_columns(index, ["key", "text_similarity"]).drop_duplicates("key")
+    sims["key"] = sims["key"].astype(str)
+    ranked = labels.merge(sims, on="key", how="left")
+    missing = ranked["text_similarity"].isna().to_numpy()
+    dropped["not_in_index"] = int(missing.sum())
+    ranked = ranked[~missing].sort_values(["class_index", "text_similarity", "key"], ascending=[True, False, True])
+    kept = ranked.groupby("class_index", sort=False).head(k)
+    dropped["beyond_top_k"] = len(ranked) - len(kept)
+    path = join(out_dir, "labels.parquet")
+    write_parquet_atomic(_labels_table(kept.sort_values("key")), path)
+    config = {"source": source, "index": index, "k": k, "flags": flags}
+    variant = out_dir.rstrip("/").rsplit("/", 1)[-1]
+    manifest = Manifest(
+        stage="variants",
+        config=config,
+        config_hash=config_hash(config),
+        inputs=[p for p in (source, index, flags) if p],
+        outputs=[path],
+        rows_in=len(labels) + dropped["flagged"],
+        rows_out=len(kept),
+        dropped=dropped,
+        wall_time_s=timer.elapsed,
+        extra={"variant": variant, "k": k, "classes": int(kept["class_index"].nunique())},
+    )
+    write_manifest(out_dir, manifest)
+    return manifest

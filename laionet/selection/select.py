@@ -3,7 +3,8 @@
 Reads a completed match stage, the similarity stage of one encoder and the catalog; writes into ``<out>``:
 ``laionet.parquet`` (the index: ``INDEX_COLUMNS``), ``class_frequency.parquet``, ``sweep.parquet`` (per threshold:
 dataset size and classes with ≥1 sample — the data of the paper's Figure 3), ``histogram.parquet`` (similarity
-histogram of the candidates), ``top<k>.parquet`` (the top-k-per-class variant) and the manifest (written last).
+histogram of the candidates), ``top<k>.parquet`` (per class, the k most similar rows of the index itself, i.e. above
+the threshold: the reference's top-50 variant) and the manifest (written last).
 
 Rules, applied per caption in this order; each caption is counted once, under the first rule that drops it:
 ``multi_label`` (matched lemmas of more than one class; or ``multi_label="best"``: keep the most similar class),
@@ -169,7 +170,7 @@ def run_select(
         class_index = dict(zip(catalog["wnid"], catalog["class_index"], strict=True))
         grid = config.grid()
 
-        # pass 1: candidates per part → sweep counts, per-class max similarity, histogram, top-k
+        # pass 1: candidates per part → sweep counts, per-class max similarity, histogram
         dropped = dict.fromkeys(DROP_REASONS, 0)
         above = np.zeros(len(grid), dtype=np.int64)
         class_max: dict[str, float] = {}
@@ -189,8 +190,6 @@ def run_select(
             hist += np.histogram(np.clip(sim, -1, 1), bins=edges)[0]
             for wnid, value in cand.groupby("wnid")["similarity"].max().items():
                 class_max[str(wnid)] = max(class_max.get(str(wnid), -np.inf), float(value))
-            if config.top_k:
-                top = top_k_per_class(pd.concat([top, cand]) if top is not None else cand, config.top_k)
         maxima = np.array(sorted(class_max.values()))
         sweep = pd.DataFrame(
             {"threshold": grid, "n_samples": above, "n_classes": len(maxima) - np.searchsorted(maxima, grid, "right")}
@@ -220,6 +219,8 @@ def run_select(
                 for wnid, n in kept["wnid"].value_counts().items():
                     counts[str(wnid)] = counts.get(str(wnid), 0) + int(n)
                 writer.write_table(_index_rows(kept, _read(match_path, _CARRIED), class_index))
+                if config.top_k:  # top-k of LAIONet itself: the selected rows, above the threshold (as the reference)
+                    top = top_k_per_class(pd.concat([top, kept]) if top is not None else kept, config.top_k)
         n_selected = sum(counts.values())
 
         names = dict(zip(catalog["wnid"], catalog["name"], strict=True))
