@@ -24,6 +24,7 @@ variant's, with the filtered variant's counts in ``extra["filtered"]``.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import fsspec
@@ -127,10 +128,14 @@ def run_variants(
     rule = rule or (ImageFilter() if predictions else None)
     if rule is not None and rule.rule == "own_score" and rule.threshold is None:
         raise ValueError("image filter rule own_score needs a threshold")
-    with stage_lock(out_root, "variants"):  # each variant directory is visibly incomplete until its manifest
+    # one lock per variant directory (label sets of other datasets are written concurrently into the same root);
+    # each is visibly incomplete until its manifest
+    filtered_dir = join(out_root, filtered_name or f"{name}-image") if rule is not None else None
+    second = stage_lock(filtered_dir, "variants") if filtered_dir is not None else nullcontext()
+    with stage_lock(join(out_root, name), "variants"), second:
         begin(join(out_root, name), "")
-        if rule is not None:
-            begin(join(out_root, filtered_name or f"{name}-image"), "")
+        if filtered_dir is not None:
+            begin(filtered_dir, "")
         listed, listings = read_listings(shards_dir)
         downloaded = listed["status"].eq("success").to_numpy() if "status" in listed else np.ones(len(listed), bool)
         dropped = {"not_downloaded": int((~downloaded).sum())}
