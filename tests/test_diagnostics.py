@@ -201,3 +201,26 @@ def test_wilson_interval_matches_the_formula() -> None:
     low, high = wilson_interval(3, 10)
     assert (low, high) == pytest.approx((0.1078, 0.6032), abs=1e-4)  # the textbook Wilson interval of 3/10
     assert wilson_interval(0, 0) != wilson_interval(0, 0)  # nan
+
+
+def test_text_alone_from_the_command_line_with_the_offline_text_encoder(catalog, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from laionet.cli import app
+
+    rows = [
+        ("k1", "a lion resting in the grass at dusk", WNIDS[0]),
+        ("k2", "fresh lemon tart with a lemon slice", WNIDS[2]),
+        ("k3", "a lemon tart recipe", WNIDS[0]),
+    ]
+    pd.DataFrame(rows, columns=["key", "text", "wnid"]).to_parquet(tmp_path / "captions.parquet")
+    result = CliRunner().invoke(app, ["text-alone", "--captions", str(tmp_path / "captions.parquet"), "--catalog",
+                                      catalog, "--out", str(tmp_path / "t")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "shares over the 4 other classes" in result.output
+    per = pd.read_parquet(tmp_path / "t" / "per_caption.parquet").set_index("key")
+    assert per.loc["k1", "rank"] == 1 and per.loc["k2", "rank"] == 1  # real MiniLM: own classes first
+    assert per.loc["k3", "p_more_similar"] > 0  # a lemon caption labelled lion: lemon is more similar
+    bad = CliRunner().invoke(app, ["text-alone", "--captions", str(catalog), "--catalog", catalog, "--out",
+                                   str(tmp_path / "u")])  # fmt: skip
+    assert bad.exit_code == 2 and "needs columns key, text, wnid" in bad.output

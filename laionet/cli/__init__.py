@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from laionet.cli import demo, evaluation, images, inference, report, selection, text
+from laionet.cli import demo, diagnostics, evaluation, images, inference, report, selection, text
 
 app = typer.Typer(
     help="LAIONet: recreate ImageNet from an image-text corpus by selecting on captions alone.",
@@ -18,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _group in (text, selection, images, inference, evaluation, report, demo):
+for _group in (text, selection, images, inference, evaluation, diagnostics, report, demo):
     app.registered_commands.extend(_group.app.registered_commands)
     app.registered_groups.extend(_group.app.registered_groups)
 

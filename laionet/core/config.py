@@ -39,6 +39,42 @@ class Reference(BaseModel):
     paths: dict[str, str]
 
 
+class Diagnose(BaseModel):
+    """The Section 4 diagnostics of a run (the ``diagnose`` flow). Empty lists switch a diagnostic off."""
+
+    text_alone: bool = True
+    captions: str | None = Field(
+        None,
+        description="4.2: labelled captions (ImageNet-Captions JSON, or parquet key/text/wnid); None: the run's "
+        "single-class matched captions (the offline stand-in)",
+    )
+    selection_frequency: dict[str, float] = Field(
+        default_factory=dict,
+        description="4.1: reference name → average MTurk selection frequency (ImageNetV2 a 0.85, b 0.73, c 0.93); "
+        "each is compared with LAIONet and with selection_frequency_reference",
+    )
+    selection_frequency_reference: str | None = Field("imagenet-val", description="4.1: the ImageNet side (Fig. 8c)")
+    filter_strictness: list[int] = Field(
+        default_factory=list,
+        description="4.1 stand-in without ImageNetV2: image filters 'class in the filter model's top-k' for these k, "
+        "each compared with the text-only selection; x = the share of samples the filter rejects",
+    )
+    text_thresholds: list[float] = Field(
+        default_factory=list,
+        description="image+text-filtered variants: text thresholds (reference 0.72/0.76/0.79/0.81)",
+    )
+    text_quantiles: list[float] = Field(
+        default_factory=list,
+        description="stand-in: text thresholds at these quantiles of the selected index's text similarity",
+    )
+    filtered_target: int | None = Field(None, description="samples per filtered variant (default: the strictest's)")
+    candidates: str | None = Field(
+        None,
+        description="the candidate index of the filtered variants (default: the run's selection/laionet.parquet, "
+        "which must then hold every candidate above the lowest text threshold, downloaded and inferred)",
+    )
+
+
 class Preset(BaseModel):
     """Every setting of a pipeline run."""
 
@@ -69,6 +105,7 @@ class Preset(BaseModel):
     intra_cap: int | None = 100
     seed: int = 0
     disclaimer: str | None = None
+    diagnose: Diagnose | None = Field(default_factory=Diagnose, description="Section 4 diagnostics; None: none")
 
     def image_models(self) -> list[str]:
         """Every model inference runs: the classifiers, the embedding model, the zero-shot model, the filter's."""
@@ -94,6 +131,7 @@ PRESETS: dict[str, Preset] = {
         description="offline: openclipart corpus, MiniLM, EfficientNet-Lite0, text-only vs image-filtered selection",
         download={"image_size": 448, "threads": 16, "samples_per_shard": 256, "timeout": 20},
         disclaimer=DEMO_DISCLAIMER,
+        diagnose=Diagnose(filter_strictness=[5, 3, 1], text_quantiles=[0.0, 0.25, 0.5, 0.75]),
     ),
     "laion400m": Preset(
         name="laion400m",
@@ -114,6 +152,7 @@ PRESETS: dict[str, Preset] = {
         },
         compare=[("laionet", "imagenet-val"), ("laionet-image", "imagenet-val")],
         shard_batches=8,
+        diagnose=Diagnose(captions="data/imagenet-captions/imagenet_captions.json"),
     ),
 }
 

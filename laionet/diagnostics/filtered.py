@@ -57,6 +57,7 @@ def run_filtered_variants(
     text_thresholds: Sequence[float] = (0.72, 0.76, 0.79, 0.81),
     target: int | None = None,
     base: str = "laionet",
+    summary_dir: str | None = None,
 ) -> list[Manifest]:
     """Write one label set per text threshold, each of exactly ``target`` samples (see module docstring).
 
@@ -65,6 +66,8 @@ def run_filtered_variants(
         image_scores: predictions glob/file with ``key`` and ``own_score`` (NaN or absent: no image score).
         target: samples per variant; default: as many as the strictest text threshold's candidates with an image
             score (then its image threshold keeps all of them).
+        summary_dir: where the summary of all variants goes (``summary.parquet`` + a manifest listing each variant's
+            labels; default: ``<out_root>/_filtered_summary.parquet`` only).
 
     Raises:
         ValueError: a target above what the strictest text threshold leaves.
@@ -124,8 +127,19 @@ def run_filtered_variants(
             write_manifest(out_dir, manifest)
             manifests.append(manifest)
             summary.append({"variant": name, "text_threshold": t, **extra})
-        write_parquet_atomic(
-            pa.Table.from_pandas(pd.DataFrame(summary), preserve_index=False),
-            join(out_root, "_filtered_summary.parquet"),
-        )
+        table = pa.Table.from_pandas(pd.DataFrame(summary), preserve_index=False)
+        if summary_dir is None:
+            write_parquet_atomic(table, join(out_root, "_filtered_summary.parquet"))
+    if summary_dir is not None:
+        with stage_lock(summary_dir, STAGE):
+            begin(summary_dir, "")
+            path = join(summary_dir, "summary.parquet")
+            write_parquet_atomic(table, path)
+            names = [variant_name(base, t) for t in thresholds]
+            write_manifest(summary_dir, Manifest(
+                stage=STAGE, config={**settings, "out_root": out_root}, config_hash=chash,
+                inputs=[candidates, image_scores], outputs=[path, *(m.outputs[0] for m in manifests)],
+                rows_in=len(thresholds), rows_out=len(thresholds), wall_time_s=timer.elapsed,
+                extra={"variants": names, "text_thresholds": thresholds, "target": target},
+            ))  # fmt: skip
     return manifests
