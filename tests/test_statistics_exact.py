@@ -1,0 +1,321 @@
+"""Every statistic pinned on a small worked example computed independently of the code (by hand or a plain loop in the
+test), weighted and unweighted, plus hypothesis property tests (issue 13)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from laionet.evaluation.metrics import (
+    bootstrap_interval,
+    compared_accuracy,
+    paper_interval,
+    recall_difference,
+    weighted_accuracy,
+    wilson_interval,
+)
+from laionet.evaluation.stats import compare_bootstrap, compare_paper, spearman_interval
+
+Z = 1.959963984540054
+PROPERTY = settings(max_examples=60, deadline=None)
+
+
+def _wilson_by_hand(c: int, n: int, z: float = Z) -> tuple[float, float]:
+    p = c / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def _table(n: list[int], correct: list[int]) -> pd.DataFrame:
+    return pd.DataFrame({"class": range(len(n)), "n": n, "correct@1": correct,
+                         "recall@1": [c / m for c, m in zip(correct, n, strict=True)]})  # fmt: skip
+
+
+# accuracy and its paper interval ------------------------------------------------------------------------------------
+
+
+def test_weighted_accuracy_worked_example() -> None:
+    recall = pd.Series({0: 0.5, 1: 1.0, 2: 0.25})
+    assert weighted_accuracy(recall) == pytest.approx((0.5 + 1.0 + 0.25) / 3)
+    shares = pd.Series({0: 0.5, 1: 0.2, 2: 0.1, 7: 0.2})  # class 7: in LAIONet, not scored
+    assert weighted_accuracy(recall, shares) == pytest.approx((0.25 + 0.2 + 0.025) / 0.8)
+    assert weighted_accuracy(recall, shares, normalize=False) == pytest.approx(0.25 + 0.2 + 0.025)
+
+
+def test_paper_interval_worked_example_weighted_and_not() -> None:
+    table = _table([10, 4, 25], [8, 1, 25])
+    halves = []
+    for c, n in [(8, 10), (1, 4), (25, 25)]:
+        lo, hi = _wilson_by_hand(c, n)
+        halves.append((hi - lo) / 2)
+    recalls = [0.8, 0.25, 1.0]
+    acc, lo, hi = paper_interval(table, 1)
+    err = math.sqrt(sum(h * h for h in halves)) / 3
+    assert (acc, lo, hi) == pytest.approx((sum(recalls) / 3, sum(recalls) / 3 - err, sum(recalls) / 3 + err))
+    w = [0.6, 0.3, 0.1]
+    shares = pd.Series(dict(enumerate(w)))
+    acc, lo, hi = paper_interval(table, 1, shares)
+    mean = sum(wi * r for wi, r in zip(w, recalls, strict=True))  # Σw = 1
+    err = math.sqrt(sum((wi * h) ** 2 for wi, h in zip(w, halves, strict=True)))  # √Σ(w·h)², not √Σw·h²
+    assert (acc, lo, hi) == pytest.approx((mean, mean - err, mean + err))
+    half_shares = pd.Series({i: wi / 2 for i, wi in enumerate(w)})  # shares of a larger LAIONet: Σw = 0.5 here
+    acc, lo, hi = paper_interval(table, 1, half_shares, normalize=False)
+    err = math.sqrt(sum((wi / 2 * h) ** 2 for wi, h in zip(w, halves, strict=True)))
+    assert (acc, lo, hi) == pytest.approx((mean / 2, mean / 2 - err, mean / 2 + err))
+
+
+def _normal_width(n: np.ndarray, correct: np.ndarray, w: np.ndarray) -> float:
+    """2·z·sd of Σw·p*/Σw when each p* is a Binomial(n, p̃)/n draw, p̃ = (c + ½)/(n + 1)."""
+    smoothed = (correct + 0.5) / (n + 1)
+    return 2 * Z * math.sqrt(float(np.sum(w**2 * smoothed * (1 - smoothed) / n))) / float(w.sum())
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_accuracy_bootstrap_width_is_the_sampling_error_of_the_equally_or_laion_weighted_mean(weighted: bool) -> None:
+    """Class sizes 20 and 2000 at recall ½: the equally-weighted mean's error is dominated by the small class (a pooled
+    accuracy would be ~5× narrower); with LAION shares 0.9 / 0.1 it is the weighted one's."""
+    n, correct = np.array([20, 2000]), np.array([10, 1000])
+    w = np.array([0.9, 0.1]) if weighted else np.ones(2)
+    shares = pd.Series({0: 0.9, 1: 0.1}) if weighted else None
+    acc, lo, hi = bootstrap_interval(_table(n.tolist(), correct.tolist()), 1, shares, n_boot=4000, seed=3)
+    assert acc == pytest.approx(0.5)
+    assert hi - lo == pytest.approx(_normal_width(n, correct, w), rel=0.08)
+    assert (lo + hi) / 2 == pytest.approx(acc, abs=0.01)
+    small = _table([20, 30], [5, 9])
+    assert bootstrap_interval(small, 1) == bootstrap_interval(small, 1, level=0.95)
+
+
+def test_accuracy_bootstrap_level_sets_the_width() -> None:
+    table = _table([400, 400], [200, 300])
+    _, lo95, hi95 = bootstrap_interval(table, 1, n_boot=6000, seed=1)
+    _, lo90, hi90 = bootstrap_interval(table, 1, n_boot=6000, seed=1, level=0.90)
+    assert (hi95 - lo95) / (hi90 - lo90) == pytest.approx(Z / 1.6448536269514722, rel=0.06)
+
+
+def test_compared_accuracy_worked_example() -> None:
+    a = _table([4, 6, 10], [1, 3, 10])
+    b = pd.DataFrame({"class": [1, 0, 5], "n": [10, 10, 10], "correct@1": [6, 5, 0], "recall@1": [0.6, 0.5, 0.0]})
+    out = compared_accuracy(a, b, 1, n_boot=3000)
+    assert out["classes"] == 2  # classes 0 and 1 only
+    assert out["accuracy_a"] == pytest.approx((0.25 + 0.5) / 2) and out["accuracy_b"] == pytest.approx(0.55)
+    assert out["difference"] == pytest.approx(0.375 - 0.55)
+    width = 2 * Z * math.sqrt(sum(p * (1 - p) / m for p, m in [(1.5 / 5, 4), (3.5 / 7, 6), (5.5 / 11, 10),
+                                                                   (6.5 / 11, 10)])) / 2  # fmt: skip
+    assert out["upper"] - out["lower"] == pytest.approx(width, rel=0.1)
+    weighted = compared_accuracy(a, b, 1, pd.Series({0: 0.3, 1: 0.1, 2: 0.6}))
+    assert weighted["accuracy_a"] == pytest.approx((0.3 * 0.25 + 0.1 * 0.5) / 0.4)
+    assert weighted["accuracy_b"] == pytest.approx((0.3 * 0.5 + 0.1 * 0.6) / 0.4)
+
+
+# per-class recall differences ---------------------------------------------------------------------------------------
+
+
+def test_newcombe_worked_example() -> None:
+    a = _table([2, 20], [2, 5])
+    b = _table([50, 20], [45, 15])
+    table = recall_difference(a, b, 1).set_index("class")
+    for cls, (ca, na, cb, nb) in enumerate([(2, 2, 45, 50), (5, 20, 15, 20)]):
+        pa, pb = ca / na, cb / nb
+        (la, ua), (lb, ub) = _wilson_by_hand(ca, na), _wilson_by_hand(cb, nb)
+        lower = pa - pb - math.sqrt((pa - la) ** 2 + (ub - pb) ** 2)
+        upper = pa - pb + math.sqrt((ua - pa) ** 2 + (pb - lb) ** 2)
+        assert table.loc[cls, ["delta", "lower", "upper"]].tolist() == pytest.approx([pa - pb, lower, upper])
+    assert table["significantly_lower"].tolist() == [False, True]  # 5/20 vs 15/20
+
+
+def test_recall_difference_bootstrap_resamples_both_datasets() -> None:
+    a, b = _table([2000], [1000]), _table([2000], [1400])
+    row = recall_difference(a, b, 1, n_boot=4000, method="bootstrap").iloc[0]
+    width = 2 * Z * math.sqrt(0.25 / 2000 + 0.21 / 2000)
+    assert row["upper"] - row["lower"] == pytest.approx(width, rel=0.08)
+    level90 = recall_difference(a, b, 1, n_boot=4000, method="bootstrap", level=0.9).iloc[0]
+    assert (row["upper"] - row["lower"]) / (level90["upper"] - level90["lower"]) == pytest.approx(1.19, rel=0.06)
+
+
+# intra-class similarity ---------------------------------------------------------------------------------------------
+
+
+def _distinct_pair_mean(gram: np.ndarray, idx: np.ndarray) -> float:
+    """Mean cosine over the pairs of a resample whose two members are different images (plain loop)."""
+    values = [gram[idx[i], idx[j]] for i, j in itertools.combinations(range(len(idx)), 2) if idx[i] != idx[j]]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_image_bootstrap_never_counts_an_image_paired_with_itself() -> None:
+    """Equiangular images: every pair of distinct images has cosine exactly c, so every resample's mean is c and the
+    difference of two such datasets is exactly c_a − c_b (an image paired with itself would add 1s)."""
+    eye = np.eye(6)
+    emb_a = _unit(eye + 1.0)  # (e_i + 1)·(e_j + 1) = 0 + 1 + 1 + 6 = 8, |e_i + 1|² = 1 + 2 + 6 = 9: cosine 8/9
+    emb_b = eye  # pairwise cosine 0
+    labels = np.zeros(6, dtype=int)
+    row = compare_bootstrap(emb_a, labels, emb_b, labels, n_boot=300, min_images=2).iloc[0]
+    assert row["delta"] == pytest.approx(8 / 9)
+    assert row["lower"] == pytest.approx(8 / 9) and row["upper"] == pytest.approx(8 / 9)
+
+
+def test_image_bootstrap_matches_a_plain_loop_over_resamples_of_both_datasets() -> None:
+    rng = np.random.default_rng(5)
+    emb_a, emb_b = _unit(rng.normal(size=(8, 6)) + 1.0), _unit(rng.normal(size=(8, 6)) + 0.5)
+    gram_a, gram_b = emb_a @ emb_a.T, emb_b @ emb_b.T
+    loop = np.random.default_rng(11)
+    diffs = np.array([
+        _distinct_pair_mean(gram_a, loop.integers(0, 8, 8)) - _distinct_pair_mean(gram_b, loop.integers(0, 8, 8))
+        for _ in range(3000)
+    ])  # fmt: skip
+    lo, hi = np.nanquantile(diffs, [0.025, 0.975])
+    labels = np.zeros(8, dtype=int)
+    row = compare_bootstrap(emb_a, labels, emb_b, labels, n_boot=3000, seed=2).iloc[0]
+    assert row["delta"] == pytest.approx(_distinct_pair_mean(gram_a, np.arange(8)) - _distinct_pair_mean(
+        gram_b, np.arange(8)))  # fmt: skip
+    assert row["upper"] - row["lower"] == pytest.approx(hi - lo, rel=0.08)
+    assert row["lower"] == pytest.approx(lo, abs=0.08 * (hi - lo)) and row["upper"] == pytest.approx(
+        hi, abs=0.08 * (hi - lo)
+    )
+    # A is constant under resampling (equiangular): all of the interval's width must come from resampling B
+    constant = _unit(np.eye(8) + 1.0)
+    only_b = compare_bootstrap(constant, labels, emb_b, labels, n_boot=3000, seed=2).iloc[0]
+    loop_b = np.array([_distinct_pair_mean(gram_b, loop.integers(0, 8, 8)) for _ in range(3000)])
+    assert only_b["upper"] - only_b["lower"] == pytest.approx(float(np.ptp(np.nanquantile(loop_b, [0.025, 0.975]))),
+                                                              rel=0.1)  # fmt: skip
+
+
+def test_paper_comparison_both_bounds_worked_example() -> None:
+    a = np.array([0.5, 0.6, 0.7, 0.6, 0.5, 0.6, 0.7, 0.6])
+    b = np.array([0.8, 0.9, 0.8, 0.9, 0.8, 0.9, 0.8, 0.9, 0.7])
+    row = compare_paper({0: a}, {0: b}).iloc[0]
+
+    def err(values: np.ndarray) -> float:
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+        return Z * std / math.sqrt(len(values) - 1)
+
+    delta = a.mean() - b.mean()
+    total = math.sqrt(err(a) ** 2 + err(b) ** 2)
+    assert (row["lower"], row["upper"]) == pytest.approx((delta - total, delta + total))
+    assert compare_paper({0: a}, {0: a + 0.001})["significantly_lower"].tolist() == [False]
+
+
+# Spearman -----------------------------------------------------------------------------------------------------------
+
+
+def _average_ranks(values: list[float]) -> list[float]:
+    ranks = [0.0] * len(values)
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def _pearson(x: list[float], y: list[float]) -> float:
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    num = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    return num / math.sqrt(sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y))
+
+
+def test_spearman_worked_example_with_ties() -> None:
+    x = [0.1, 0.4, 0.4, 0.9, 0.2, 0.7]
+    y = [0.0, 0.5, 1.0, 1.0, 0.5, 0.5]
+    rho, lo, hi = spearman_interval(np.array(x), np.array(y), n_boot=500)
+    assert rho == pytest.approx(_pearson(_average_ranks(x), _average_ranks(y)))
+    assert lo <= rho <= hi
+
+
+def test_spearman_interval_width_matches_a_plain_bootstrap_loop_at_its_level() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=300)
+    y = np.round(x + rng.normal(size=300), 1)  # ties
+    loop = np.random.default_rng(9)
+    rhos = []
+    for _ in range(2000):
+        idx = loop.integers(0, 300, 300)
+        rhos.append(_pearson(_average_ranks(list(x[idx])), _average_ranks(list(y[idx]))))
+    for level in (0.95, 0.90):
+        lo, hi = np.quantile(rhos, [(1 - level) / 2, (1 + level) / 2])
+        _, got_lo, got_hi = spearman_interval(x, y, n_boot=2000, seed=0, level=level)
+        assert got_hi - got_lo == pytest.approx(hi - lo, rel=0.1)
+    assert spearman_interval(x, y, n_boot=300) == spearman_interval(x, y, n_boot=300, level=0.95)
+
+
+# properties ---------------------------------------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(st.integers(1, 300).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))))
+def test_wilson_contains_the_estimate_and_stays_in_the_unit_interval(cn: tuple[int, int]) -> None:
+    c, n = cn
+    lo, hi = wilson_interval(np.array([c]), np.array([n]))
+    assert -1e-12 <= lo[0] <= c / n + 1e-12 and c / n - 1e-12 <= hi[0] <= 1 + 1e-12
+    assert (lo[0], hi[0]) == pytest.approx(_wilson_by_hand(c, n))
+
+
+counts = st.integers(1, 60).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n)))
+
+
+@PROPERTY
+@given(st.lists(st.tuples(counts, counts), min_size=1, max_size=6))
+def test_newcombe_is_antisymmetric_and_holds_its_estimate(rows: list[tuple[tuple[int, int], tuple[int, int]]]) -> None:
+    a = _table([r[0][1] for r in rows], [r[0][0] for r in rows])
+    b = _table([r[1][1] for r in rows], [r[1][0] for r in rows])
+    ab, ba = recall_difference(a, b, 1), recall_difference(b, a, 1)
+    assert (ab["lower"] <= ab["delta"] + 1e-12).all() and (ab["delta"] <= ab["upper"] + 1e-12).all()
+    assert np.allclose(ab["lower"], -ba["upper"]) and np.allclose(ab["upper"], -ba["lower"])
+    assert (ab["lower"] >= -1 - 1e-12).all() and (ab["upper"] <= 1 + 1e-12).all()
+
+
+@PROPERTY
+@given(
+    st.lists(st.tuples(st.floats(0, 1), st.floats(0.01, 10)), min_size=1, max_size=8),
+    st.floats(0.1, 100),
+)
+def test_weighted_accuracy_is_a_weighted_mean(rows: list[tuple[float, float]], scale: float) -> None:
+    recall = pd.Series([r for r, _ in rows])
+    weights = pd.Series([w for _, w in rows])
+    acc = weighted_accuracy(recall, weights)
+    assert min(recall) - 1e-12 <= acc <= max(recall) + 1e-12
+    assert acc == pytest.approx(weighted_accuracy(recall, weights * scale))  # shares or counts: same accuracy
+    by_loop = sum(r * w for r, w in rows) / sum(w for _, w in rows)
+    assert acc == pytest.approx(by_loop)
+    assert weighted_accuracy(recall, weights, normalize=False) == pytest.approx(sum(r * w for r, w in rows))
+
+
+@PROPERTY
+@given(st.lists(st.tuples(st.integers(-20, 20), st.integers(-20, 20)), min_size=3, max_size=25))
+def test_spearman_point_estimate_properties(points: list[tuple[int, int]]) -> None:
+    x, y = np.array([p[0] / 4 for p in points]), np.array([p[1] / 4 for p in points])  # small grids: many ties
+    rho, _, _ = spearman_interval(x, y, n_boot=20)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        assert math.isnan(rho)
+        return
+    assert rho == pytest.approx(_pearson(_average_ranks(list(x)), _average_ranks(list(y))), abs=1e-9)
+    assert spearman_interval(np.exp(3 * x), y, n_boot=20)[0] == pytest.approx(rho, abs=1e-9)  # monotone invariance
+    assert spearman_interval(y, x, n_boot=20)[0] == pytest.approx(rho, abs=1e-9)
+
+
+@PROPERTY
+@given(
+    st.lists(st.floats(0, 1), min_size=7, max_size=15),
+    st.lists(st.floats(0, 1), min_size=7, max_size=15),
+)
+def test_paper_comparison_is_antisymmetric(a: list[float], b: list[float]) -> None:
+    ab = compare_paper({0: np.array(a)}, {0: np.array(b)}).iloc[0]
+    ba = compare_paper({0: np.array(b)}, {0: np.array(a)}).iloc[0]
+    assert ab["delta"] == pytest.approx(-ba["delta"], abs=1e-12)
+    assert ab["lower"] == pytest.approx(-ba["upper"], abs=1e-12)
+    assert ab["upper"] == pytest.approx(-ba["lower"], abs=1e-12)
