@@ -5,11 +5,14 @@ Imports nothing of ``laionet.cli``, so every command module can import it withou
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import typer
 
 from laionet.text.normalize import MODES
+
+# options with a fixed set of values are typed with Literal: --help lists them, a typo fails in one line naming them
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
 
 
 def mode(value: str) -> str:

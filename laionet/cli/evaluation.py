@@ -8,7 +8,7 @@ module's ``app``.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -33,7 +33,8 @@ def variants(
         ),
     ] = None,
     rule: Annotated[
-        str, typer.Option(help="topk: keep iff the class is in the model's top --k; own_score: score >= --threshold.")
+        Literal["topk", "own_score"],
+        typer.Option(help="topk: keep iff the class is in the model's top --k; own_score: score >= --threshold."),
     ] = "topk",
     k: Annotated[int, typer.Option(help="The k of the topk rule.")] = 5,
     threshold: Annotated[
@@ -133,7 +134,8 @@ def recall_difference_command(
         None
     ),
     method: Annotated[
-        str, typer.Option(help="newcombe (Wilson-score hybrid; default) or bootstrap (binomial resampling per class).")
+        Literal["newcombe", "bootstrap"],
+        typer.Option(help="newcombe (Wilson-score hybrid; default) or bootstrap (binomial resampling per class)."),
     ] = "newcombe",
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -147,7 +149,7 @@ def recall_difference_command(
         fail(f"unknown --method {method!r}; expected bootstrap or newcombe")
     try:
         manifest = run_recall_difference(
-            per_class_a, per_class_b, out, ks=k or None, method=method, n_boot=n_boot, seed=seed, level=level,  # type: ignore[arg-type]
+            per_class_a, per_class_b, out, ks=k or None, method=method, n_boot=n_boot, seed=seed, level=level,
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))

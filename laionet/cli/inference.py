@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from laionet.cli.common import echo_manifest, fail
+from laionet.cli.common import Precision, echo_manifest, fail
 
 app = typer.Typer()
 
@@ -22,7 +22,7 @@ def infer(
         list[str],
         typer.Option(
             help="Model spec, repeatable: efficientnet_lite0 (offline default), a zoo name (resnet50, "
-            "convnext_base_224_22k, ...), timm:<name>[@<weights file>|@random], clip, open_clip:<model>[@<tag|file>]."
+            "convnext_base_224_22k, ...), timm:<name>\\[@<weights file>|@random], clip, open_clip:<model>\\[@<tag|file>]."
         ),
     ] = ["efficientnet_lite0"],  # noqa: B006 - typer needs a list default
     catalog: Annotated[
@@ -32,7 +32,7 @@ def infer(
         str | None, typer.Option(help="quarantine.parquet from 'laionet verify': those keys are skipped.")
     ] = None,
     device: Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda, cuda:1, ...")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (fp16 GPU, fp32 CPU), fp32, fp16, bf16.")] = "auto",
+    precision: Annotated[Precision, typer.Option(help="auto (fp16 GPU, fp32 CPU), fp32, fp16, bf16.")] = "auto",
     batch_size: Annotated[int | None, typer.Option(help="Images per batch (auto: 256 GPU, 32 CPU).")] = None,
     workers: Annotated[int | None, typer.Option(help="Decode processes (auto: cores-1 GPU; 0 CPU ≤4 cores).")] = None,
     top_k: Annotated[int, typer.Option(help="Classes kept per image, best first.")] = 5,

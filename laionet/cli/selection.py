@@ -6,11 +6,11 @@ app in ``laionet.cli`` registers this module's ``app``.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from laionet.cli.common import echo_manifest, fail
+from laionet.cli.common import Precision, echo_manifest, fail
 
 app = typer.Typer()
 
@@ -24,13 +24,14 @@ def similarity(
         str,
         typer.Option(
             help="minilm (offline default), mpnet, clip (ViT-B-32-quickgelu/openai), 'st:<name or dir>', "
-            "'open_clip:<model>[@<tag or checkpoint>]'."
+            "'open_clip:<model>\\[@<tag or checkpoint>]'."
         ),
     ] = "minilm",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
     batch_size: Annotated[int | None, typer.Option(help="Captions per forward pass (default per backend).")] = None,
     precision: Annotated[
-        str, typer.Option(help="auto (GPU: fp16; CPU: bf16 where native, else fp32), fp32, fp16, bf16.")
+        Precision,
+        typer.Option(help="auto (GPU: fp16; CPU: bf16 where native, else fp32), fp32, fp16, bf16."),
     ] = "auto",
     caption_embeddings: Annotated[
         str | None, typer.Option(help="Glob of precomputed caption embeddings (LAION text_emb_<i>.npy).")
@@ -73,11 +74,14 @@ def select(
     threshold: Annotated[
         str, typer.Option(help="'auto' (paper value for CLIP/MPNet, else calibrated) or a number; keep iff sim > t.")
     ] = "auto",
-    multi_label: Annotated[str, typer.Option(help="drop (paper) or best (keep the most similar class).")] = "drop",
+    multi_label: Annotated[
+        Literal["drop", "best"], typer.Option(help="drop (paper) or best (keep the most similar class).")
+    ] = "drop",
     nsfw_keep: Annotated[str, typer.Option(help="Comma-separated NSFW tags to keep; '' keeps every row.")] = "UNLIKELY",
-    calibration: Annotated[str, typer.Option(help="knee or coverage (used when the threshold is calibrated).")] = (
-        "knee"
-    ),
+    calibration: Annotated[
+        Literal["knee", "coverage"],
+        typer.Option(help="knee or coverage (used when the threshold is calibrated)."),
+    ] = ("knee"),
     top_k: Annotated[int, typer.Option(help="Rows per class of the top-k variant (0: none).")] = 50,
 ) -> None:
     """Apply the selection rules and threshold; write the LAIONet index, class frequencies and the sweep."""
