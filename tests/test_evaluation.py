@@ -247,6 +247,9 @@ def test_both_intra_class_proportions_share_one_class_set(tmp_path) -> None:
     summary = pd.read_parquet(tmp_path / "out" / "summary.parquet").set_index("method")
     assert summary["classes"].tolist() == [2, 2] and summary["class_set"].nunique() == 1
     assert "≥ 7 pairs" in summary.loc["paper", "class_set"]
+    # Fig. 6a: per class min(6 or 66 pairs of A, 66 of B, 100) pair similarities drawn from each, pooled
+    pooled = pd.read_parquet(tmp_path / "out" / "pooled_pairs.parquet")
+    assert pooled.groupby("group").size().to_dict() == {"a": 6 + 66 + 66, "b": 6 + 66 + 66}
 
 
 def test_one_sample_set_per_variant_for_accuracy_and_intra_class(tmp_path) -> None:

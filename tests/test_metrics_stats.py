@@ -141,6 +141,14 @@ def test_pairs_pooling_and_spearman() -> None:
     assert pair_similarities(emb).tolist() == [0.0, 0.0, 0.0]
     pooled = pooled_pairs({"a": np.arange(500.0), "b": np.arange(3.0)}, per_class=100, seed=0)
     assert len(pooled) == 103
+    from laionet.evaluation.stats import matched_pair_counts
+
+    a = {"x": np.arange(500.0), "y": np.arange(3.0), "z": np.ones(4)}
+    b = {"x": np.arange(10.0) + 1000, "y": np.ones(50)}
+    counts = matched_pair_counts(a, b)
+    assert counts == {"x": 10, "y": 3}  # min(#pairs A, #pairs B, 100) over the classes in both
+    matched = pooled_pairs(a, seed=1, counts=counts)
+    assert len(matched) == 13 and np.isin(matched[:10], a["x"]).all() and np.isin(matched[10:], a["y"]).all()
     x = np.arange(50.0)
     rho, lo, hi = spearman_interval(x, x**3, n_boot=200)
     assert rho == pytest.approx(1.0) and lo > 0.95

@@ -158,6 +158,7 @@ def test_report_numbers_come_from_the_tables(run_dir: Path) -> None:
     pair_acc = pd.read_parquet(run_dir / "evaluate" / "recall-difference" / "laionet--laionet-image" / MODEL /
                                "accuracy.parquet").iloc[0]  # fmt: skip
     assert "the 4 classes scored in both" in page and f"<b>{pair_acc.difference:.1%}</b>" in page
+    assert "pooled over classes, each class drawn to the same size in both (paper Fig. 6a)" in page
     intra = pd.read_parquet(join(intra_dir(str(run_dir), "laionet", "laionet-image", MODEL), "summary.parquet"))
     assert f"{intra.iloc[0]['higher']:.1%}" in page
     assert "great white shark" in page and "relations_laionet-laionet-image-recall_vs_intra" in page

@@ -44,8 +44,10 @@ from laionet.evaluation.stats import (
     compare_paper,
     intra_class,
     ks_statistic,
+    matched_pair_counts,
     matched_resample,
     pair_similarities,
+    pooled_pairs,
     proportions,
     sample_by_class,
 )
@@ -199,7 +201,9 @@ def run_intra_class(
     ``flags_a``/``flags_b`` (the variant's OCR flags, as for accuracy: ``variant_samples``) as ``flagged``.
 
     Both comparisons cover the same classes — those with at least ``min_pairs`` pairs (the paper's ≥ 7 values, so
-    ≥ 5 images) in both datasets — so the two proportions share a denominator; ``summary`` names it (``class_set``)."""
+    ≥ 5 images) in both datasets — so the two proportions share a denominator; ``summary`` names it (``class_set``).
+    ``pooled_pairs`` (Figure 6a: ``group`` a/b, ``value``): per class with pairs in both, the same number
+    min(#pairs A, #pairs B, 100) of pair similarities drawn with replacement from each dataset, pooled."""
     timer = Timer()
     emb_a, cls_a, unlabelled_a, flagged_a = _labelled(embeddings_a, labels_a, flags_a)
     emb_b, cls_b, unlabelled_b, flagged_b = _labelled(embeddings_b, labels_b, flags_b)
@@ -215,6 +219,12 @@ def run_intra_class(
         "compare_bootstrap": boot[boot["class"].isin(common)].reset_index(drop=True),
         "compare_paper": paper[paper["class"].isin(common)].reset_index(drop=True),
     }
+    counts = matched_pair_counts(pairs_a, pairs_b)
+    tables["pooled_pairs"] = pd.concat(
+        [pd.DataFrame({"group": g, "value": pooled_pairs(p, seed=seed + i, counts=counts)})
+         for i, (g, p) in enumerate((("a", pairs_a), ("b", pairs_b)))],
+        ignore_index=True,
+    )  # fmt: skip
     class_set = f"classes with ≥ {min_images} images (≥ {min_pairs} pairs) in both"
     summary = pd.DataFrame(
         [{"method": m, **proportions(tables[f"compare_{m}"]), "class_set": class_set} for m in ("bootstrap", "paper")]

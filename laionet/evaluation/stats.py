@@ -144,12 +144,31 @@ def proportions(comparison: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def pooled_pairs(pairs: dict[object, np.ndarray], per_class: int = 100, seed: int = 0) -> np.ndarray:
+def pooled_pairs(
+    pairs: dict[object, np.ndarray], per_class: int = 100, seed: int = 0, counts: dict[object, int] | None = None
+) -> np.ndarray:
     """Figure 6a's pooled distribution: per class, min(#pairs, ``per_class``) pair similarities drawn with
-    replacement, pooled over classes."""
+    replacement, pooled over classes; with ``counts``, exactly ``counts[class]`` draws for each class in ``counts``
+    (e.g. the same count for A and B in every class, so the two pooled distributions weight classes alike)."""
     rng = np.random.default_rng(seed)
-    draws = [rng.choice(v, size=min(len(v), per_class), replace=True) for v in pairs.values() if len(v)]
+    if counts is not None:
+        chosen = [(np.asarray(pairs[c]), int(counts[c])) for c in _ordered(set(counts) & set(pairs))]
+    else:
+        chosen = [(np.asarray(v), min(len(v), per_class)) for v in pairs.values()]
+    draws = [rng.choice(v, size=k, replace=True) for v, k in chosen if len(v) and k > 0]
     return np.concatenate(draws) if draws else np.empty(0)
+
+
+def matched_pair_counts(
+    pairs_a: dict[object, np.ndarray], pairs_b: dict[object, np.ndarray], per_class: int = 100
+) -> dict[object, int]:
+    """Per class with pairs in both: min(#pairs in A, #pairs in B, ``per_class``), the number of pair similarities to
+    draw from each dataset so that A's pooled distribution has B's class sizes and the reverse (Figure 6a)."""
+    return {
+        c: min(len(pairs_a[c]), len(pairs_b[c]), per_class)
+        for c in _ordered(set(pairs_a) & set(pairs_b))
+        if len(pairs_a[c]) and len(pairs_b[c])
+    }
 
 
 def spearman_interval(

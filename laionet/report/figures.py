@@ -160,6 +160,27 @@ def intra_distributions(intra_a: pd.DataFrame, intra_b: pd.DataFrame, label_a: s
     return _save(fig, path)
 
 
+def pair_distributions(pooled: pd.DataFrame, label_a: str, label_b: str, path: str) -> str:
+    """Fig. 6a as the paper draws it: densities of the pooled within-class pair similarities of A and B, each class
+    drawn to the same size in both. ``pooled``: ``group`` (a/b), ``value``."""
+    a = pooled.loc[pooled["group"] == "a", "value"].to_numpy(float)
+    b = pooled.loc[pooled["group"] == "b", "value"].to_numpy(float)
+    both = np.concatenate([a, b])
+    lo, hi = (float(both.min()), float(both.max())) if len(both) else (0.0, 1.0)
+    edges = np.linspace(lo, hi if hi > lo else lo + 1e-3, 41)
+    fig = _figure()
+    ax = fig.subplots()
+    for values, color, label in ((a, BLUE, label_a), (b, ORANGE, label_b)):
+        if len(values):
+            ax.hist(values, bins=edges, density=True, color=color, alpha=0.55,
+                    label=f"{label} ({len(values)} pairs, mean {values.mean():.3f})")  # fmt: skip
+    ax.set_xlabel("cosine similarity of two images of the same class")
+    ax.set_ylabel("density")
+    ax.legend(frameon=False, fontsize=8)
+    _style(ax)
+    return _save(fig, path)
+
+
 def sorted_differences(compare: pd.DataFrame, path: str, ylabel: str) -> str:
     """Fig. 6b: per-class differences A − B sorted ascending, with the upper (blue) and lower (red) 95 % bounds.
     ``compare``: ``delta``, ``lower``, ``upper``."""

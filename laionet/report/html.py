@@ -194,8 +194,14 @@ def _intra(ctx: _Context) -> str | None:
             header = ["method", "classes compared", f"{a} significantly lower", f"{a} significantly higher"]
             parts.append(_table(header, rows, {1, 2, 3}))
         stem = f"{slug(pair)}_{slug(model)}"
-        if intra_a is not None and intra_b is not None:
-            alt = f"Per-class mean intra-class similarity of {a} and {b} (paper Fig. 6a)"
+        pooled = ctx.read(join(model_dir, "pooled_pairs.parquet"))
+        if pooled is not None and not pooled.empty:
+            alt = (f"Within-class pair similarities of {a} and {b}, pooled over classes, each class drawn to the same "
+                   f"size in both (paper Fig. 6a) — image encoder {model}")  # fmt: skip
+            draw = partial(figures.pair_distributions, pooled, a, b)
+            parts.append(ctx.figure(f"fig_intra_{stem}.png", draw, alt))
+        elif intra_a is not None and intra_b is not None:
+            alt = f"Per-class mean intra-class similarity of {a} and {b} (per-class version of Fig. 6a)"
             draw = partial(figures.intra_distributions, intra_a, intra_b, a, b)
             parts.append(ctx.figure(f"fig_intra_{stem}.png", draw, alt))
         if boot is not None and not boot.empty:
