@@ -85,7 +85,9 @@ def _build_run(run: Path) -> None:
         meta = {"wnid": CLASSES.wnid[c], "class_index": int(c), "status": "success"}
         writer.write(key, _jpeg((60 * c, 200 - 40 * c, 90)), f"a {CLASSES.name[c]}", meta)
     writer.close()
-    _manifest(run / "shards", "download", 40, 40)
+    tars = sorted(str(p) for p in (run / "shards").glob("*.tar"))  # a stage's shards are listed from its manifest
+    write_manifest(str(run / "shards"), Manifest(stage="download", config={}, config_hash=config_hash({}), rows_in=40,
+                                                 rows_out=40, outputs=tars))  # fmt: skip
     labels = pd.DataFrame({"key": keys, "wnid": CLASSES.wnid[cls].to_numpy(), "class_index": cls})
     _parquet(labels, Path(variant_labels(str(run), "laionet")))
     _parquet(labels[np.arange(40) % 8 < 4], Path(variant_labels(str(run), "laionet-image")))
