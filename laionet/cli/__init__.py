@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from laionet.cli import demo, diagnostics, evaluation, images, inference, report, selection, text
+from laionet.cli import demo, diagnostics, evaluation, images, inference, report, run, selection, text
 
 app = typer.Typer(
     help="LAIONet: recreate ImageNet from an image-text corpus by selecting on captions alone.",
@@ -31,6 +31,7 @@ PANELS = {
     diagnostics: "6 · Diagnostics (paper Section 4)",
     report: "7 · Report",
     demo: "Demo",
+    run: "Runs: status of a run directory, checks of this machine",
 }
 for _group, _panel in PANELS.items():
     for _command in _group.app.registered_commands:

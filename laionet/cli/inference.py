@@ -22,7 +22,8 @@ def infer(
         list[str],
         typer.Option(
             help="Model spec, repeatable: efficientnet_lite0 (offline default), a zoo name (resnet50, "
-            "convnext_base_224_22k, ...), timm:<name>\\[@<weights file>|@random], clip, open_clip:<model>\\[@<tag|file>]."
+            "convnext_base_224_22k, ...), timm:<name>\\[@<weights file>|@random], clip, "
+            "open_clip:<model>\\[@<tag|file>]."
         ),
     ] = ["efficientnet_lite0"],  # noqa: B006 - typer needs a list default
     catalog: Annotated[
