@@ -163,12 +163,41 @@ def test_report_numbers_come_from_the_tables(run_dir: Path) -> None:
     assert "pooled over classes, each class drawn to the same size in both (paper Fig. 6a)" in page
     intra = pd.read_parquet(join(intra_dir(str(run_dir), "laionet", "laionet-image", MODEL), "summary.parquet"))
     assert f"{intra.iloc[0]['higher']:.1%}" in page
-    assert "great white shark" in page and "relations_laionet-laionet-image-recall_vs_intra" in page
+    assert "great white shark" in page and "fig_relations_laionet-vs-laionet-image_recall_vs_intra.png" in page
     images = re.findall(r'<img src="([^"]+)"', page)
     assert len(images) >= 8 and any(i.startswith("grid_") for i in images)
     for src in images:
         assert (Path(report_dir(str(run_dir))) / src).is_file(), src
         assert Image.open(Path(report_dir(str(run_dir))) / src).size[0] > 0
+
+
+def test_report_names_sections_and_figures_from_variants_models_and_metrics(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run directory given relative to the working directory: no absolute path on the page or in a file name."""
+    monkeypatch.chdir(run_dir.parent)
+    out = tmp_path / "named"
+    run_report(run_dir.name, out_dir=str(out))
+    page = (out / "index.html").read_text()
+    assert str(run_dir.parent) not in page
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert images and not any("pytest-of" in i or run_dir.name in i for i in images), images
+    assert f"<h3>laionet vs laionet-image — {MODEL}, recall@1</h3>" in page
+    assert f"fig_recall-difference_laionet-vs-laionet-image_{MODEL}_recall-at-1.png" in images
+
+
+def test_report_puts_the_papers_headline_numbers_beside_this_runs(run_dir: Path) -> None:
+    page = _page(run_dir)
+    section = page.split('<section id="headline">', 1)[1].split("</section>", 1)[0]
+    pair_acc = pd.read_parquet(run_dir / "evaluate" / "recall-difference" / "laionet--laionet-image" / MODEL /
+                               "accuracy.parquet").iloc[0]  # fmt: skip
+    assert "66.5 vs 56.9" in section and f"<b>{pair_acc.difference:.1%}</b>" in section
+    assert "the 4 classes scored in both" in section
+    intra = pd.read_parquet(join(intra_dir(str(run_dir), "laionet", "laionet-image", MODEL), "summary.parquet"))
+    assert "502/872" in section and f"<b>{intra.iloc[0]['lower']:.1%}</b> lower" in section
+    summary = pd.read_parquet(join(accuracy_dir(str(run_dir), "laionet", MODEL), "summary.parquet"))
+    top1 = summary[summary["k"] == 1].set_index("weighting")["accuracy"]
+    assert f"<b>{top1['laion'] - top1['equal']:.1%}</b> (laion)" in section
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed (scripts/setup.sh installs it)")
@@ -188,7 +217,7 @@ def test_every_figure_loads_in_a_browser(run_dir: Path) -> None:
 def test_missing_sections_are_listed_not_fatal(tmp_path: Path) -> None:
     assert run_report(str(tmp_path / "empty")).extra["sections"] == []
     page = (tmp_path / "empty" / "report" / "index.html").read_text()
-    assert page.count("Not computed in this run") == 9
+    assert page.count("Not computed in this run") == 10  # every section, the paper-vs-this-run table too
     run = tmp_path / "run"
     sweep = pd.DataFrame({"threshold": [0.0, 0.5, 1.0], "n_samples": [9, 4, 0], "n_classes": [3, 2, 0]})
     _parquet(sweep, run / "selection" / "sweep.parquet")

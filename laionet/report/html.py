@@ -68,6 +68,60 @@ def _pipeline(ctx: _Context) -> str | None:
     return _table(header, rows, {2, 3, 6})
 
 
+# the paper's headline numbers (REFERENCE.md, "Headline results"), shown beside this run's
+PAPER_ACCURACY_DROP = ("classifiers: ≈ −10 points on LAIONet vs ImageNet val; CLIP zero-shot: +9.6 top-1 "
+                       "(66.5 vs 56.9), +6.0 top-5 (90.5 vs 84.5)")  # fmt: skip
+PAPER_WEIGHTING = "LAION-weighted 5-10 points below equally weighted"
+PAPER_INTRA = ("A significantly lower in ≈ 58-66 % of classes vs ImageNet val (CLIP image encoder: 502/872 = 57.6 %); "
+               "70.6 % vs ImageNet-Captions; 32.0 % lower / 38.3 % higher vs ImageNetV2-b")  # fmt: skip
+
+
+def _headline(ctx: _Context) -> str | None:
+    """Each headline number of the paper beside this run's, with the class set it was computed on."""
+    rows = []
+    for path in _glob(ctx.path("evaluate", "recall-difference", "*", "*", "accuracy.parquet")):
+        frame = ctx.read(path)
+        if frame is None:
+            continue
+        pair, model = path.rsplit("/", 3)[-3:-1]
+        a, _, b = pair.partition("--")
+        for r in frame[(frame["class_set"] == "both") & (frame["weighting"] == "equal")].itertuples():
+            value = (f"<b>{_pct(r.difference)}</b> ({_pct(r.accuracy_a)} vs {_pct(r.accuracy_b)}; 95 % "
+                     f"{_interval(r.lower, r.upper)})")  # fmt: skip
+            rows.append([_esc(_title(a, b, model, f"top-{r.k} accuracy A − B")), _esc(PAPER_ACCURACY_DROP), value,
+                         _esc(f"the {r.classes_a} classes scored in both")])  # fmt: skip
+    for path in _glob(ctx.path("evaluate", "accuracy", "*", "*", "summary.parquet")):
+        frame = ctx.read(path)
+        if frame is None or "laion" not in set(frame["weighting"]):
+            continue
+        variant, model = path.rsplit("/", 3)[-3:-1]
+        top1 = frame[frame["k"] == 1]
+        acc = dict(zip(top1["weighting"], top1["accuracy"].astype(float), strict=True))
+        if "equal" not in acc:
+            continue
+        shown = [f"<b>{_pct(acc[w] - acc['equal'])}</b> ({w})" for w in ("laion", "laion-paper") if w in acc]
+        classes = int(top1["classes"].iloc[0])
+        quantity = f"{variant} — {model}, top-1 accuracy LAION-weighted − equally weighted"
+        rows.append([_esc(quantity), _esc(PAPER_WEIGHTING), "; ".join(shown), _esc(f"all {classes} scored classes")])
+    for path in _glob(ctx.path("evaluate", "intra", "*", "*", "summary.parquet")):
+        frame = ctx.read(path)
+        if frame is None or frame.empty:
+            continue
+        pair, model = path.rsplit("/", 3)[-3:-1]
+        a, _, b = pair.partition("--")
+        verdicts = "; ".join(f"<b>{_pct(r['lower'])}</b> lower, {_pct(r['higher'])} higher ({_esc(r['method'])})"
+                             for r in frame.to_dict("records"))  # fmt: skip
+        first = frame.iloc[0]
+        where = str(first["class_set"]) if "class_set" in frame else "classes compared"
+        rows.append([_esc(_title(a, b, model, "classes with significantly lower intra-class similarity")),
+                     _esc(PAPER_INTRA), verdicts, _esc(f"{int(first['classes'])} {where}")])  # fmt: skip
+    if not rows:
+        return None
+    note = ("<p class=note>The paper's values come from its full-scale run (LAION-400M, CLIP, 29 classifiers); a run "
+            "on other data or models is not expected to match them.</p>")  # fmt: skip
+    return _table(["quantity", "paper", "this run", "class set"], rows) + note
+
+
 def _selection(ctx: _Context) -> str | None:
     sweep = ctx.read(ctx.path("selection", "sweep.parquet"))
     if sweep is None:
@@ -232,23 +286,49 @@ def _differences(ctx: _Context, kind: str, ylabel: str) -> str | None:
         if frame is None:
             continue
         where = ctx.rel(path).removeprefix(f"evaluate/{kind}/")
-        parts.append(f"<h3><code>{_esc(where)}</code></h3>")
+        (a, b), model, metric = _named_path(where, ylabel)
+        title = _title(a, b, model, metric)
+        parts.append(f"<h3>{_esc(title)}</h3>")
         if {"delta", "lower", "upper"} <= set(frame.columns) and len(frame):
             lower, higher = (frame["upper"] < 0).mean(), (frame["lower"] > 0).mean()
-            pair = where.split("/", 1)[0]
-            a, b = pair.split("--", 1) if "--" in pair else ("A", "B")
             parts.append(f"<p>{_int(len(frame))} classes; {_esc(a)} significantly lower than {_esc(b)} in "
                          f"<b>{_pct(lower)}</b>, significantly higher in <b>{_pct(higher)}</b>.</p>")  # fmt: skip
-            name = f"fig_{slug(kind)}_{slug(where.removesuffix('.parquet'))}.png"
-            label = f"{ylabel} {a} − {b}"
+            name = f"fig_{slug(kind)}_{_file_stem(a, b, model, metric)}.png"
+            label = f"{metric} {a} − {b}"
             draw = partial(figures.sorted_differences, frame, ylabel=label)
-            parts.append(ctx.figure(name, draw, f"{label}, per class, sorted, 95 % bounds ({where})"))
+            parts.append(ctx.figure(name, draw, f"{title}: {label}, per class, sorted, 95 % bounds"))
         elif len(frame) <= 30:
             parts.append(_frame_table(_named(ctx, frame)))
         else:
             columns = _esc(", ".join(map(str, frame.columns)))
             parts.append(f"<p class=note>{_int(len(frame))} rows; columns {columns}</p>")
     return "\n".join(parts) or None
+
+
+def _named_path(where: str, default_metric: str) -> tuple[tuple[str, str], str, str]:
+    """((A, B), model, metric) of an evaluate table from its path below its stage: ``<a>--<b>/<model>/<table>``
+    (``recall_at_1`` → ``recall@1``; ``per_class``/``summary`` → ``default_metric``)."""
+    parts = where.removesuffix(".parquet").split("/")
+    pair = next((p for p in parts if "--" in p), "")
+    a, b = pair.split("--", 1) if pair else ("A", "B")
+    model = "/".join(p for p in parts[:-1] if p != pair)
+    table = parts[-1]
+    if table.startswith("recall_at_"):
+        metric = f"recall@{table.removeprefix('recall_at_')}"
+    elif table in ("per_class", "summary"):
+        metric = default_metric if table == "per_class" else f"{default_metric} (summary)"
+    else:
+        metric = table
+    return (a, b), model, metric
+
+
+def _title(a: str, b: str, model: str, metric: str) -> str:
+    """``"laionet vs imagenet-val — efficientnet_lite0, recall@1"``."""
+    return f"{a} vs {b} — {model}, {metric}" if model else f"{a} vs {b} — {metric}"
+
+
+def _file_stem(a: str, b: str, model: str, metric: str) -> str:
+    return "_".join(slug(p) for p in (f"{a}-vs-{b}", model, metric.replace("@", "-at-")) if p)
 
 
 def _axes(frame: pd.DataFrame, hint: Any) -> tuple[str, str] | None:
@@ -281,11 +361,19 @@ def _relations(ctx: _Context) -> str | None:
         hint = extra.get("axes", {}).get(stem) if isinstance(extra.get("axes"), dict) else None
         hint = hint or (extra.get(stem) if isinstance(extra.get(stem), dict | list) else None)
         where = ctx.rel(path).removeprefix("evaluate/relations/")
-        parts.append(f"<h3><code>{_esc(where)}</code></h3>")
+        labels = extra.get("labels")
+        names: dict[str, Any] = labels if isinstance(labels, dict) else {}
+        (a, b), model, metric = _named_path(where, stem)
+        a, b = names.get("a", a), names.get("b", b)
+        described = hint if isinstance(hint, dict) else {}
+        metric = str(described.get("title", metric.replace("_", " ")))
+        figure = str(described.get("figure", "paper Fig. 7"))
+        title = _title(a, b, model, metric)
+        parts.append(f"<h3>{_esc(title)}</h3>")
         axes = _axes(frame, hint)
         if axes is not None and len(frame) > 1:
-            name = f"fig_relations_{slug(where.removesuffix('.parquet'))}.png"
-            alt = f"{axes[1]} against {axes[0]}, one point per row of {where} (paper Fig. 7)"
+            name = f"fig_relations_{_file_stem(a, b, model, stem)}.png"
+            alt = f"{title}: {axes[1]} against {axes[0]}, one point per class ({figure})"
             parts.append(ctx.figure(name, partial(figures.scatter, frame, axes[0], axes[1]), alt))
         if len(frame) <= 30:
             parts.append(_frame_table(_named(ctx, frame)))
@@ -413,6 +501,7 @@ def run_report(
             ctx.names.update(zip(catalog["class_index"].astype(int), catalog["name"], strict=True))
     sections: list[tuple[str, str, Callable[[], str | None], str]] = [
         ("pipeline", "Pipeline counts", lambda: _pipeline(ctx), "no stage manifests"),
+        ("headline", "Paper vs this run", lambda: _headline(ctx), "evaluate/ accuracy, recall-difference, intra"),
         ("selection", "Threshold sweep (Fig. 3)", lambda: _selection(ctx), "selection/sweep.parquet"),
         ("frequency", "Class frequencies (Fig. 4)", lambda: _frequencies(ctx), "selection/class_frequency.parquet"),
         ("accuracy", "Accuracy", lambda: _accuracy(ctx), "evaluate/accuracy/*/*/summary.parquet"),
@@ -448,7 +537,7 @@ def run_report(
         for a, h, _, _ in sections
     )
     meta = [
-        ("run directory", f"<code>{_esc(run_dir)}</code>"),
+        ("run", f"<code>{_esc(run_dir.rsplit('/', 1)[-1])}</code>"),  # its name: no absolute path on the page
         ("report created", _esc(datetime.now(UTC).isoformat(timespec="seconds"))),
         ("report code version", f"<code>{_esc(code_version())}</code>"),
         ("stage code versions", ", ".join(f"<code>{_esc(v)}</code>" for v in versions) or "–"),

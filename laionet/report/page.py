@@ -35,7 +35,14 @@ class _Context:
         return join(self.run_dir, *parts)
 
     def rel(self, path: str) -> str:
-        return path[len(self.run_dir.rstrip("/")) + 1 :] if path.startswith(self.run_dir.rstrip("/")) else path
+        """``path`` relative to the run directory, whether the run directory was given relative or absolute (globs
+        return absolute paths); never an absolute path on the page or in a figure's file name."""
+        for root in dict.fromkeys([self.run_dir.rstrip("/"), url_to_fs(self.run_dir)[1].rstrip("/")]):
+            if path.startswith(root + "/"):
+                return path[len(root) + 1 :]
+        real = url_to_fs(path)[1]
+        root = url_to_fs(self.run_dir)[1].rstrip("/")
+        return real[len(root) + 1 :] if real.startswith(root + "/") else real.rsplit("/", 1)[-1]
 
     def read(self, path: str) -> pd.DataFrame | None:
         """A parquet table, or None when absent or unreadable (recorded)."""
