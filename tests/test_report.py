@@ -124,6 +124,9 @@ def _build_run(run: Path) -> None:
     values = {c: rng.normal(0.3 + 0.02 * c, 0.05, 10) for c in range(4)}
     _parquet(compare_means(values, {c: v - 0.05 for c, v in values.items()}, n_boot=50), own_dir / "per_class.parquet")
     _manifest(own_dir, "own-similarity", 4, 4)
+    dist = [pd.DataFrame({"group": g, "class": c, "value": v + shift}) for g, shift in (("a", 0), ("a_matched", 0),
+            ("b", -0.05)) for c, v in values.items()]  # fmt: skip
+    _parquet(pd.concat(dist, ignore_index=True), own_dir / "distribution.parquet")
     rel = Path(relations_dir(str(run))) / pair
     boot = pd.read_parquet(join(intra_dir(str(run), "laionet", "laionet-image", MODEL), "compare_bootstrap.parquet"))
     table = boot[["class", "delta"]].rename(columns={"delta": "intra_delta"}).assign(recall=[0.9, 0.7, 0.6, 0.4])
@@ -184,6 +187,17 @@ def test_report_names_sections_and_figures_from_variants_models_and_metrics(
     assert images and not any("pytest-of" in i or run_dir.name in i for i in images), images
     assert f"<h3>laionet vs laionet-image — {MODEL}, recall@1</h3>" in page
     assert f"fig_recall-difference_laionet-vs-laionet-image_{MODEL}_recall-at-1.png" in images
+
+
+def test_report_draws_figures_1_5_and_13a(run_dir: Path) -> None:
+    page = _page(run_dir)
+    images = re.findall(r'<img src="([^"]+)"', page)
+    for name in ("fig_weighted_accuracy_top-1.png", "fig_weighted_accuracy_top-5.png",  # Fig. 5 at top-1 and top-5
+                 "fig_accuracy_laionet-vs-laionet-image_top-1.png",  # Fig. 1: one point per model, y = x
+                 f"fig_own-similarity_laionet-vs-laionet-image_{MODEL}_distribution.png"):  # Fig. 13a  # fmt: skip
+        assert name in images, images
+        assert Image.open(Path(report_dir(str(run_dir))) / name).size[0] > 0
+    assert "(paper Fig. 1)" in page and "(paper Fig. 13a)" in page
 
 
 def test_report_puts_the_papers_headline_numbers_beside_this_runs(run_dir: Path) -> None:

@@ -221,6 +221,45 @@ def scatter(frame: pd.DataFrame, x: str, y: str, path: str, title: str | None = 
     return _save(fig, path)
 
 
+def accuracy_pairs(frame: pd.DataFrame, label_a: str, label_b: str, path: str, k: int = 1) -> str:
+    """Fig. 1: top-``k`` accuracy on B (x, e.g. ImageNet val) against on A (y, e.g. LAIONet), one point per model,
+    with the line y = x. ``frame``: ``model``, ``accuracy_a``, ``accuracy_b`` (one class set for both)."""
+    fig = _figure((4.6, 4.2))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color=GREY, linestyle="--", linewidth=1.0, label="y = x")
+    ax.scatter(frame["accuracy_b"], frame["accuracy_a"], s=24, color=BLUE)
+    for model, x, y in zip(frame["model"], frame["accuracy_b"].astype(float), frame["accuracy_a"].astype(float),
+                           strict=True):  # fmt: skip
+        ax.annotate(str(model), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(f"top-{k} accuracy on {label_b}")
+    ax.set_ylabel(f"top-{k} accuracy on {label_a}")
+    ax.legend(frameon=False, fontsize=8)
+    _style(ax)
+    return _save(fig, path)
+
+
+def own_similarity_distributions(distribution: pd.DataFrame, label_a: str, label_b: str, path: str) -> str:
+    """Fig. 13a: densities of each image's similarity to its own class's synset text, A resampled to B's per-class
+    counts (``a_matched``) against B. ``distribution``: ``group`` (a, a_matched, b), ``value``."""
+    values = {g: distribution.loc[distribution["group"] == g, "value"].to_numpy(float) for g in ("a_matched", "b")}
+    both = np.concatenate(list(values.values()))
+    lo, hi = (float(both.min()), float(both.max())) if len(both) else (0.0, 1.0)
+    edges = np.linspace(lo, hi if hi > lo else lo + 1e-3, 41)
+    fig = _figure()
+    ax = fig.subplots()
+    for group, color, label in (("a_matched", BLUE, f"{label_a} (B's class sizes)"), ("b", ORANGE, label_b)):
+        v = values[group]
+        if len(v):
+            ax.hist(v, bins=edges, density=True, color=color, alpha=0.55, label=f"{label} (mean {v.mean():.3f})")
+    ax.set_xlabel("image-to-own-synset-text similarity")
+    ax.set_ylabel("density")
+    ax.legend(frameon=False, fontsize=8)
+    _style(ax)
+    return _save(fig, path)
+
+
 def image_grid(images: Sequence[Any], path: str, thumb: int = 128, columns: int = 8, pad: int = 4) -> str:
     """Tile PIL images as square ``thumb``-pixel thumbnails (aspect kept, centred on white), ``columns`` per row."""
     from PIL import Image

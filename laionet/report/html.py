@@ -198,10 +198,36 @@ def _accuracy(ctx: _Context) -> str | None:
                  "Σ share·recall with the shares of the full pre-OCR LAIONet, an unscored class counting as 0."
                  "</p>")  # fmt: skip
     parts.append(_compared_accuracy(ctx))
-    if (summary["weighting"] == "laion").any() and (summary["k"] == 1).any():
-        alt = "LAION-weighted against equally weighted top-1 accuracy, one point per variant and model (paper Fig. 5)"
-        parts.append(ctx.figure("fig_weighted_accuracy.png", partial(figures.weighted_vs_equal, summary), alt))
+    for k in sorted(set(summary.loc[summary["weighting"] == "laion", "k"])):
+        alt = f"LAION-weighted against equally weighted top-{k} accuracy, per variant and model (paper Fig. 5)"
+        draw = partial(figures.weighted_vs_equal, summary, k=int(k))
+        parts.append(ctx.figure(f"fig_weighted_accuracy_top-{k}.png", draw, alt))
+    parts.extend(_accuracy_pairs(ctx))
     return "\n".join(parts)
+
+
+def _accuracy_pairs(ctx: _Context) -> list[str]:
+    """Fig. 1 per compared pair and k: accuracy on B against accuracy on A over the classes both have, per model."""
+    frames = []
+    for path in _glob(ctx.path("evaluate", "recall-difference", "*", "*", "accuracy.parquet")):
+        frame = ctx.read(path)
+        if frame is not None:
+            pair, model = path.rsplit("/", 3)[-3:-1]
+            frames.append(frame.assign(pair=pair, model=model))
+    if not frames:
+        return []
+    table = pd.concat(frames, ignore_index=True)
+    table = table[(table["class_set"] == "both") & (table["weighting"] == "equal")]
+    parts = []
+    keys = sorted(set(zip(table["pair"].astype(str), table["k"].astype(int), strict=True)))
+    for pair, k in keys:
+        group = table[(table["pair"] == pair) & (table["k"] == k)]
+        a, _, b = pair.partition("--")
+        alt = (f"{a} vs {b} — top-{k} accuracy on {b} against on {a}, one point per model, over the classes both "
+               f"have; dashed: y = x (paper Fig. 1)")  # fmt: skip
+        draw = partial(figures.accuracy_pairs, group, a, b, k=k)
+        parts.append(ctx.figure(f"fig_accuracy_{_file_stem(a, b, '', f'top-{k}')}.png", draw, alt))
+    return parts
 
 
 def _compared_accuracy(ctx: _Context) -> str:
@@ -297,6 +323,10 @@ def _differences(ctx: _Context, kind: str, ylabel: str) -> str | None:
             label = f"{metric} {a} − {b}"
             draw = partial(figures.sorted_differences, frame, ylabel=label)
             parts.append(ctx.figure(name, draw, f"{title}: {label}, per class, sorted, 95 % bounds"))
+        elif {"group", "value"} <= set(frame.columns) and (frame["group"] == "a_matched").any():
+            alt = f"{title}: A resampled to B's class sizes against B (paper Fig. 13a)"
+            draw = partial(figures.own_similarity_distributions, frame, a, b)
+            parts.append(ctx.figure(f"fig_{slug(kind)}_{_file_stem(a, b, model, 'distribution')}.png", draw, alt))
         elif len(frame) <= 30:
             parts.append(_frame_table(_named(ctx, frame)))
         else:
