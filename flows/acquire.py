@@ -14,11 +14,13 @@ from prefect import flow
 from laionet.core.config import load_preset
 from laionet.core.layout import shards_dir
 from laionet.core.manifest import join
+from tasks._common import resolve
 from tasks.acquire import download, download_index, ingest_reference, ocr, verify
 from tasks.runners import task_runner
 
 
-@flow(name="acquire", task_runner=task_runner())  # LAIONET_TASK_RUNNER: threads, processes, ray, ray://
+# the task runner: LAIONET_TASK_RUNNER = threads, processes, ray, ray:// (tasks/runners.py)
+@flow(name="acquire", flow_run_name="acquire {preset} · {run_dir}", task_runner=task_runner())
 def acquire(
     run_dir: str,
     preset: str = "demo",
@@ -48,13 +50,18 @@ def acquire(
     }
     verified = verify.submit(out, join(run_dir, "verify"), wait_for=[downloaded])
     flagged = (
-        ocr.submit(out, join(run_dir, "catalog.parquet"), join(run_dir, "ocr"), wait_for=[downloaded])
+        ocr.submit(  # after verify: quarantined samples are skipped, a truncated shard never reaches OCR unseen
+            out,
+            join(run_dir, "catalog.parquet"),
+            join(run_dir, "ocr"),
+            join(run_dir, "verify", "quarantine.parquet"),
+            wait_for=[verified],
+        )
         if config.ocr
         else None
     )
-    manifests: dict[str, Any] = {"download": downloaded.result(), "verify": verified.result()}
+    futures: dict[str, Any] = {"download": downloaded, "verify": verified}
     if flagged is not None:
-        manifests["ocr"] = flagged.result()
-    for name, future in references.items():
-        manifests[f"ingest:{name}"] = future.result()
-    return manifests
+        futures["ocr"] = flagged
+    futures.update({f"ingest:{name}": future for name, future in references.items()})
+    return resolve(futures)  # every future; a failure names the task run that failed

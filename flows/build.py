@@ -16,11 +16,13 @@ from prefect import flow
 from laionet.core.manifest import join
 from laionet.selection.similarity import similarity_dir
 from laionet.text.normalize import Mode
+from tasks._common import resolve
 from tasks.build import catalog, lemma_map, match, openclipart_corpus, select, similarity
 from tasks.runners import task_runner
 
 
-@flow(name="build", task_runner=task_runner())  # LAIONET_TASK_RUNNER: threads, processes, ray, ray://
+# the task runner: LAIONET_TASK_RUNNER = threads, processes, ray, ray:// (tasks/runners.py)
+@flow(name="build", flow_run_name="build · {run_dir}", task_runner=task_runner())
 def build(
     run_dir: str,
     classes: str = "imagenet1k",
@@ -73,10 +75,8 @@ def build(
         top_k=top_k,
         wait_for=[similarity_future],
     )
-    manifests = {"catalog": catalog_future.result(), "lemmas": lemma_future.result()}
+    futures = {"catalog": catalog_future, "lemmas": lemma_future}
     if corpus_future is not None:
-        manifests["corpus"] = corpus_future.result()
-    manifests["match"] = match_future.result()
-    manifests["similarity"] = similarity_future.result()
-    manifests["select"] = select_future.result()
-    return manifests
+        futures["corpus"] = corpus_future
+    futures.update(match=match_future, similarity=similarity_future, select=select_future)
+    return resolve(futures)  # every future; a failure names the task run that failed

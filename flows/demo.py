@@ -9,18 +9,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from prefect import flow
+from prefect import flow, tags
+from prefect.runtime import flow_run
 
 from flows.reproduce import reproduce
 from laionet.images.serve import ImageServer
 from laionet.text.openclipart import DEFAULT_BASE_URL, DEFAULT_ROOT
 
 
-@flow(name="demo")
+@flow(name="demo", flow_run_name="demo · {run_dir}")
 def demo(run_dir: str = "runs/demo", image_limit: int | None = None) -> dict[str, Any]:
     """Catalog → matching → similarity → selection → download (loopback) → verify → OCR → inference → metrics →
     report, offline, on Debian's openclipart clip art; returns every stage's manifest."""
-    with ImageServer(DEFAULT_ROOT) as base:  # the clip art, SVG rendered to PNG, at http://127.0.0.1:<port>/
+    # the clip art, SVG rendered to PNG, at http://127.0.0.1:<port>/; the subflows carry this run's tags
+    with ImageServer(DEFAULT_ROOT) as base, tags(*flow_run.tags):
         return reproduce(run_dir, "demo", image_limit=image_limit, rewrite_urls={DEFAULT_BASE_URL: base})
 
 

@@ -26,11 +26,13 @@ from laionet.core.layout import (
     variant_labels,
 )
 from laionet.core.manifest import join
+from tasks._common import resolve
 from tasks.evaluate import accuracy, intra_class, own_similarity, recall_difference, relations, top_k_variant, variants
 from tasks.runners import task_runner
 
 
-@flow(name="evaluate", task_runner=task_runner())  # LAIONET_TASK_RUNNER: threads, processes, ray, ray://
+# the task runner: LAIONET_TASK_RUNNER = threads, processes, ray, ray:// (tasks/runners.py)
+@flow(name="evaluate", flow_run_name="evaluate {preset} · {run_dir}", task_runner=task_runner())
 def evaluate(run_dir: str, preset: str = "demo") -> dict[str, Any]:
     """Every metric of the preset's comparisons; returns the manifests by stage and target."""
     config = load_preset(preset)
@@ -103,4 +105,6 @@ def evaluate(run_dir: str, preset: str = "demo") -> dict[str, Any]:
                 weights, join(relations_dir(run_dir), f"{a}--{b}", slug(m)), n_boot=config.n_boot, seed=config.seed,
                 wait_for=[acc[a, m], acc[b, m], intra],
             )  # fmt: skip
-    return {key: future.result() for key, future in futures.items()}
+    # every future, the label sets' too: a failure names the task run that failed, not one it kept from running
+    results = resolve({**{f"variants:{name}": future for name, future in made.items()}, **futures})
+    return {key: results[key] for key in futures}

@@ -13,11 +13,13 @@ from prefect import flow
 from laionet.core.config import load_preset
 from laionet.core.layout import shards_dir
 from laionet.core.manifest import join
+from tasks._common import resolve
 from tasks.infer import infer, infer_shards, shard_groups
 from tasks.runners import task_runner
 
 
-@flow(name="infer", task_runner=task_runner())  # LAIONET_TASK_RUNNER: threads, processes, ray, ray://
+# the task runner: LAIONET_TASK_RUNNER = threads, processes, ray, ray:// (tasks/runners.py)
+@flow(name="infer", flow_run_name="infer {preset} · {run_dir}", task_runner=task_runner())
 def infer_flow(run_dir: str, preset: str = "demo") -> dict[str, Any]:
     """Image embeddings and predictions of the preset's models (``Preset.image_models``) for each dataset
     (``laionet`` and the preset's references); quarantined samples skipped.
@@ -28,7 +30,7 @@ def infer_flow(run_dir: str, preset: str = "demo") -> dict[str, Any]:
     config = load_preset(preset)
     models = config.image_models()
     catalog = join(run_dir, "catalog.parquet")
-    finals = {}
+    finals, started = {}, {}
     for dataset in config.datasets():
         source = shards_dir(run_dir, dataset)
         quarantine = join(run_dir, "verify", "quarantine.parquet") if dataset == "laionet" else None
@@ -37,5 +39,8 @@ def infer_flow(run_dir: str, preset: str = "demo") -> dict[str, Any]:
             infer_shards.submit(source, models, out_root, group, catalog, quarantine, config.infer)
             for group in shard_groups(source, config.shard_batches)
         ]
+        started.update({(dataset, i): group for i, group in enumerate(groups)})
         finals[dataset] = infer.submit(source, models, out_root, catalog, quarantine, config.infer, wait_for=groups)
-    return {dataset: future.result() for dataset, future in finals.items()}
+    # every future: a failed shard group is named as the cause, not the `infer` task it kept from running
+    results = resolve({**started, **finals})
+    return {dataset: results[dataset] for dataset in finals}

@@ -12,7 +12,8 @@ from tasks.report import report
 from tasks.runners import task_runner
 
 
-@flow(name="report", task_runner=task_runner())  # LAIONET_TASK_RUNNER: threads, processes, ray, ray://
+# the task runner: LAIONET_TASK_RUNNER = threads, processes, ray, ray:// (tasks/runners.py)
+@flow(name="report", flow_run_name="report · {run_dir}", task_runner=task_runner())
 def report_flow(run_dir: str, preset: str = "demo") -> dict[str, Any]:
     """Render the report of a run directory (the preset gives its disclaimer); returns the report's manifest."""
     config = load_preset(preset)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
+from prefect import flow, tags
+from prefect.runtime import flow_run
 
 from flows.acquire import acquire
 from flows.build import build
@@ -19,7 +20,7 @@ from flows.report import report_flow
 from laionet.core.config import load_preset
 
 
-@flow(name="reproduce")
+@flow(name="reproduce", flow_run_name="reproduce {preset} · {run_dir}")
 def reproduce(
     run_dir: str,
     preset: str = "demo",
@@ -40,19 +41,20 @@ def reproduce(
         The manifests of every stage, by flow.
     """
     config = load_preset(preset, max_parts=max_parts)
-    built = build(
-        run_dir,
-        classes=config.classes,
-        mode=config.mode,
-        corpus=config.corpus,
-        corpus_limit=config.corpus_limit,
-        encoder=config.encoder,
-        threshold=config.threshold,
-        top_k=config.top_k,
-        max_parts=config.max_parts,
-    )
-    acquired = acquire(run_dir, preset, rewrite_urls=rewrite_urls, image_limit=image_limit)
-    inferred = infer_flow(run_dir, preset)
-    evaluated = evaluate(run_dir, preset)
-    reported = report_flow(run_dir, preset)
+    with tags(*flow_run.tags):  # the subflows carry this run's tags (a deployment's, `auto-scheduled`)
+        built = build(
+            run_dir,
+            classes=config.classes,
+            mode=config.mode,
+            corpus=config.corpus,
+            corpus_limit=config.corpus_limit,
+            encoder=config.encoder,
+            threshold=config.threshold,
+            top_k=config.top_k,
+            max_parts=config.max_parts,
+        )
+        acquired = acquire(run_dir, preset, rewrite_urls=rewrite_urls, image_limit=image_limit)
+        inferred = infer_flow(run_dir, preset)
+        evaluated = evaluate(run_dir, preset)
+        reported = report_flow(run_dir, preset)
     return {"build": built, "acquire": acquired, "infer": inferred, "evaluate": evaluated, "report": reported}

@@ -24,12 +24,15 @@ the key as a miss, runs the driver, and stores the fresh manifest under the same
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
+from prefect import get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -37,11 +40,16 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import TASK_SOURCE, CachePolicy, Inputs
-from prefect.context import TaskRunContext
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.exceptions import MissingContextError
+from prefect.futures import PrefectFuture, wait
 from prefect.tasks import exponential_backoff
 from prefect.utilities.hashing import hash_objects
 
 from laionet.core.manifest import Manifest, code_version, read_manifest
+from laionet.images.child import is_transient as transient_error
+
+K = TypeVar("K")
 
 
 def fingerprint(value: Any) -> Any:
@@ -120,22 +128,151 @@ def publish(manifest: Manifest, target: str) -> dict[str, Any]:
         f"config hash `{manifest.config_hash}`, code version `{manifest.code_version}`, "
         f"{len(manifest.outputs)} output(s){first}",
     ]
-    key = "".join(c if c.isalnum() else "-" for c in f"laionet-{manifest.stage}".lower())
+    key = artifact_key(manifest.stage, target)
     create_markdown_artifact(markdown="\n".join(lines), key=key, description=f"{manifest.stage} manifest summary")
+    logging.getLogger(f"laionet.{manifest.stage}").info(
+        "%s → %s: %d rows in, %d out, %d dropped %s, %.2f s, config %s",
+        manifest.stage, target, manifest.rows_in, manifest.rows_out, sum(manifest.dropped.values()),
+        dict(sorted(manifest.dropped.items())), manifest.wall_time_s, manifest.config_hash,
+    )  # fmt: skip
     return manifest.model_dump(mode="json")
 
 
+def _slug(text: str) -> str:
+    return "-".join(filter(None, "".join(c if c.isalnum() else "-" for c in text.lower()).split("-")))
+
+
+def run_dir() -> str | None:
+    """The ``run_dir`` parameter of the flow run this code runs in (None outside one, or without that parameter)."""
+    context = FlowRunContext.get()
+    value = (context.parameters or {}).get("run_dir") if context is not None else None
+    return str(value).rstrip("/") if value else None
+
+
+_EXTENSIONS = (".parquet", ".json", ".tar", ".html", ".txt")
+
+
+def _relative(path: str) -> list[str]:
+    """The components of ``path`` below the flow run's run directory (the last three outside one)."""
+    root = run_dir()
+    path = str(path).rstrip("/")
+    below = path[len(root) + 1 :] if root and path.startswith(root + "/") else "/".join(path.split("/")[-3:])
+    return [part for part in below.split("/") if part]
+
+
+def artifact_key(stage: str, target: str) -> str:
+    """A key distinct per run directory, stage and output (so per variant and model):
+    ``<run dir name>-<stage>-<output path below the run dir>``, e.g. ``demo-accuracy-evaluate-laionet-image-clip``."""
+    root = run_dir()
+    below = [next((p.removesuffix(e) for e in _EXTENSIONS if p.endswith(e)), p) for p in _relative(target)]
+    parts = [root.rsplit("/", 1)[-1] if root else "laionet", stage, *below]
+    return _slug("-".join(dict.fromkeys(_slug(p) for p in parts)))[:200]
+
+
+def run_name(*detail: str | Callable[[dict[str, Any]], str]) -> Callable[[], str]:
+    """A ``task_run_name``: ``<task> <detail> · <run dir>``. Each item of ``detail`` is a parameter name (its value
+    as text, a path by its components below the run dir) or a function of the parameters; e.g. ``accuracy
+    laionet-image/efficientnet-lite0 · runs/demo``, ``infer-shards laionet 00000-00003 (4 shards) · runs/demo``."""
+
+    def name() -> str:
+        context = TaskRunContext.get()
+        if context is None:
+            return "task"
+        params = context.parameters or {}
+        root = run_dir()
+        words = [context.task.name]
+        for item in detail:
+            value = item(params) if callable(item) else params.get(item)
+            if value is None or value == "":
+                continue
+            text = str(value)
+            words.append(
+                "/".join(_relative(text)) if text.startswith("/") or (root and text.startswith(root)) else text
+            )
+        return " ".join(words + ([f"· {root}"] if root else []))
+
+    return name
+
+
+def below(parameter: str, parts: int) -> Callable[[dict[str, Any]], str]:
+    """The last ``parts`` components of a path parameter (``below("out_dir", 2)`` → ``laionet-image/clip``)."""
+    return lambda params: "/".join(str(params.get(parameter) or "").rstrip("/").split("/")[-parts:])
+
+
+class StageFailedError(RuntimeError):
+    """A task run of a flow failed; the message names it (its run name: stage, variant, model, shard group, run
+    directory) and repeats its error."""
+
+
+def resolve(futures: Mapping[K, PrefectFuture[Any]]) -> dict[K, Any]:
+    """Wait for every future a flow started; their results by key. If any failed, raise ``StageFailedError`` naming the
+    first failed task run in submission order (the cause; tasks downstream of it never ran), so that the flow's
+    failure says what failed instead of ``UnfinishedRun`` from a task that was never ready."""
+    wait(list(futures.values()))
+    for future in futures.values():
+        state = future.state
+        if state.is_failed() or state.is_crashed() or state.is_cancelled():
+            try:
+                future.result()
+                error: BaseException | None = None
+            except BaseException as exc:  # re-raised below with the task run name
+                error = exc
+            name = _task_run_name(future)
+            detail = f"{type(error).__name__}: {error}" if error is not None else state.message
+            raise StageFailedError(f"task run '{name}' failed: {detail}") from error
+    return {key: future.result() for key, future in futures.items()}
+
+
+def _task_run_name(future: PrefectFuture[Any]) -> str:
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            return str(client.read_task_run(future.task_run_id).name)
+    except Exception:  # the API is unreachable: the id still identifies it
+        return str(future.task_run_id)
+
+
 def is_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry condition: retry I/O and network errors, not configuration errors or missing files."""
+    """Retry condition: retry network and I/O errors, timeouts and a killed child process; never configuration or
+    data errors, missing files, a full disk or a permission error (``laionet.images.child.is_transient``). A failure
+    that is not retried is logged with its traceback (Prefect itself logs it only once retries are exhausted)."""
     try:
         state.result()
-    except (FileNotFoundError, PermissionError):
-        return False
-    except (OSError, TimeoutError):
-        return True
-    except Exception:
+    except Exception as exc:
+        if transient_error(exc):
+            return True
+        child = getattr(exc, "child_traceback", "")
+        _run_logger().error(
+            "%s failed with %s, which is not retried (configuration, data, missing file, disk full or permission)%s",
+            task.name, type(exc).__name__, f"; the child process's traceback:\n{child}" if child else "",
+            exc_info=exc,
+        )  # fmt: skip
         return False
     return False
+
+
+def _run_logger() -> Any:
+    try:
+        return get_run_logger()
+    except MissingContextError:  # called outside a task run (a test, a custom engine)
+        return logging.getLogger("laionet.tasks")
+
+
+def forward_library_logs() -> None:
+    """Send the ``laionet.*`` loggers' INFO records to Prefect (the run's log pane in the UI), as
+    ``PREFECT_LOGGING_EXTRA_LOGGERS=laionet`` does when it is set before Prefect is imported; also set that variable
+    for child processes (process and Ray task runners). Idempotent."""
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "laionet")
+    logger = logging.getLogger("laionet")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    for handler in logging.getLogger("prefect.extra").handlers:
+        if handler not in logger.handlers:
+            logger.addHandler(handler)
+
+
+forward_library_logs()
 
 
 # Retries of stages that read or write files that may live on object storage: I/O errors only, with backoff.
@@ -163,5 +300,6 @@ def progress_artifact(description: str) -> Callable[[int, int], None]:
 
 def publish_table(rows: list[dict[str, Any]], key: str, description: str) -> None:
     """A Prefect table artifact (e.g. a stage's summary table)."""
-    safe = "".join(c if c.isalnum() else "-" for c in key.lower()).strip("-")
-    create_table_artifact(table=rows, key=safe[:100], description=description)
+    root = run_dir()
+    safe = _slug(f"{root.rsplit('/', 1)[-1] if root else 'laionet'}-{key}")
+    create_table_artifact(table=rows, key=safe[:200], description=description)

@@ -3,11 +3,15 @@
 Same conventions as ``tasks.build``: one driver call each, paths in, the manifest (a plain dict) out, persisted and
 cached across runs (``tasks._common.stage_cache``), a Markdown artifact per stage. The download talks to the network:
 it retries with exponential backoff on I/O errors (its own per-URL retries and transient re-passes are inside the
-driver); the others retry on I/O errors only.
+driver); the others retry on I/O errors only. Download and OCR have a time limit (a timed-out run is retried and
+resumes): ``LAIONET_DOWNLOAD_TIMEOUT_S`` (default 86400) and ``LAIONET_OCR_TIMEOUT_S`` (default 43200), read when this
+module is imported (set them in the worker's environment, or the deployment's ``job_variables.env``); 0 or ``none``:
+no limit.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +22,33 @@ from laionet.images.download import DownloadConfig, prepare_index, run_download
 from laionet.images.ocr import run_ocr
 from laionet.images.references import ingest
 from laionet.images.verify import run_verify
-from tasks._common import IO_RETRIES, is_transient, progress_artifact, publish, stage_cache
+from tasks._common import IO_RETRIES, is_transient, progress_artifact, publish, run_name, stage_cache
 
 Manifest = dict[str, Any]
 
 
+def timeout_s(variable: str, default: float) -> float | None:
+    """A task time limit in seconds from the environment variable ``variable`` (0 or ``none``: no limit)."""
+    text = os.environ.get(variable, "").strip().lower()
+    if not text:
+        return default
+    return None if text in {"0", "none"} else float(text)
+
+
+DOWNLOAD_TIMEOUT_S = timeout_s("LAIONET_DOWNLOAD_TIMEOUT_S", 24 * 3600.0)
+OCR_TIMEOUT_S = timeout_s("LAIONET_OCR_TIMEOUT_S", 12 * 3600.0)
+
+
 @task(
     name="download",
+    task_run_name=run_name(),
     tags=["stage:download", "network"],
     cache_policy=stage_cache("out_dir", exclude=("processes", "threads")),
     persist_result=True,
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=30),
     retry_condition_fn=is_transient,
+    timeout_seconds=DOWNLOAD_TIMEOUT_S,  # the child process is polled, so the limit interrupts it
 )
 def download(
     index_path: str,
@@ -45,27 +63,49 @@ def download(
     return publish(run_download(index_path, out_dir, DownloadConfig(**fields)), out_dir)
 
 
-@task(name="ingest", tags=["stage:ingest"], cache_policy=stage_cache("out_dir"), persist_result=True, **IO_RETRIES)
+@task(
+    name="ingest",
+    task_run_name=run_name("kind"),
+    tags=["stage:ingest"],
+    cache_policy=stage_cache("out_dir"),
+    persist_result=True,
+    **IO_RETRIES,
+)
 def ingest_reference(kind: str, out_dir: str, paths: dict[str, str], per_shard: int = 10_000) -> Manifest:
     """A reference dataset (imagenet-val, imagenetv2, imagenet-captions) → shards in the LAIONet format."""
     manifest = ingest(kind, out_dir, per_shard=per_shard, **{k: Path(v) for k, v in paths.items()})
     return publish(manifest, out_dir)
 
 
-@task(name="verify", tags=["stage:verify"], cache_policy=stage_cache("out_dir"), persist_result=True, **IO_RETRIES)
+@task(
+    name="verify",
+    task_run_name=run_name(),
+    tags=["stage:verify"],
+    cache_policy=stage_cache("out_dir"),
+    persist_result=True,
+    **IO_RETRIES,
+)
 def verify(shards_dir: str, out_dir: str) -> Manifest:
     """Read every shard; quarantine undecodable or inconsistent samples (``quarantine.parquet``)."""
     return publish(run_verify(shards_dir, out_dir), out_dir)
 
 
-@task(name="ocr", tags=["stage:ocr"], cache_policy=stage_cache("out_dir"), persist_result=True, **IO_RETRIES)
-def ocr(shards_dir: str, catalog_path: str, out_dir: str) -> Manifest:
+@task(
+    name="ocr",
+    task_run_name=run_name(),
+    tags=["stage:ocr"],
+    cache_policy=stage_cache("out_dir"),
+    persist_result=True,
+    timeout_seconds=OCR_TIMEOUT_S,
+    **IO_RETRIES,
+)
+def ocr(shards_dir: str, catalog_path: str, out_dir: str, quarantine: str | None = None) -> Manifest:
     """Flag samples whose image shows their class name as text (evaluation excludes them)."""
     progress = progress_artifact(f"OCR over the shards of {shards_dir}")
-    return publish(run_ocr(shards_dir, catalog_path, out_dir, progress=progress), out_dir)
+    return publish(run_ocr(shards_dir, catalog_path, out_dir, progress=progress, quarantine=quarantine), out_dir)
 
 
-@task(name="download-index", tags=["stage:download"])
+@task(name="download-index", task_run_name=run_name(), tags=["stage:download"])
 def download_index(
     index_path: str, out_path: str, rewrite: dict[str, str] | None = None, limit: int | None = None,
     shards_dir: str | None = None,

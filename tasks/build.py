@@ -25,24 +25,42 @@ from laionet.text.lemmas import run_lemmas
 from laionet.text.match import MatchConfig, run_match
 from laionet.text.normalize import Mode
 from laionet.text.openclipart import DEFAULT_BASE_URL, DEFAULT_ROOT, build_openclipart_corpus
-from tasks._common import IO_RETRIES, publish, stage_cache
+from tasks._common import IO_RETRIES, publish, run_name, stage_cache
 
 Manifest = dict[str, Any]
 
 
-@task(name="catalog", tags=["stage:catalog"], cache_policy=stage_cache("out_path"), persist_result=True)
+@task(
+    name="catalog",
+    task_run_name=run_name("classes"),
+    tags=["stage:catalog"],
+    cache_policy=stage_cache("out_path"),
+    persist_result=True,
+)
 def catalog(classes: str, out_path: str) -> Manifest:
     """Class catalog from WordNet (``classes``: imagenet1k, imagenet21k or a file of wnids) → ``out_path``."""
     return publish(run_catalog(classes, out_path), out_path)
 
 
-@task(name="lemma-map", tags=["stage:lemmas"], cache_policy=stage_cache("out_path"), persist_result=True)
+@task(
+    name="lemma-map",
+    task_run_name=run_name("policy"),
+    tags=["stage:lemmas"],
+    cache_policy=stage_cache("out_path"),
+    persist_result=True,
+)
 def lemma_map(catalog_path: str, policy: Mode, out_path: str) -> Manifest:
     """Lemma → wnid map of a catalog under ``policy`` ('paper' or 'default') → ``out_path``."""
     return publish(run_lemmas(catalog_path, policy, out_path), out_path)
 
 
-@task(name="openclipart-corpus", tags=["stage:corpus"], cache_policy=stage_cache("out_dir"), persist_result=True)
+@task(
+    name="openclipart-corpus",
+    task_run_name=run_name(),
+    tags=["stage:corpus"],
+    cache_policy=stage_cache("out_dir"),
+    persist_result=True,
+)
 def openclipart_corpus(
     out_dir: str, root: str = str(DEFAULT_ROOT), base_url: str = DEFAULT_BASE_URL, limit: int | None = None
 ) -> Manifest:
@@ -52,6 +70,7 @@ def openclipart_corpus(
 
 @task(
     name="match",
+    task_run_name=run_name("mode"),
     tags=["stage:match"],
     cache_policy=stage_cache("out_dir", exclude=("workers",)),
     persist_result=True,
@@ -74,6 +93,7 @@ def match(
 
 @task(
     name="similarity",
+    task_run_name=run_name("encoder"),
     tags=["stage:similarity", "gpu"],
     cache_policy=stage_cache("out_dir", exclude=("device", "batch_size")),
     persist_result=True,
@@ -97,6 +117,7 @@ def similarity(
 
 @task(
     name="select",
+    task_run_name=run_name("threshold"),
     tags=["stage:select"],
     cache_policy=stage_cache("out_dir"),
     persist_result=True,

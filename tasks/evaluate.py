@@ -11,12 +11,18 @@ from prefect import task
 
 from laionet.core.manifest import join
 from laionet.evaluation.evaluate import run_accuracy, run_intra_class
-from tasks._common import publish, publish_table, stage_cache
+from tasks._common import below, publish, publish_table, run_name, stage_cache
 
 Manifest = dict[str, Any]
 
 
-@task(name="variants", tags=["stage:variants"], cache_policy=stage_cache("out_dir"), persist_result=True)
+@task(
+    name="variants",
+    task_run_name=run_name(below("out_dir", 1)),
+    tags=["stage:variants"],
+    cache_policy=stage_cache("out_dir"),
+    persist_result=True,
+)
 def variants(
     shards_dir: str,
     out_dir: str,
@@ -37,7 +43,13 @@ def variants(
     return publish(manifest, out_dir)
 
 
-@task(name="accuracy", tags=["stage:accuracy"], cache_policy=stage_cache("out_dir"), persist_result=True)
+@task(
+    name="accuracy",
+    task_run_name=run_name(below("out_dir", 2)),  # variant/model
+    tags=["stage:accuracy"],
+    cache_policy=stage_cache("out_dir"),
+    persist_result=True,
+)
 def accuracy(
     model_dir: str,
     labels: str,
@@ -59,7 +71,13 @@ def accuracy(
     return publish(manifest, out_dir)
 
 
-@task(name="intra-class", tags=["stage:intra-class"], cache_policy=stage_cache("out_dir"), persist_result=True)
+@task(
+    name="intra-class",
+    task_run_name=run_name(below("out_dir", 2)),  # variant pair/model
+    tags=["stage:intra-class"],
+    cache_policy=stage_cache("out_dir"),
+    persist_result=True,
+)
 def intra_class(
     model_dir_a: str,
     labels_a: str,
@@ -84,7 +102,11 @@ def intra_class(
 
 
 @task(
-    name="recall-difference", tags=["stage:recall-difference"], cache_policy=stage_cache("out_dir"), persist_result=True
+    name="recall-difference",
+    task_run_name=run_name(below("out_dir", 2)),
+    tags=["stage:recall-difference"],
+    cache_policy=stage_cache("out_dir"),
+    persist_result=True,
 )
 def recall_difference(accuracy_a: str, accuracy_b: str, out_dir: str, weights: str | None = None) -> Manifest:
     """Per-class recall A − B of one model with confidence bounds (Appendix B), and the pair's accuracy over the
@@ -96,7 +118,13 @@ def recall_difference(accuracy_a: str, accuracy_b: str, out_dir: str, weights: s
     return publish(manifest, out_dir)
 
 
-@task(name="own-similarity", tags=["stage:own-similarity"], cache_policy=stage_cache("out_dir"), persist_result=True)
+@task(
+    name="own-similarity",
+    task_run_name=run_name(below("out_dir", 2)),
+    tags=["stage:own-similarity"],
+    cache_policy=stage_cache("out_dir"),
+    persist_result=True,
+)
 def own_similarity(
     model_dir_a: str,
     labels_a: str,
@@ -120,7 +148,13 @@ def own_similarity(
     return publish(manifest, out_dir)
 
 
-@task(name="relations", tags=["stage:relations"], cache_policy=stage_cache("out_dir"), persist_result=True)
+@task(
+    name="relations",
+    task_run_name=run_name(below("out_dir", 2)),  # variant pair/model
+    tags=["stage:relations"],
+    cache_policy=stage_cache("out_dir"),
+    persist_result=True,
+)
 def relations(
     accuracy_a: str,
     accuracy_b: str,
@@ -141,7 +175,13 @@ def relations(
     return publish(manifest, out_dir)
 
 
-@task(name="top-k-variant", tags=["stage:variants"], cache_policy=stage_cache("out_dir"), persist_result=True)
+@task(
+    name="top-k-variant",
+    task_run_name=run_name(below("out_dir", 1)),
+    tags=["stage:variants"],
+    cache_policy=stage_cache("out_dir"),
+    persist_result=True,
+)
 def top_k_variant(source: str, index: str, out_dir: str, k: int = 50, ocr_dir: str | None = None) -> Manifest:
     """The top-k variant (the reference's top-50): per class the k samples of the text-only variant most similar to
     their synset text, after the OCR filter (``laionet.evaluation.variants.run_top_k_variant``)."""

@@ -15,7 +15,7 @@ from prefect import task
 from laionet.core.manifest import read_manifest
 from laionet.images.shards import list_shards
 from laionet.inference.engine import InferConfig, run_inference
-from tasks._common import IO_RETRIES, progress_artifact, publish, stage_cache
+from tasks._common import IO_RETRIES, below, progress_artifact, publish, run_name, stage_cache
 
 Manifest = dict[str, Any]
 
@@ -27,7 +27,18 @@ def shard_groups(shards_dir: str, groups: int) -> list[list[str]]:
     return [shards[i : i + size] for i in range(0, len(shards), size)]
 
 
-@task(name="infer-shards", tags=["stage:infer", "gpu"], **IO_RETRIES)
+def _shard_span(params: dict[str, Any]) -> str:
+    """``00004-00007 (4 shards)``: the first and last shard of a group."""
+    stems = [str(s).rstrip("/").rsplit("/", 1)[-1].split(".")[0] for s in params.get("shards") or []]
+    return f"{stems[0]}-{stems[-1]} ({len(stems)} shards)" if stems else "(no shards)"
+
+
+@task(
+    name="infer-shards",
+    task_run_name=run_name(below("out_root", 1), _shard_span),
+    tags=["stage:infer", "gpu"],
+    **IO_RETRIES,
+)
 def infer_shards(
     shards_dir: str,
     models: list[str],
@@ -47,6 +58,7 @@ def infer_shards(
 
 @task(
     name="infer",
+    task_run_name=run_name(below("out_root", 1)),
     tags=["stage:infer", "gpu"],
     cache_policy=stage_cache("out_root"),
     persist_result=True,

@@ -7,10 +7,16 @@ from typing import Any
 from prefect import task
 
 from laionet.report.html import run_report
-from tasks._common import publish, stage_cache
+from tasks._common import publish, run_name, stage_cache
 
 
-@task(name="report", tags=["stage:report"], cache_policy=stage_cache("out_dir"), persist_result=True)
+@task(
+    name="report",
+    task_run_name=run_name(),
+    tags=["stage:report"],
+    cache_policy=stage_cache("out_dir"),
+    persist_result=True,
+)
 def report(run_dir: str, out_dir: str, stages: list[str], disclaimer: str | None = None) -> dict[str, Any]:
     """Render ``<out_dir>/index.html`` from ``run_dir``'s tables. ``stages`` are the output paths the report reads:
     their manifests are part of the cache key, so the report is rebuilt whenever one of them changes."""

@@ -110,7 +110,13 @@ def final_task_runs(flow_run_id: Any, expected: int, timeout: float = 20) -> lis
             if len(final) >= expected:
                 break
             time.sleep(0.2)
-    return [(run.name.rsplit("-", 1)[0], run.state.name) for run in final]
+    return [(task_name(run.name), run.state.name) for run in final]
+
+
+def task_name(run_name: str) -> str:
+    """The task of a task run name: ``<task> <detail> · <run dir>`` (``tasks._common.run_name``), or Prefect's default
+    ``<task>-<key>``."""
+    return run_name.split(" ", 1)[0] if " " in run_name else run_name.rsplit("-", 1)[0]
 
 
 TINY_CLIP = "laionet-test-tiny-clip"

@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import write_corpus_part
+from tests.conftest import task_name, write_corpus_part
 from tests.test_flows import CAPTIONS, CLASSES, NSFW, SELECTED, SIM_DIR, TASKS, THRESHOLD
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +97,7 @@ class Server:
         response.raise_for_status()
         return response.json()
 
-    def post(self, path: str, body: dict[str, Any]) -> Any:
+    def post(self, path: str, body: Any) -> Any:
         response = httpx.post(f"{self.url}{path}", json=body, timeout=30)
         response.raise_for_status()
         return response.json()
@@ -108,24 +109,59 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _postgres(sql: str) -> bool:
+    """Run ``sql`` on the local PostgreSQL (127.0.0.1:5432, trust auth, user postgres); False if none answers."""
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        connection = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres", database="postgres", timeout=3)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    try:
+        asyncio.run(run())
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``prefect server start`` on a free port (SQLite in tmp), with the ``gpu`` process pool, the ``gpu`` tag
-    concurrency limit and the ``build`` deployment registered by the documented commands; killed at the end."""
+    """``prefect server start`` on a free port, with the ``gpu`` process pool, the ``gpu`` tag concurrency limit and
+    the ``build`` deployment registered by the documented commands; killed at the end. Its database: a fresh one on
+    the local PostgreSQL where that answers (as a service runs it: SQLite locks under a scheduler, a worker and flow
+    runs writing at once), dropped at the end; SQLite in tmp elsewhere."""
     home = tmp_path_factory.mktemp("prefect-server")
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
+    database = f"laionet_test_{os.getpid()}_{port}"
+    postgres = _postgres(f"CREATE DATABASE {database}")
     # no LAIONET_ROOT: `prefect deploy` would bake its value into the pull step; the worker sets it (work_once)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "LAIONET_ROOT"}
     env.update(
         {
             "PREFECT_HOME": str(home),
             "PREFECT_API_URL": url,
-            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            "PREFECT_API_DATABASE_CONNECTION_URL": (
+                f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}"
+                if postgres
+                else f"sqlite+aiosqlite:///{home / 'prefect.db'}"
+            ),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
             "PREFECT_UI_ENABLED": "false",
             "COLUMNS": "250",  # no wrapped lines in the CLI's output
+            # the schedule test: the scheduler looks every second (default 60 s), a run that finds the deployment's
+            # concurrency slot taken tries again after 1 s (default 30 s), a worker polls every second (default 10 s)
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
+            "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": "3",  # not 100 runs ahead of a 5 s interval
+            "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_RUNS": "2",
+            "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
         }
     )
     log = (home / "server.log").open("w")
@@ -166,6 +202,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         log.close()
+        if postgres:
+            _postgres(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
 @pytest.fixture
@@ -212,7 +250,18 @@ def task_runs(server: Server, flow_run_id: str, attempt: int) -> dict[str, dict[
         runs = [r for r in server.post("/task_runs/filter", body) if r["flow_run_run_count"] == attempt]
         final = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
         if (runs and all(r["state"] and r["state"]["type"] in final for r in runs)) or time.monotonic() > deadline:
-            return {r["name"].rsplit("-", 1)[0]: r for r in runs}
+            return {task_name(r["name"]): r for r in runs}
+        time.sleep(0.3)
+
+
+def logs_of(server: Server, task_run_id: str, want: str = "", timeout: float = 20) -> list[str]:
+    """The log messages of a task run, once one contains ``want`` (logs reach the server in batches)."""
+    body = {"logs": {"task_run_id": {"any_": [task_run_id]}}, "sort": "TIMESTAMP_ASC", "limit": 200, "offset": 0}
+    deadline = time.monotonic() + timeout
+    while True:
+        messages = [log["message"] for log in server.post("/logs/filter", body)]
+        if any(want in m for m in messages) or time.monotonic() > deadline:
+            return messages
         time.sleep(0.3)
 
 
@@ -248,9 +297,29 @@ def test_build_deployment_end_to_end(server: Server, tiny: dict[str, Any], tmp_p
     assert flow_run["state"]["type"] == "COMPLETED", log[-4000:]
     assert flow_run["parameters"]["run_dir"] == tiny["run_dir"] and flow_run["parameters"]["threshold"] == THRESHOLD
     assert flow_run["parameters"]["encoder"] == "minilm"  # the deployment's default where not overridden
-    states = {name: run["state"]["name"] for name, run in task_runs(server, flow_run_id, attempt=1).items()}
-    assert states == dict.fromkeys(TASKS, "Completed")
+    runs = task_runs(server, flow_run_id, attempt=1)
+    assert {name: run["state"]["name"] for name, run in runs.items()} == dict.fromkeys(TASKS, "Completed")
     assert "Executing deployment step: set_working_directory" in log
+
+    # the UI's story: run names say what and where, every task run logs more than its final state, artifact keys
+    # are distinct per run directory and stage
+    run_dir_text = tiny["run_dir"]
+    assert flow_run["name"] == f"build · {run_dir_text}"
+    assert {name: run["name"] for name, run in runs.items()} == {
+        "catalog": f"catalog {'/'.join(Path(tiny['classes']).parts[-3:])} · {run_dir_text}",
+        "lemma-map": f"lemma-map default · {run_dir_text}",
+        "match": f"match default · {run_dir_text}",
+        "similarity": f"similarity minilm · {run_dir_text}",
+        "select": f"select {THRESHOLD} · {run_dir_text}",
+    }
+    for name, run in runs.items():
+        messages = logs_of(server, run["id"], want="config")
+        assert [m for m in messages if not m.startswith("Finished in state")], (name, messages)
+        assert any(m.startswith(f"{name.replace('lemma-map', 'lemmas')} → ") for m in messages), (name, messages)
+    body = {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "KEY_ASC", "limit": 50, "offset": 0}
+    keys = [a["key"] for a in server.post("/artifacts/filter", body) if a["key"]]
+    assert sorted(keys) == ["run-catalog", "run-lemmas-lemma-map-default", "run-match-matches", "run-select-selection",
+                            "run-similarity-st-all-minilm-l6-v2"], keys  # fmt: skip
 
     run_dir = Path(tiny["run_dir"])
     match = json.loads((run_dir / "matches" / "_manifest.json").read_text())
@@ -265,12 +334,11 @@ def test_build_deployment_end_to_end(server: Server, tiny: dict[str, Any], tmp_p
 
 @pytest.mark.prefect
 def test_failed_stage_is_retried_alone(server: Server, tiny: dict[str, Any], tmp_path: Path) -> None:
-    # The selection directory is occupied by a manifest this code cannot read (another tool's, an older schema):
-    # the select driver refuses to overwrite it, a configuration error that is not retried.
+    # A file stands where the selection directory goes (a path in the way: a configuration error, not retried).
     run_dir = Path(tiny["run_dir"])
-    foreign = run_dir / "selection" / "_manifest.json"
+    foreign = run_dir / "selection"
     foreign.parent.mkdir(parents=True)
-    foreign.write_text('{"stage": "select", "rows": 3}')
+    foreign.write_text("not a directory")
     elsewhere = tmp_path / "worker"
     elsewhere.mkdir()
 
@@ -278,13 +346,15 @@ def test_failed_stage_is_retried_alone(server: Server, tiny: dict[str, Any], tmp
     log = work_once(server, cwd=elsewhere)
     flow_run = server.get(f"/flow_runs/{flow_run_id}")
     assert flow_run["state"]["type"] == "FAILED", log[-4000:]
-    assert "is not a valid stage manifest" in flow_run["state"]["message"]  # names the file at fault
+    message = flow_run["state"]["message"]  # names the task run and the file at fault
+    assert f"task run 'select {THRESHOLD} · {tiny['run_dir']}' failed: FileExistsError" in message, message
+    assert str(foreign) in message, message
     first = task_runs(server, flow_run_id, attempt=1)
     assert {name: run["state"]["name"] for name, run in first.items()} == {
         **dict.fromkeys(TASKS, "Completed"),
         "select": "Failed",
     }
-    assert re.search(r"Task run 'select-\w+' - Finished in state Failed", log)  # the worker's log names the stage
+    assert re.search(r"Task run 'select [^']*' - Finished in state Failed", log)  # the worker's log names the stage
     upstream = {target: mtimes(run_dir / target) for target in ("matches", SIM_DIR)}
     assert all(upstream.values())
 
@@ -303,8 +373,115 @@ def test_failed_stage_is_retried_alone(server: Server, tiny: dict[str, Any], tmp
         "select": "Completed",
     }
     assert {target: mtimes(run_dir / target) for target in upstream} == upstream  # nothing upstream rewritten
-    select = json.loads(foreign.read_text())
+    select = json.loads((foreign / "_manifest.json").read_text())
     assert (select["stage"], select["rows_in"], select["rows_out"]) == ("select", 9, 6)
     assert index_of(tiny["run_dir"]) == SELECTED
     deployment = server.get("/deployments/name/build/build")
     assert deployment["global_concurrency_limit"]["active_slots"] == 0  # the failed run gave its slot back
+
+
+@pytest.mark.prefect
+def test_broken_stage_failure_names_file_and_task(server: Server, tiny: dict[str, Any], tmp_path: Path) -> None:
+    # A corpus part truncated by a failed copy: the match stage fails (a data error: not retried), the stages after it
+    # never run. The flow's failure names the task run and the file; the task run's log holds the traceback.
+    broken = Path(tiny["corpus"]).parent / "part-00001.parquet"
+    broken.write_bytes(b"PAR1 cut short by a failed copy")
+    elsewhere = tmp_path / "worker"
+    elsewhere.mkdir()
+    flow_run_id = trigger(server, tiny)
+    log = work_once(server, cwd=elsewhere)
+    flow_run = server.get(f"/flow_runs/{flow_run_id}")
+    assert flow_run["state"]["type"] == "FAILED", log[-4000:]
+    message = flow_run["state"]["message"]
+    assert f"task run 'match default · {tiny['run_dir']}' failed" in message, message
+    assert str(broken) in message and "UnfinishedRun" not in message, message
+    body = {"task_runs": {"name": {"like_": "match "}}, "flow_runs": {"id": {"any_": [flow_run_id]}},
+            "sort": "EXPECTED_START_TIME_ASC", "limit": 10, "offset": 0}  # fmt: skip
+    (match,) = server.post("/task_runs/filter", body)
+    assert match["run_count"] == 1  # not retried: a data error
+    messages = logs_of(server, match["id"], want="Traceback")
+    rejected = [m for m in messages if "not retried" in m]
+    assert rejected and "Traceback" in rejected[0] and str(broken) in rejected[0], messages
+
+
+def is_due(run: dict[str, Any], at: datetime | None = None) -> bool:
+    """Whether a flow run's scheduled start time has come (by ``at``, default now)."""
+    return datetime.fromisoformat(run["expected_start_time"]) <= (at or datetime.now(UTC))
+
+
+def deployment_runs(server: Server, deployment_id: str) -> list[dict[str, Any]]:
+    body = {
+        "deployments": {"id": {"any_": [deployment_id]}},
+        "sort": "EXPECTED_START_TIME_ASC",
+        "limit": 200,
+        "offset": 0,
+    }
+    return list(server.post("/flow_runs/filter", body))
+
+
+@pytest.mark.prefect
+def test_schedule_creates_runs_a_worker_completes(server: Server, tiny: dict[str, Any], tmp_path: Path) -> None:
+    # The build flow deployed with a 5-second interval schedule that starts inactive (a deployment of its own: the
+    # `build` deployment's run_dir would write into the checkout, and a schedule's own parameters are not stored by
+    # Prefect 3.8.8's create-schedule endpoint), resumed with the documented command. The server's scheduler must create
+    # the runs (under SQLAlchemy 2.1 it failed every loop and created none) and a long-running worker must complete
+    # them; pausing the schedule deletes the runs it created for later and keeps those already due.
+    spec = yaml.safe_load(PREFECT_FILE.read_text())
+    build = next(d for d in spec["deployments"] if d["name"] == "build")
+    every = {**build, "name": "every-5s", "parameters": {**build["parameters"], **tiny}, "concurrency_limit": 1,
+             "schedules": [{"interval": 5, "active": False}]}  # fmt: skip
+    test_file = tmp_path / "prefect.yaml"
+    test_file.write_text(yaml.safe_dump({**spec, "deployments": [every]}))
+    assert "build/every-5s" in server.ok("deploy", "--prefect-file", str(test_file), "--all")
+    deployment = server.get("/deployments/name/build/every-5s")
+    (schedule,) = deployment["schedules"]
+    elsewhere = tmp_path / "worker"
+    elsewhere.mkdir()
+    worker = None
+    try:
+        assert "Resumed schedule" in server.ok("deployment", "schedule", "resume", "build/every-5s", schedule["id"])
+        started = time.monotonic()
+        while len([r for r in deployment_runs(server, deployment["id"]) if is_due(r)]) < 2:
+            log = (server.home / "server.log").read_text()
+            assert "Can't evaluate bulk DML" not in log, log[-4000:]
+            assert time.monotonic() - started < 40, "the scheduler created no 2 due runs in 40 s"
+            time.sleep(0.5)
+        # off again before the worker starts, so that it has exactly the runs already due (not one every 5 s)
+        assert "Paused schedule" in server.ok("deployment", "schedule", "pause", "build/every-5s", schedule["id"])
+        paused_at = datetime.now(UTC)
+        runs = deployment_runs(server, deployment["id"])
+        assert all(r["auto_scheduled"] and r["created_by"]["type"] == "SCHEDULE" for r in runs)
+        assert all(r["parameters"]["run_dir"] == tiny["run_dir"] for r in runs)
+        assert not [r for r in runs if not is_due(r, paused_at)], runs  # the runs it had created for later are gone
+        assert len(runs) >= 2
+
+        worker = subprocess.Popen(
+            [PREFECT, "--no-prompt", "worker", "start", "--pool", "gpu"],
+            cwd=elsewhere,
+            env={**server.env, "LAIONET_ROOT": str(ROOT)},
+            stdout=(tmp_path / "worker.log").open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 300
+        while True:
+            runs = deployment_runs(server, deployment["id"])
+            if all(r["state"]["type"] == "COMPLETED" for r in runs):
+                break
+            failed = [r for r in runs if r["state"]["type"] in {"FAILED", "CRASHED"}]
+            assert not failed, (failed[0]["state"], (tmp_path / "worker.log").read_text()[-4000:])
+            assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()[-4000:]
+            time.sleep(1)
+        assert index_of(tiny["run_dir"]) == SELECTED
+        for run in runs:  # every stage of each scheduled run finished (computed, or found done: Cached)
+            states = {name: r["state"]["type"] for name, r in task_runs(server, run["id"], attempt=1).items()}
+            assert states == dict.fromkeys(TASKS, "COMPLETED"), states
+    finally:
+        if worker is not None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(timeout=15)
+            except subprocess.TimeoutExpired:  # still waiting for a flow run it started
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+        server.cli("deployment", "delete", "build/every-5s")  # with its runs: nothing left for the next test

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fsspec
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
@@ -29,10 +30,14 @@ def read_file_columns(path: str, columns: list[str]) -> pd.DataFrame:
     """``columns`` of one parquet file (only those are read; others, e.g. prediction ``scores``, are skipped).
 
     Raises:
-        ValueError: naming the file and the missing columns.
+        ValueError: naming the file and the missing columns; ``pyarrow.ArrowInvalid`` (a ValueError) naming the file
+            when it is not parquet or is corrupt.
     """
     with fsspec.open(path, "rb") as f:
-        parquet = pq.ParquetFile(f)
+        try:
+            parquet = pq.ParquetFile(f)
+        except pa.ArrowInvalid as exc:  # "Parquet magic bytes not found in footer" alone does not say which file
+            raise pa.ArrowInvalid(f"{path}: not a readable parquet file ({exc})") from exc
         names = parquet.schema_arrow.names
         missing = set(columns) - set(names)
         if missing:

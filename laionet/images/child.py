@@ -7,8 +7,8 @@ waiting thread by an orchestrator interrupts the wait; the child is then termina
 
 ``is_transient(exc)`` is the one rule (the Prefect retry condition uses it too): network and I/O errors, timeouts and a
 child killed by a signal are transient; configuration and data errors (``ValueError``, ``KeyError``, ``TypeError``,
-...), missing files, a full disk and permission errors (``ENOSPC``, ``EDQUOT``, ``EACCES``, ``EPERM``, ``EROFS``) are
-not: trying again would fail the same way.
+...), missing files, a path in the way (a file where a directory goes), a full disk and permission errors
+(``ENOSPC``, ``EDQUOT``, ``EACCES``, ``EPERM``, ``EROFS``) are not: trying again would fail the same way.
 """
 
 from __future__ import annotations
@@ -19,9 +19,20 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-# OSErrors that another attempt would meet again: a full disk or quota, no permission, a read-only or missing path
+# OSErrors that another attempt would meet again: a full disk or quota, no permission, a read-only, missing or
+# occupied path
 PERMANENT_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR}
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.EEXIST,
+    }
 )
 
 
@@ -45,7 +56,7 @@ def is_transient(exc: BaseException) -> bool:
     own = getattr(exc, "transient", None)
     if isinstance(own, bool):
         return own
-    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError):
+    if isinstance(exc, FileNotFoundError | FileExistsError | PermissionError | IsADirectoryError | NotADirectoryError):
         return False
     if isinstance(exc, OSError) and exc.errno in PERMANENT_ERRNOS:
         return False

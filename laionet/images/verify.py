@@ -8,6 +8,8 @@ downstream stages skip the quarantined keys.
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 import pyarrow as pa
 from fsspec.core import url_to_fs
@@ -17,10 +19,13 @@ from laionet.core.manifest import Manifest, Timer, config_hash, join, write_mani
 from laionet.core.stage import stage_rebuild
 from laionet.images.shards import list_shards, verify_shard
 
+_log = logging.getLogger("laionet.verify")
+
 
 def run_verify(shards_dir: str, out_dir: str) -> Manifest:
     """Verify every shard of a directory; write the quarantine table and the manifest."""
     timer = Timer()
+    _log.info("verify of %s → %s", shards_dir, out_dir)
     shards = list_shards(shards_dir)  # the shard stage's current shards (its manifest), checked complete
     with stage_rebuild(out_dir, "verify"):
         return _verify(shards_dir, shards, out_dir, timer)

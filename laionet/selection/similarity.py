@@ -12,6 +12,7 @@ embeddings (``laionet.selection.precomputed``), captions without one are skipped
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -172,6 +173,9 @@ def _synset_embeddings(out_dir: str, catalog: Any, encoder: TextEncoder) -> np.n
     return emb
 
 
+_log = logging.getLogger("laionet.similarity")
+
+
 def run_similarity(
     matches_dir: str,
     catalog_path: str,
@@ -188,6 +192,7 @@ def run_similarity(
     config = config or SimilarityConfig()
     spec = canonical_spec(config.encoder)
     timer = Timer()
+    _log.info("similarity of %s (catalog %s) under %s → %s, %s", matches_dir, catalog_path, spec, out_dir, config)
     matches = require_complete(matches_dir, "match", hint="re-run `laionet match` (or the build flow)")
     catalog = read_catalog(catalog_path)
     # what a part's similarities depend on: encoder, numeric precision, catalog (device and batch size do not)

@@ -6,6 +6,7 @@ columns ``class_index, wnid, name, lemmas, definition, synset_text``.
 
 from __future__ import annotations
 
+import logging
 from importlib import resources
 from pathlib import Path
 
@@ -91,10 +92,14 @@ def build_catalog(wnids: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CATALOG_COLUMNS)
 
 
+_log = logging.getLogger("laionet.catalog")
+
+
 def run_catalog(classes: str, out_path: str) -> Manifest:
     """Driver: build the catalog of a class set and write it to ``out_path`` (parquet), manifest beside it.
     Returns the existing manifest without work if the output is already complete for the same class set."""
     timer = Timer()
+    _log.info("catalog of %s → %s", classes, out_path)
     wnids = load_class_set(classes)
     config = {"classes": classes if classes in BUILTIN_CLASS_SETS else str(Path(classes).resolve())}
     chash = config_hash({**config, "wnids": wnids})

@@ -12,6 +12,7 @@ exactly one is, and is dropped otherwise. Lemmas that normalise to nothing are d
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -112,11 +113,15 @@ def build_lemma_map(catalog: pd.DataFrame, policy: Mode) -> LemmaMap:
     return LemmaMap(table=table, dropped=pd.DataFrame(dropped, columns=DROP_COLUMNS))
 
 
+_log = logging.getLogger("laionet.lemmas")
+
+
 def run_lemmas(catalog_path: str, policy: Mode, out_path: str) -> Manifest:
     """Driver: build the lemma map of a catalog under ``policy``; write it and its dropped lemmas
     (``<out stem>.dropped.parquet``), manifest last. Counts are over distinct WordNet lemma strings. Returns the
     existing manifest without work if the output is complete for the same catalog content and policy."""
     timer = Timer()
+    _log.info("lemma map (%s) of %s → %s", policy, catalog_path, out_path)
     require_file_input(catalog_path, "catalog", hint="re-run `laionet catalog`")
     chash = config_hash({"policy": policy, "catalog": file_digest(catalog_path)})
     with stage_run(out_path, chash, "lemmas") as done:

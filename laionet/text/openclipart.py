@@ -9,6 +9,7 @@ title, description and keywords); writes ``<out>/openclipart.parquet`` with LAIO
 
 from __future__ import annotations
 
+import logging
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -93,6 +94,9 @@ def parse_svg(head: bytes) -> ClipArt:
     return ClipArt(title, description, keywords, width, height)
 
 
+_log = logging.getLogger("laionet.corpus")
+
+
 def build_openclipart_corpus(
     out_dir: str, root: Path = DEFAULT_ROOT, base_url: str = DEFAULT_BASE_URL, limit: int | None = None
 ) -> Manifest:
@@ -103,6 +107,7 @@ def build_openclipart_corpus(
     """
     timer = Timer()
     config = {"root": str(root), "base_url": base_url, "limit": limit}
+    _log.info("openclipart corpus from %s → %s, %s", root, out_dir, config)
     with stage_run(out_dir, config_hash(config), STAGE) as done:
         if done:
             return done
