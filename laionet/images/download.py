@@ -171,9 +171,6 @@ def _finalise(raw_tar: str, raw_parquet: str, out_tar: str, quality: int) -> pd.
 _log = logging.getLogger("laionet.download")
 
 
-_log = logging.getLogger("laionet.download")
-
-
 def run_download(index_path: str, out_dir: str, config: DownloadConfig | None = None) -> Manifest:
     """Download every row of an index into final shards; retry transient failures; manifest last.
 
@@ -181,7 +178,6 @@ def run_download(index_path: str, out_dir: str, config: DownloadConfig | None = 
     """
     config = config or DownloadConfig()
     timer = Timer()
-    _log.info("download of %s → %s, %s", index_path, out_dir, config)
     _log.info("download of %s → %s, %s", index_path, out_dir, config)
     require_file_input(index_path, "select", hint="re-run `laionet select` (or the build flow)")
     with stage_rebuild(out_dir, "download"):

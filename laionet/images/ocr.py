@@ -75,9 +75,6 @@ def shows_name(name: str, text: str) -> bool:
 _log = logging.getLogger("laionet.ocr")
 
 
-_log = logging.getLogger("laionet.ocr")
-
-
 def run_ocr(
     shards_dir: str,
     catalog_path: str,

@@ -63,9 +63,6 @@ def _imagenet_captions(captions: Path, images: Path) -> Iterator[Item]:
 _log = logging.getLogger("laionet.ingest")
 
 
-_log = logging.getLogger("laionet.ingest")
-
-
 def ingest(kind: str, out_dir: str, per_shard: int = 10_000, **paths: Path) -> Manifest:
     """Ingest a reference dataset layout (``kind``: imagenet-val, imagenetv2, imagenet-captions) into shards.
 

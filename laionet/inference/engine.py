@@ -202,9 +202,6 @@ def _shard_hashes(shards: list[str], specs: list[str], top_k: int, skip: set[str
 _log = logging.getLogger("laionet.infer")
 
 
-_log = logging.getLogger("laionet.infer")
-
-
 def run_inference(
     shards: str,
     models: Sequence[str],
@@ -236,7 +233,6 @@ def run_inference(
 
     config = config or InferConfig()
     timer = Timer()
-    _log.info("inference of %s over %s (shards: %s) → %s, %s", list(models), shards, only or "all", out_root, config)
     _log.info("inference of %s over %s (shards: %s) → %s, %s", list(models), shards, only or "all", out_root, config)
     if not models:
         raise ValueError("no models given")

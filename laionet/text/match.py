@@ -167,9 +167,6 @@ def _run_one(part: str, out_dir: str, lemma_map_path: str, config: MatchConfig, 
 _log = logging.getLogger("laionet.match")
 
 
-_log = logging.getLogger("laionet.match")
-
-
 def run_match(
     corpus: str,
     out_dir: str,
@@ -194,7 +191,6 @@ def run_match(
     """
     config = config or MatchConfig()
     timer = Timer()
-    _log.info("matching %s (parts: %s) with %s → %s, %s", corpus, max_parts or "all", lemma_map_path, out_dir, config)
     _log.info("matching %s (parts: %s) with %s → %s, %s", corpus, max_parts or "all", lemma_map_path, out_dir, config)
     parts = resolve_parts(corpus)[:max_parts]
     cfg = config.model_dump(mode="json")
