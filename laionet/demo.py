@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from laionet.core.manifest import join, read_manifest, write_json_atomic, write_parquet_atomic
 from laionet.images.download import DownloadConfig, run_download
+from laionet.images.fetch import host_port
 from laionet.images.ocr import run_ocr
 from laionet.images.serve import ImageServer
 from laionet.images.verify import run_verify
@@ -97,7 +98,9 @@ def _images(run_dir: str, catalog_path: str, limit: int | None, echo: Callable[[
         index["url"] = index["url"].str.replace(DEFAULT_BASE_URL, base, regex=False)  # this run's port
         index_path = join(run_dir, "download_index.parquet")
         write_parquet_atomic(pa.Table.from_pandas(index, preserve_index=False), index_path)
-        config = DownloadConfig(image_size=448, threads=16, samples_per_shard=256, timeout=20)
+        config = DownloadConfig(  # the loopback server is named: the download refuses loopback addresses otherwise
+            image_size=448, threads=16, samples_per_shard=256, timeout=20, allow_host=[host_port(base)]
+        )
         downloaded = run_download(index_path, join(run_dir, "shards"), config)
     echo(f"download: {downloaded.rows_out} of {downloaded.rows_in} images into {len(downloaded.outputs)} shards; "
          f"failed {downloaded.dropped or 'none'}")  # fmt: skip

@@ -90,7 +90,9 @@ def test_download_converts_counts_retries_and_resumes(tmp_path, server) -> None:
     )
     index_path = tmp_path / "index.parquet"
     index.to_parquet(index_path)
-    config = DownloadConfig(processes=1, threads=4, timeout=1, samples_per_shard=4, image_size=32, retries=0)
+    config = DownloadConfig(
+        processes=1, threads=4, timeout=1, samples_per_shard=4, image_size=32, retries=0, allow_host=["127.0.0.1"]
+    )
     manifest = run_download(str(index_path), str(tmp_path / "shards"), config)
     assert manifest.rows_in == 10 and manifest.rows_in == manifest.rows_out + sum(manifest.dropped.values())
     assert manifest.rows_out == 6  # rgb, gray, palette, cmyk, alpha, and flaky on its second attempt
@@ -133,7 +135,9 @@ def test_shards_finished_before_a_kill_are_kept(tmp_path, server) -> None:
         {"key": names, "url": [f"{base}/{n}" for n in names], "text": names, "wnid": ["n1"] * 3, "class_index": [0] * 3}
     )
     index.to_parquet(tmp_path / "index.parquet")
-    config = DownloadConfig(processes=1, threads=2, timeout=1, samples_per_shard=2, image_size=32, retries=0)
+    config = DownloadConfig(
+        processes=1, threads=2, timeout=1, samples_per_shard=2, image_size=32, retries=0, allow_host=["127.0.0.1"]
+    )
     _attempt(index, str(tmp_path / "out" / "_attempts" / "000"), config)  # the part of a run that got done
     assert hits["/rgb.jpg"] == 1
     manifest = run_download(str(tmp_path / "index.parquet"), str(tmp_path / "out"), config)
@@ -176,7 +180,8 @@ def test_a_killed_download_resumes_without_refetching_finished_shards(tmp_path) 
     index.to_parquet(tmp_path / "index.parquet")
     out = tmp_path / "out"
     args = ["--index", str(tmp_path / "index.parquet"), "--out", str(out), "--processes", "1", "--threads", "1",
-            "--samples-per-shard", "5", "--timeout", "5", "--image-size", "32"]  # fmt: skip
+            "--samples-per-shard", "5", "--timeout", "5", "--image-size", "32",
+            "--allow-host", "127.0.0.1"]  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "laionet", "download", *args],
         start_new_session=True,
@@ -193,7 +198,9 @@ def test_a_killed_download_resumes_without_refetching_finished_shards(tmp_path) 
     assert 2 <= len(finished) < n // 5, "the kill must land mid-download"
     fetched_before = sum(hits.values())
     assert fetched_before < n
-    config = DownloadConfig(processes=1, threads=8, samples_per_shard=5, timeout=5, image_size=32)
+    config = DownloadConfig(
+        processes=1, threads=8, samples_per_shard=5, timeout=5, image_size=32, allow_host=[base.removeprefix("http://")]
+    )
     manifest = run_download(str(tmp_path / "index.parquet"), str(out), config)
     httpd.shutdown()
     httpd.server_close()

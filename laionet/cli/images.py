@@ -27,8 +27,18 @@ def download(
     timeout: Annotated[int, typer.Option(help="Seconds per request.")] = 10,
     attempts: Annotated[int, typer.Option(help="Passes over transiently failed rows.")] = 2,
     respect_opt_out: Annotated[bool, typer.Option(help="Honour X-Robots-Tag noai/noindex directives.")] = True,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(help="HOST[:PORT] fetched even on a loopback/private address (a local mirror); repeatable."),
+    ] = None,
+    max_bytes: Annotated[int, typer.Option(help="Largest response body in bytes (larger: too_large).")] = 20_000_000,
+    max_pixels: Annotated[
+        int, typer.Option(help="Largest image in pixels, read from its header (larger: too_many_pixels).")
+    ] = 50_000_000,
 ) -> None:
-    """Download the images of an index into RGB WebDataset shards; re-running retries transient failures only."""
+    """Download the images of an index into RGB WebDataset shards; re-running retries transient failures only.
+
+    Only http(s) URLs of public addresses are fetched (see the README's "Security"); refusals are counted by reason."""
     from laionet.images.download import DownloadConfig, run_download
 
     settings: dict[str, Any] = {
@@ -38,6 +48,9 @@ def download(
         "timeout": timeout,
         "attempts": attempts,
         "respect_opt_out": respect_opt_out,
+        "allow_host": allow_host or [],
+        "max_bytes": max_bytes,
+        "max_pixels": max_pixels,
     }
     if processes:
         settings["processes"] = processes

@@ -15,8 +15,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
+from laionet.core.layout import check_name
 from laionet.inference.models import ZOO
 from laionet.text.normalize import Mode
 
@@ -106,6 +107,21 @@ class Preset(BaseModel):
     seed: int = 0
     disclaimer: str | None = None
     diagnose: Diagnose | None = Field(default_factory=Diagnose, description="Section 4 diagnostics; None: none")
+
+    @field_validator("references")
+    @classmethod
+    def _reference_names(cls, value: dict[str, Reference]) -> dict[str, Reference]:
+        for name in value:  # each becomes references/<name>/ and variants/<name>/ in the run directory
+            check_name(name, "references")
+        return value
+
+    @field_validator("compare")
+    @classmethod
+    def _variant_names(cls, value: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        for pair in value:  # each becomes variants/<name>/ and evaluate/.../<a>--<b>/ in the run directory
+            for name in pair:
+                check_name(name, "compare")
+        return value
 
     def image_models(self) -> list[str]:
         """Every model inference runs: the classifiers, the embedding model, the zero-shot model, the filter's."""

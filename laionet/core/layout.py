@@ -23,11 +23,51 @@ A run directory (local path or fsspec URL) holds::
 ``<dataset>`` is ``laionet`` for the downloaded LAIONet shards or the name of an ingested reference dataset;
 ``<variant>`` names a labelled subset of a dataset (e.g. ``laionet`` = text-only selection, ``laionet-image`` = the
 image-filtered variant, ``imagenet-val``).
+
+Dataset and variant names come from presets (files anyone with a deployment's parameters can name): each is checked to
+be one plain path component (``check_name``), and every path built here is checked to lie under the run directory
+(``inside``), so no name can make a stage write outside it.
 """
 
 from __future__ import annotations
 
+import os
+import posixpath
+
 from laionet.core.manifest import join
+
+
+def check_name(name: str, field: str) -> str:
+    """``name`` if it is one plain path component: not empty, no ``/`` or ``\\``, not ``.`` or ``..``, no NUL.
+
+    Raises:
+        ValueError: naming ``field`` and the bad value.
+    """
+    if not isinstance(name, str) or not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ValueError(f"{field}: {name!r} is not a plain name (no path separators, '..' or absolute paths)")
+    return name
+
+
+def inside(run_dir: str, path: str) -> str:
+    """``path`` if it lies under ``run_dir`` once ``..`` are resolved (lexically: links the user placed in the run
+    directory are followed, as they always were).
+
+    Raises:
+        ValueError: the path leaves the run directory.
+    """
+    if "://" in run_dir or "://" in path:
+        base, target = posixpath.normpath(run_dir), posixpath.normpath(path)
+    else:
+        base, target = os.path.normpath(os.path.abspath(run_dir)), os.path.normpath(os.path.abspath(path))
+    if target != base and not target.startswith(base.rstrip("/") + "/"):
+        raise ValueError(f"{path} is not inside the run directory {run_dir}")
+    return path
+
+
+def _under(run_dir: str, *parts: str, names: dict[str, str] | None = None) -> str:
+    for field, name in (names or {}).items():
+        check_name(name, field)
+    return inside(run_dir, join(run_dir, *parts))
 
 
 def slug(name: str) -> str:
@@ -40,7 +80,9 @@ def slug(name: str) -> str:
 
 def shards_dir(run_dir: str, dataset: str = "laionet") -> str:
     """The shard directory of ``dataset`` in a run."""
-    return join(run_dir, "shards") if dataset == "laionet" else join(run_dir, "references", dataset)
+    if dataset == "laionet":
+        return join(run_dir, "shards")
+    return _under(run_dir, "references", dataset, names={"dataset": dataset})
 
 
 def inference_dir(run_dir: str, dataset: str, model: str) -> str:
@@ -48,19 +90,20 @@ def inference_dir(run_dir: str, dataset: str, model: str) -> str:
     ``clip`` and ``open_clip:ViT-B-32-quickgelu@openai`` are the same directory."""
     from laionet.inference.models import canonical_model_spec
 
-    return join(run_dir, "inference", dataset, slug(canonical_model_spec(model)))
+    return _under(run_dir, "inference", dataset, slug(canonical_model_spec(model)), names={"dataset": dataset})
 
 
 def variant_labels(run_dir: str, variant: str) -> str:
-    return join(run_dir, "variants", variant, "labels.parquet")
+    return _under(run_dir, "variants", variant, "labels.parquet", names={"variant": variant})
 
 
 def accuracy_dir(run_dir: str, variant: str, model: str) -> str:
-    return join(run_dir, "evaluate", "accuracy", variant, slug(model))
+    return _under(run_dir, "evaluate", "accuracy", variant, slug(model), names={"variant": variant})
 
 
 def intra_dir(run_dir: str, variant_a: str, variant_b: str, model: str) -> str:
-    return join(run_dir, "evaluate", "intra", f"{variant_a}--{variant_b}", slug(model))
+    names = {"variant_a": variant_a, "variant_b": variant_b}
+    return _under(run_dir, "evaluate", "intra", f"{variant_a}--{variant_b}", slug(model), names=names)
 
 
 def relations_dir(run_dir: str) -> str:
@@ -100,8 +143,10 @@ def dataset_of(variant: str) -> str:
 
 
 def recall_difference_dir(run_dir: str, variant_a: str, variant_b: str, model: str) -> str:
-    return join(run_dir, "evaluate", "recall-difference", f"{variant_a}--{variant_b}", slug(model))
+    names = {"variant_a": variant_a, "variant_b": variant_b}
+    return _under(run_dir, "evaluate", "recall-difference", f"{variant_a}--{variant_b}", slug(model), names=names)
 
 
 def own_similarity_dir(run_dir: str, variant_a: str, variant_b: str, model: str) -> str:
-    return join(run_dir, "evaluate", "own-similarity", f"{variant_a}--{variant_b}", slug(model))
+    names = {"variant_a": variant_a, "variant_b": variant_b}
+    return _under(run_dir, "evaluate", "own-similarity", f"{variant_a}--{variant_b}", slug(model), names=names)

@@ -1,4 +1,10 @@
-"""Process-level settings for CPU inference.
+"""Process-level settings: CPU inference tuning, and the one pixel limit of every image decode.
+
+``limit_image_pixels()``: the largest image (width × height) any stage decodes, ``LAIONET_MAX_IMAGE_PIXELS`` or 50 MP.
+Every module that decodes with PIL calls it first (download, references, verify, OCR, inference batches, report
+thumbnails): ``PIL.Image.MAX_IMAGE_PIXELS`` is set to it and PIL's ``DecompressionBombWarning`` (over the limit; PIL
+itself only raises over twice it) becomes an error. img2dataset decodes with OpenCV in its own processes: the download
+sets ``OPENCV_IO_MAX_IMAGE_PIXELS`` to the same number in their environment and checks each header first.
 
 ``tune_cpu()``: torch uses every core this process may run on, and glibc's allocator keeps large freed blocks
 instead of returning them to the OS. By default glibc serves every block above 128 KiB-32 MiB (a dynamic threshold)
@@ -12,6 +18,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import warnings
+
+MAX_IMAGE_PIXELS = 50_000_000
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _tuned = False
@@ -38,3 +47,22 @@ def tune_cpu() -> None:
     if not _tuned:
         keep_freed_memory()
         _tuned = True
+
+
+def max_image_pixels() -> int:
+    """The pixel limit: ``LAIONET_MAX_IMAGE_PIXELS`` from the environment, else ``MAX_IMAGE_PIXELS`` (50 MP)."""
+    text = os.environ.get("LAIONET_MAX_IMAGE_PIXELS", "").strip()
+    return int(text) if text else MAX_IMAGE_PIXELS
+
+
+def limit_image_pixels(limit: int | None = None) -> int:
+    """PIL refuses to open an image of more than ``limit`` pixels (default ``max_image_pixels()``): sets
+    ``PIL.Image.MAX_IMAGE_PIXELS`` and turns PIL's ``DecompressionBombWarning`` into an error (callers catch both it and
+    ``DecompressionBombError`` with the decoding errors they count). Cheap; call it before decoding. Returns the limit.
+    """
+    from PIL import Image
+
+    limit = limit or max_image_pixels()
+    Image.MAX_IMAGE_PIXELS = limit
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+    return limit

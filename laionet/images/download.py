@@ -11,6 +11,19 @@ whose ``_stats.json`` exists are not fetched again). Each finished attempt shard
 alpha onto white). Rows that failed for a transient reason (timeout, connection error, HTTP 5xx/429) are retried
 in a further attempt — also when the stage is run again later (``retry_failed``); 404s, opt-outs and undecodable
 images are final. Counts: rows in = downloaded + failed by reason.
+
+Untrusted URLs: img2dataset opens URLs itself with ``urllib`` (any scheme, any address, unbounded reads, no header
+check before OpenCV decodes). It cannot be configured to do otherwise, so this module gives it our fetch: the
+``Downloader`` img2dataset builds is wrapped (``_GuardedDownloader``, pickled to img2dataset's spawned worker
+processes), and in each worker it replaces ``img2dataset.downloader.download_image_with_retry`` with
+``_guarded_download``, which fetches with ``laionet.images.fetch`` (http/https only, public addresses unless named
+in ``allow_host``, every redirect hop and the connected address checked, ``max_bytes`` counted while streaming, one
+timeout for the whole response) and refuses an image whose header declares more than ``max_pixels`` before OpenCV
+decodes it; ``OPENCV_IO_MAX_IMAGE_PIXELS`` is set to the same limit in the workers' environment. Refusals are
+counted by reason (``bad_scheme``, ``private_address``, ``redirect_refused``, ``too_large``, ``too_many_pixels``) and
+never retried. The host of a mirror that ``prepare_index`` rewrote URLs to is allowed automatically (read from
+``<index>.source.json``). The fetch lives in its own module (``fetch.py``, standard library only) so that it can be
+tested without img2dataset; this module is its only user and still the only one that imports img2dataset.
 """
 
 from __future__ import annotations
@@ -21,7 +34,7 @@ import logging
 import os
 import re
 import tarfile
-import threading
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -29,11 +42,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from laionet.core.manifest import Manifest, Timer, atomic_path, config_hash, join, write_manifest, write_parquet_atomic
+from laionet.core.runtime import MAX_IMAGE_PIXELS
 from laionet.core.stage import require_file_input, stage_rebuild
 from laionet.images.child import run_in_child
+from laionet.images.fetch import Policy, RefusedError, fetch, host_port, image_pixels, parse_allowed, refusal_reason
 from laionet.images.shards import encode_rgb_jpeg, safe_key
 
 OPT_OUT_DIRECTIVES = ["noai", "noimageai", "noindex", "noimageindex"]
@@ -54,14 +69,28 @@ class DownloadConfig(BaseModel):
     attempts: int = Field(2, ge=1, description="passes over rows that failed for a transient reason")
     respect_opt_out: bool = True
     user_agent_token: str | None = None
+    allow_host: list[str] = Field(
+        default_factory=list, description="HOST[:PORT] fetched even on a loopback/private address (a local mirror)"
+    )
+    max_bytes: int = Field(20_000_000, gt=0, description="largest response body; larger ones are counted too_large")
+    max_pixels: int = Field(MAX_IMAGE_PIXELS, gt=0, description="largest image (w × h) decoded: too_many_pixels")
+
+    @field_validator("allow_host")
+    @classmethod
+    def _check_allow_host(cls, value: list[str]) -> list[str]:
+        parse_allowed(value)  # raises ValueError naming the entry
+        return value
 
 
 def failure_reason(status: str | None, message: str | None) -> str:
-    """A coarse reason for a row's outcome: success, http_404, http_error, timeout, connection, opt_out,
-    decode_error, other."""
+    """A coarse reason for a row's outcome: success, a refusal (bad_scheme, private_address, redirect_refused,
+    too_large, too_many_pixels), http_404, http_error, timeout, connection, opt_out, decode_error, other."""
     if status == "success":
         return "success"
     text = message or ""
+    refused = refusal_reason(text)
+    if refused:
+        return refused
     if "X-Robots-Tag" in text:
         return "opt_out"
     if "HTTP Error 404" in text:
@@ -77,11 +106,9 @@ def failure_reason(status: str | None, message: str | None) -> str:
     return "other"
 
 
-def _attempt(index: pd.DataFrame, folder: str, config: DownloadConfig) -> None:
-    """One img2dataset run over ``index`` (our columns renamed around img2dataset's reserved ``key``)."""
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would look for updates online
-    import img2dataset
-
+def _attempt(index: pd.DataFrame, folder: str, config: DownloadConfig, mirrors: tuple[str, ...] = ()) -> None:
+    """One img2dataset run over ``index`` (our columns renamed around img2dataset's reserved ``key``), fetching with
+    ``_guarded_download``; ``mirrors`` are allowed hosts besides ``config.allow_host``."""
     source = join(folder, "_input.parquet")
     fs, real = url_to_fs(folder)
     fs.makedirs(real, exist_ok=True)
@@ -110,20 +137,153 @@ def _attempt(index: pd.DataFrame, folder: str, config: DownloadConfig) -> None:
         disallowed_header_directives=OPT_OUT_DIRECTIVES if config.respect_opt_out else [],
         user_agent_token=config.user_agent_token,
     )
-    if threading.current_thread() is threading.main_thread():
-        img2dataset.download(**kwargs)
-        return
-    # img2dataset installs a SIGINT handler, which Python allows only in the main thread; a worker thread (e.g. a
-    # Prefect task runner's) runs it in a child process instead; its failure comes back classified (ChildError:
-    # transient → the task retries, configuration → it does not)
-    run_in_child(_img2dataset_download, kwargs, f"img2dataset downloading into {folder}")
+    guard = _Guard(Policy.of([*config.allow_host, *mirrors]), config.max_bytes, config.max_pixels)
+    # img2dataset runs in a spawned child process, from any thread: it installs a SIGINT handler, which Python allows
+    # only in the main thread (a Prefect task runs in a worker thread), and the child, which runs nothing else, loads
+    # it without torch (see _rebuild_guarded), so the caller never holds img2dataset's memory. Its failure comes back
+    # classified (ChildError: transient → the task retries, configuration → it does not).
+    run_in_child(_img2dataset_download, {"guard": guard, "isolated": True, **kwargs}, f"img2dataset into {folder}")
 
 
-def _img2dataset_download(**kwargs: Any) -> None:
+@dataclass(frozen=True)
+class _Guard:
+    """What ``_guarded_download`` enforces in img2dataset's worker processes."""
+
+    policy: Policy
+    max_bytes: int
+    max_pixels: int
+
+
+def _img2dataset_download(guard: _Guard, isolated: bool = False, **kwargs: Any) -> None:
+    """``img2dataset.download(**kwargs)`` with the Downloader it builds wrapped in ``_GuardedDownloader`` and OpenCV's
+    pixel limit in the environment its worker processes start with. ``isolated``: this process runs nothing else, so
+    torch is kept from loading (see ``_rebuild_guarded``)."""
+    import importlib
+    import sys
+
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    import img2dataset
+    if isolated and "img2dataset" not in sys.modules:
+        sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
+    main: Any = importlib.import_module("img2dataset.main")  # the module (the package exports a function ``main``)
+    original, saved = main.Downloader, os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS")
+    original_logger = main.LoggerProcess
+    main.Downloader = lambda **kw: _GuardedDownloader(original(**kw), guard)
+    if isolated:
+        main.LoggerProcess = sys.modules[__name__]._LightLoggerProcess  # its process too: no torch
+    os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(guard.max_pixels)
+    try:
+        main.download(**kwargs)
+    finally:
+        main.Downloader, main.LoggerProcess = original, original_logger
+        if saved is None:
+            os.environ.pop("OPENCV_IO_MAX_IMAGE_PIXELS", None)
+        else:
+            os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = saved
 
-    img2dataset.download(**kwargs)
+
+class _GuardedDownloader:
+    """img2dataset's ``Downloader`` (called once per shard in a worker process) with ``_guarded_download`` installed
+    as the worker's fetch first. Picklable: img2dataset sends it to spawned processes (or Ray tasks)."""
+
+    def __init__(self, inner: Any, guard: _Guard) -> None:
+        self.inner, self.guard = inner, guard
+
+    def __reduce__(self) -> tuple[Any, ...]:  # the inner Downloader travels as bytes: see _rebuild_guarded
+        import pickle
+
+        return (_rebuild_guarded, (pickle.dumps(self.inner), self.guard))
+
+    def __call__(self, row: Any) -> Any:
+        import functools
+
+        import img2dataset.downloader
+
+        from laionet.core.runtime import limit_image_pixels
+
+        limit_image_pixels(self.guard.max_pixels)
+        img2dataset.downloader.download_image_with_retry = functools.partial(_guarded_download, self.guard)
+        return self.inner(row)
+
+
+def _without_torch() -> None:
+    """Keep torch from loading in a process spawned to run img2dataset alone (see ``_rebuild_guarded``)."""
+    import multiprocessing
+    import sys
+
+    if multiprocessing.parent_process() is not None and "img2dataset" not in sys.modules:
+        sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
+
+
+def __getattr__(name: str) -> Any:
+    """``_LightLoggerProcess``: img2dataset's ``LoggerProcess``, built on first use (img2dataset is imported lazily) so
+    that its spawned process, unpickling this name, keeps torch out before img2dataset loads."""
+    if name != "_LightLoggerProcess":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import sys
+
+    if "img2dataset" not in sys.modules:  # only the logger's process, unpickling itself, gets here before img2dataset
+        sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
+    from img2dataset.logger import LoggerProcess
+
+    cls = type("_LightLoggerProcess", (LoggerProcess,), {"__module__": __name__})
+    globals()[name] = cls
+    return cls
+
+
+def _rebuild_guarded(inner: bytes, guard: _Guard) -> _GuardedDownloader:
+    """Unpickle a ``_GuardedDownloader`` in a worker process. In img2dataset's own pool workers, which run nothing but
+    downloads, torch is kept from loading first (webdataset imports it when it can, and does without): a worker then
+    holds ~250 MB instead of ~930 MB (the CUDA build's libraries), so each of the run's processes stays far from the
+    memory bound. Elsewhere (a Ray worker that may run other tasks) nothing is changed."""
+    import multiprocessing
+    import pickle
+
+    if multiprocessing.current_process().name.startswith("SpawnPoolWorker"):
+        _without_torch()
+    return _GuardedDownloader(pickle.loads(inner), guard)
+
+
+_USER_AGENT = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
+
+
+def _guarded_download(
+    guard: _Guard,
+    row: tuple[int, str],
+    timeout: int,
+    retries: int,
+    user_agent_token: str | None,
+    disallowed_header_directives: set[str] | None,
+) -> tuple[int, io.BytesIO | None, str | None]:
+    """img2dataset's ``download_image_with_retry`` under the policy: (key, body or None, error message or None).
+    Refusals are final (not retried); other failures are tried ``retries`` more times, as img2dataset does."""
+    from img2dataset.downloader import is_disallowed
+
+    key, url = row
+    agent = _USER_AGENT
+    if user_agent_token:
+        agent += f" (compatible; {user_agent_token}; +https://github.com/rom1504/img2dataset)"
+
+    def check(headers: Any) -> str | None:
+        if disallowed_header_directives and is_disallowed(headers, user_agent_token, disallowed_header_directives):
+            return "Use of image disallowed by X-Robots-Tag directive"
+        return None
+
+    error = "not attempted"
+    for _ in range(retries + 1):
+        try:
+            response = fetch(str(url), guard.policy, timeout, guard.max_bytes, {"User-Agent": agent}, check)
+        except RefusedError as exc:
+            return key, None, str(exc)
+        except Exception as exc:  # every failure of one URL is that row's outcome, never the shard's
+            error = str(exc) or type(exc).__name__
+            if isinstance(exc, PermissionError):  # an opt-out directive answers the same every time
+                return key, None, error
+            continue
+        pixels = image_pixels(response.data)
+        if pixels is not None and pixels > guard.max_pixels:
+            return key, None, str(RefusedError("too_many_pixels", f"the header declares {pixels} > {guard.max_pixels}"))
+        return key, io.BytesIO(response.data), None
+    return key, None, error
 
 
 def _finalise(raw_tar: str, raw_parquet: str, out_tar: str, quality: int) -> pd.DataFrame:
@@ -192,6 +352,7 @@ def _download(index_path: str, out_dir: str, config: DownloadConfig, timer: Time
         repeated = index["key"][index["key"].duplicated()].iloc[0]
         raise ValueError(f"{index_path}: keys must be unique; {repeated!r} repeats")
     wanted = set(index["key"].astype(str))
+    mirrors = mirror_hosts(index_path)
     attempt = _next_attempt(out_dir)
     for previous in range(attempt):  # a run killed after img2dataset wrote shards: keep what it finished
         _finalise_attempt(join(out_dir, "_attempts", f"{previous:03d}"), out_dir, config.encode_quality, wanted)
@@ -205,7 +366,7 @@ def _download(index_path: str, out_dir: str, config: DownloadConfig, timer: Time
         if batch.empty:
             break
         folder = join(out_dir, "_attempts", f"{attempt:03d}")
-        _attempt(batch, folder, config)
+        _attempt(batch, folder, config, mirrors)
         _finalise_attempt(folder, out_dir, config.encode_quality, wanted)
         status = _collect(out_dir)
         todo = index.iloc[0:0]
@@ -231,6 +392,17 @@ def _download(index_path: str, out_dir: str, config: DownloadConfig, timer: Time
     )
     write_manifest(out_dir, manifest)
     return manifest
+
+
+def mirror_hosts(index_path: str) -> tuple[str, ...]:
+    """``HOST:PORT`` of every URL prefix ``prepare_index`` rewrote ``index_path``'s URLs to (``<index>.source.json``):
+    a configured mirror is fetched even on a loopback or private address."""
+    fs, real = url_to_fs(index_path + ".source.json")
+    if not fs.exists(real):
+        return ()
+    with fs.open(real, "r") as f:
+        rewrite = json.load(f).get("rewrite") or {}
+    return tuple(host_port(new) for new in rewrite.values() if str(new).lower().startswith(("http://", "https://")))
 
 
 def _next_attempt(out_dir: str) -> int:

@@ -157,6 +157,10 @@ def _ocr_shard(shard: str, out_dir: str, engine: OcrEngine, names: dict[str, str
     """OCR one shard into ``<out>/<shard stem>.parquet``; return its record (counts, output)."""
     from PIL import Image
 
+    from laionet.core.runtime import limit_image_pixels
+
+    limit_image_pixels()
+
     out_path = join(out_dir, f"{part_stem(shard.removesuffix('.tar'))}.parquet")
     rows = []
     dropped = dict.fromkeys(OCR_DROP_REASONS, 0)
@@ -174,8 +178,8 @@ def _ocr_shard(shard: str, out_dir: str, engine: OcrEngine, names: dict[str, str
             try:
                 meta = json.loads(sample["json"]) if "json" in sample else {}
                 image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
-            except (OSError, ValueError):
-                dropped["undecodable"] += 1
+            except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+                dropped["undecodable"] += 1  # over the pixel limit too
                 continue
             wnid = meta.get("wnid")
             text = engine.read(image)

@@ -8,7 +8,9 @@ not an ImageNet-1k class are skipped and counted.
 - ImageNetV2: a variant folder of class-id sub-folders ``0..999`` and ``class_info.json`` (``cid`` → ``wnid``).
   Paper letters: a = threshold0.7, b = matched-frequency, c = top-images.
 - ImageNet-Captions: its JSON list of ``{filename, title, tags, description, wnid}`` and the image folder;
-  text = ``" ".join([title] + tags + [description])``; repeated filenames are kept once.
+  text = ``" ".join([title] + tags + [description])``; repeated filenames are kept once. Each ``filename`` must be a
+  plain name inside the image folder (no separators, ``..`` or absolute paths): a file with any other is refused
+  before anything is read or written, with an error naming the record.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+from laionet.core.layout import check_name
 from laionet.core.manifest import Manifest, Timer, config_hash, write_manifest
 from laionet.core.stage import prune, stage_rebuild
 from laionet.images.shards import ShardWriter, encode_rgb_jpeg
@@ -50,14 +53,17 @@ def _imagenetv2(root: Path, class_info: Path) -> Iterator[Item]:
 
 
 def _imagenet_captions(captions: Path, images: Path) -> Iterator[Item]:
+    """Every record's file name is checked first (a list is built: nothing is read from the image folder before)."""
     seen: set[str] = set()
-    for record in json.loads(captions.read_text()):
-        name = record["filename"]
+    items: list[Item] = []
+    for i, record in enumerate(json.loads(captions.read_text())):
+        name = check_name(record["filename"], f"{captions}: record {i}: filename")
         if name in seen:
             continue
         seen.add(name)
         text = " ".join([record.get("title") or "", *(record.get("tags") or []), record.get("description") or ""])
-        yield f"imagenet-captions/{Path(name).stem}", images / name, record["wnid"], " ".join(text.split())
+        items.append((f"imagenet-captions/{Path(name).stem}", images / name, record["wnid"], " ".join(text.split())))
+    return iter(items)
 
 
 _log = logging.getLogger("laionet.ingest")
@@ -81,12 +87,13 @@ def ingest(kind: str, out_dir: str, per_shard: int = 10_000, **paths: Path) -> M
     for name, path in paths.items():
         if not path.exists():
             raise FileNotFoundError(f"{kind}: {name} {path} does not exist")
+    items = readers[kind]()  # ImageNet-Captions' file names are checked here, before the output is touched
     with stage_rebuild(out_dir, f"ingest-{kind}"):
         class_index = {w: i for i, w in enumerate(load_class_set("imagenet1k"))}
         writer = ShardWriter(out_dir, per_shard)
         dropped = {"missing_image": 0, "unreadable_image": 0, "not_imagenet1k": 0}
         rows_in = 0
-        for key, image, wnid, text in readers[kind]():
+        for key, image, wnid, text in items:
             rows_in += 1
             if wnid not in class_index:
                 dropped["not_imagenet1k"] += 1

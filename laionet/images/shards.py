@@ -18,6 +18,8 @@ import fsspec
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from laionet.core.runtime import limit_image_pixels
+
 
 def safe_key(key: str) -> str:
     """Tar/webdataset-safe, reversible form of a sample key (``"part-0/12"`` → ``"part-0%2F12"``)."""
@@ -70,6 +72,8 @@ def iter_samples(path: str) -> Iterator[tuple[str, Any, dict[str, Any]]]:
     """Stream a shard: (our key, RGB PIL image, json metadata) per sample with an image, in tar order."""
     from PIL import Image
 
+    limit_image_pixels()
+
     for key, sample in iter_raw(path):
         if "jpg" not in sample:
             continue
@@ -82,16 +86,20 @@ def encode_rgb_jpeg(data: bytes, quality: int = 95) -> bytes:
     """The image in ``data`` as an RGB JPEG (kept byte-for-byte when it already is one).
 
     Raises:
-        OSError: if PIL cannot decode it.
+        OSError: if PIL cannot decode it, or it has more pixels than ``laionet.core.runtime.limit_image_pixels``.
     """
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as image:
-        if image.mode == "RGB" and image.format == "JPEG":
-            return data
-        out = io.BytesIO()
-        image.convert("RGB").save(out, format="JPEG", quality=quality)
-        return out.getvalue()
+    limit = limit_image_pixels()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.mode == "RGB" and image.format == "JPEG":
+                return data
+            out = io.BytesIO()
+            image.convert("RGB").save(out, format="JPEG", quality=quality)
+            return out.getvalue()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise OSError(f"image over {limit} pixels: {exc}") from exc
 
 
 class ShardWriter:
@@ -138,6 +146,8 @@ class ShardWriter:
 def _check_sample(sample: dict[str, bytes]) -> str | None:
     """The reason a sample is unusable, or None."""
     from PIL import Image
+
+    limit_image_pixels()
 
     if "jpg" not in sample:
         return "no_image"
@@ -257,6 +267,8 @@ def read_images(tar: str, keys: set[str]) -> dict[str, Any]:
     """Decoded RGB images of ``keys`` from one shard, read up to the last of them; undecodable samples and the
     samples after a truncation are skipped."""
     from PIL import Image
+
+    limit_image_pixels()
 
     out: dict[str, Any] = {}
     try:

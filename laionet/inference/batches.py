@@ -38,8 +38,13 @@ def _pack(shard: str, keys: list[str], wnids: list[str | None], tensors: dict[Re
 
 
 def decode_shard(shard: str, recipes: dict[Recipe, Any], skip: set[str], batch_size: int) -> Iterator[dict[str, Any]]:
-    """Batches of one shard; the last one has ``last=True``, the shard's counts and whether the tar was truncated."""
+    """Batches of one shard; the last one has ``last=True``, the shard's counts and whether the tar was truncated
+    (an image over the pixel limit, ``laionet.core.runtime.limit_image_pixels``, is counted undecodable)."""
     from PIL import Image
+
+    from laionet.core.runtime import limit_image_pixels
+
+    limit_image_pixels()
 
     counts = {"read": 0, "quarantined": 0, "undecodable": 0, "no_image": 0}
     keys: list[str] = []
