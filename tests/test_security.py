@@ -483,3 +483,32 @@ def test_https_is_verified_and_bounded_like_http(tmp_path, monkeypatch, hostile)
             assert time.monotonic() - started < 3
         finally:
             fetch_module._tls.cache_clear()
+
+
+def test_img2dataset_is_given_the_guarded_downloader_and_opencvs_limit(monkeypatch) -> None:
+    """What `_img2dataset_download` hands img2dataset (faked here; the real run is the test above): its Downloader
+    wrapped (picklable for spawned workers), OPENCV_IO_MAX_IMAGE_PIXELS set while it runs, both undone after."""
+    import importlib
+    import pickle
+
+    from laionet.images import download as download_module
+
+    seen: dict = {}
+
+    def fake_download(**kwargs) -> None:
+        seen["env"] = os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS")
+        seen["downloader"] = fake.Downloader(thread_count=1)
+        seen["kwargs"] = kwargs
+
+    fake = types.SimpleNamespace(Downloader=dict, LoggerProcess=object, download=fake_download)
+    real_import = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module", lambda n: fake if n == "img2dataset.main" else real_import(n))
+    monkeypatch.delenv("OPENCV_IO_MAX_IMAGE_PIXELS", raising=False)
+    guard = download_module._Guard(Policy.of(["mirror.lan"]), 1000, 1234)
+    download_module._img2dataset_download(guard, url_list="x")
+    assert seen["env"] == "1234" and seen["kwargs"] == {"url_list": "x"}
+    wrapped = seen["downloader"]
+    assert isinstance(wrapped, download_module._GuardedDownloader) and wrapped.inner == {"thread_count": 1}
+    again = pickle.loads(pickle.dumps(wrapped))  # as img2dataset sends it to its worker processes
+    assert again.inner == {"thread_count": 1} and again.guard == guard
+    assert fake.Downloader is dict and "OPENCV_IO_MAX_IMAGE_PIXELS" not in os.environ  # undone
