@@ -8,7 +8,8 @@ size in bytes and per vector, and recall@1 against exact search on held-out quer
 Kinds: ``flat`` (exact inner product) for small corpora; ``ivfpq`` (IVF with ``nlist`` lists, product quantisation of
 ``m`` codes of ``nbits`` per vector) for large ones — a 400M-caption index then takes ~``m·nbits/8`` bytes per
 vector plus ids, and is opened memory-mapped (``faiss.IO_FLAG_MMAP``) so it need not fit in RAM. ``auto`` picks flat
-up to ``flat_max`` vectors. Vectors are added shard by shard in float32 chunks: memory is bounded by a chunk, not the corpus.
+up to ``flat_max`` vectors. Vectors are added shard by shard in float32 chunks: memory is bounded by a chunk, not the
+corpus.
 """
 
 from __future__ import annotations
