@@ -214,3 +214,47 @@ def test_nearest_captions_threshold_and_the_rule_for_contested_captions(tmp_path
     assert sweep.loc[0.5, "captions"] == 2 and sweep.loc[0.9, "captions"] == 1  # "a lemon" joins at 0.5
     assert set(pd.read_parquet(tmp_path / "near" / "index.parquet").columns) >= {"key", "url", "class_index"}
     time.sleep(0)  # (the index is the selection's format: the image stages read it unchanged)
+
+
+def test_the_three_commands_end_to_end_with_the_offline_text_encoder(tmp_path, catalog) -> None:
+    from typer.testing import CliRunner
+
+    from laionet.cli import app
+
+    corpus = ["a lion resting in the grass", "fresh lemon tart", "a tabby cat asleep on a sofa", "stock market chart"]
+    write_corpus_part(tmp_path / "c" / "p.parquet", corpus)
+    queries = [("q1", "big lion lying on grass", LION), ("q2", "lemon tart dessert", LEMON)]
+    pd.DataFrame(queries, columns=["key", "text", "wnid"]).to_parquet(tmp_path / "q.parquet")
+    run = CliRunner()
+    steps = [
+        ["caption-embeddings", "--corpus", str(tmp_path / "c"), "--out", str(tmp_path / "emb")],
+        [
+            "caption-index",
+            "--embeddings",
+            str(tmp_path / "emb"),
+            "--out",
+            str(tmp_path / "idx"),
+            "--recall-queries",
+            "4",
+        ],
+        [
+            "nearest-captions",
+            "--queries",
+            str(tmp_path / "q.parquet"),
+            "--embeddings",
+            str(tmp_path / "emb"),
+            "--index",
+            str(tmp_path / "idx"),
+            "--catalog",
+            catalog,
+            "--out",
+            str(tmp_path / "near"),
+            "--threshold",
+            "0.5",
+        ],
+    ]
+    for argv in steps:
+        result = run.invoke(app, argv)
+        assert result.exit_code == 0, result.output
+    index = pd.read_parquet(tmp_path / "near" / "index.parquet").sort_values("wnid")
+    assert dict(zip(index["wnid"], index["text"], strict=True)) == {LION: corpus[0], LEMON: corpus[1]}

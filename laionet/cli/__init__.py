@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from laionet.cli import demo, diagnostics, evaluation, images, inference, report, run, selection, text
+from laionet.cli import demo, diagnostics, evaluation, images, inference, report, retrieval, run, selection, text
 
 app = typer.Typer(
     help="LAIONet: recreate ImageNet from an image-text corpus by selecting on captions alone.",
@@ -29,6 +29,7 @@ PANELS = {
     inference: "4 · Inference",
     evaluation: "5 · Evaluation: label sets, accuracy, intra-class similarity, appendix analyses",
     diagnostics: "6 · Diagnostics (paper Section 4)",
+    retrieval: "6 · Diagnostics: nearest captions (Section 4.3)",
     report: "7 · Report",
     demo: "Demo",
     run: "Runs: status of a run directory, checks of this machine",
