@@ -319,3 +319,105 @@ def test_paper_comparison_is_antisymmetric(a: list[float], b: list[float]) -> No
     assert ab["delta"] == pytest.approx(-ba["delta"], abs=1e-12)
     assert ab["lower"] == pytest.approx(-ba["upper"], abs=1e-12)
     assert ab["upper"] == pytest.approx(-ba["lower"], abs=1e-12)
+
+
+# edges and defaults the statistics depend on ------------------------------------------------------------------------
+
+
+def test_per_class_recall_edges() -> None:
+    from laionet.evaluation.metrics import per_class_recall
+
+    table = per_class_recall(np.array([0, 1, 1]), np.array([[0], [-1], [1]]), ks=(1,))  # a prediction of class 0 counts
+    assert table["n"].tolist() == [1, 1] and table["missing"].tolist() == [0, 1]
+    assert table["recall@1"].tolist() == [1, 1]
+    assert all(table[c].dtype == np.int64 for c in ("n", "missing", "correct@1"))
+    with pytest.raises(ValueError, match="topk must be"):
+        per_class_recall(np.array([0, 1]), np.array([[0]]), ks=(1,))
+    with pytest.raises(ValueError, match="topk must be"):
+        per_class_recall(np.array([0]), np.array([0]), ks=(1,))
+
+
+def test_unscored_classes_and_missing_weights_are_left_out() -> None:
+    """A class without a scored sample (n = 0) takes no part; a class scored on one image does; a class absent from
+    the weights has weight 0."""
+    table = pd.DataFrame({"class": [0, 1, 2], "n": [10, 1, 0], "correct@1": [5, 1, 0], "recall@1": [0.5, 1.0, np.nan]})
+    acc, _, hi = paper_interval(table, 1)
+    h = [(b - a) / 2 for a, b in (_wilson_by_hand(5, 10), _wilson_by_hand(1, 1))]
+    assert (acc, hi - acc) == pytest.approx((0.75, math.sqrt(h[0] ** 2 + h[1] ** 2) / 2))
+    shares = pd.Series({1: 0.25, 0: 0.75})  # another order than the table's, class 2 absent
+    assert paper_interval(table, 1, shares)[0] == pytest.approx(0.75 * 0.5 + 0.25 * 1.0)
+    only = pd.Series({0: 1.0})
+    assert paper_interval(table, 1, only)[0] == pytest.approx(0.5)
+    assert bootstrap_interval(table, 1, only)[0] == pytest.approx(0.5)
+
+
+def test_compared_accuracy_edges_and_defaults() -> None:
+    a = pd.DataFrame({"class": [0, 1, 2], "n": [10, 1, 0], "correct@1": [5, 1, 0], "recall@1": [0.5, 1.0, np.nan]})
+    b = pd.DataFrame({"class": [0, 1, 2], "n": [10, 10, 10], "correct@1": [8, 2, 10], "recall@1": [0.8, 0.2, 1.0]})
+    out = compared_accuracy(a, b, 1)
+    assert out["classes"] == 2 and out["accuracy_a"] == pytest.approx(0.75) and out["accuracy_b"] == pytest.approx(0.5)
+    assert compared_accuracy(b, a, 1)["classes"] == 2  # unscored in either: left out
+    assert out == compared_accuracy(a, b, 1, n_boot=1000, seed=0, level=0.95)  # seeded, reproducible defaults
+    shares = pd.Series({0: 0.5})  # class 1 has no weight
+    assert compared_accuracy(a, b, 1, shares)["accuracy_a"] == pytest.approx(0.5)
+    paper = compared_accuracy(a, b, 1, pd.Series({0: 0.2, 1: 0.1}), normalize=False)
+    assert (paper["accuracy_a"], paper["accuracy_b"]) == pytest.approx((0.2 * 0.5 + 0.1, 0.2 * 0.8 + 0.1 * 0.2))
+    big_a, big_b = _table([2000, 2000], [1000, 1200]), _table([2000, 2000], [1400, 1000])
+    widths = []
+    for level in (0.95, 0.90):
+        c = compared_accuracy(big_a, big_b, 1, n_boot=6000, level=level)
+        widths.append(c["upper"] - c["lower"])
+    sd = math.sqrt(sum(p * (1 - p) / 2000 for p in (0.5, 0.6, 0.7, 0.5))) / 2
+    assert widths[0] == pytest.approx(2 * Z * sd, rel=0.08) and widths[1] == pytest.approx(2 * 1.6449 * sd, rel=0.08)
+
+
+def test_intra_class_worked_example() -> None:
+    from laionet.evaluation.stats import intra_class
+
+    emb = _unit(np.array([[1.0, 0, 0], [1, 1, 0], [1, 1, 1], [0, 0, 1]]))
+    table = intra_class(emb, np.array([7, 7, 7, 9]))
+    assert list(table.columns) == ["class", "n", "n_pairs", "mean", "std"]
+    cos = [1 / math.sqrt(2), 1 / math.sqrt(3), 2 / math.sqrt(6)]  # pairs (0,1), (0,2), (1,2) of class 7
+    mean = sum(cos) / 3
+    std = math.sqrt(sum((c - mean) ** 2 for c in cos) / 3)  # over all pairs: population std
+    row = table.set_index("class").loc[7]
+    assert (row["n"], row["n_pairs"], row["mean"], row["std"]) == pytest.approx((3, 3, mean, std))
+    single = table.set_index("class").loc[9]
+    assert single["n_pairs"] == 0 and math.isnan(single["mean"]) and math.isnan(single["std"])
+    many = intra_class(_unit(np.random.default_rng(0).normal(size=(150, 3))), np.zeros(150, dtype=int))
+    assert many["n"].tolist() == [100]  # the reference's 100 per class, by default
+    pd.testing.assert_frame_equal(many, intra_class(_unit(np.random.default_rng(0).normal(size=(150, 3))),
+                                                    np.zeros(150, dtype=int), cap=100, seed=0))  # fmt: skip
+
+
+def test_matched_resample_edges() -> None:
+    from laionet.evaluation.stats import matched_resample
+
+    values = {"a": np.array([1.0, 2.0]), "b": np.array([3.0]), "c": np.array([]), "d": np.array([4.0])}
+    out = matched_resample(values, {"a": 5, "b": 1, "c": 3, "d": 0, "e": 2})
+    assert {k: len(v) for k, v in out.items()} == {"a": 5, "b": 1}  # with replacement: 5 draws from 2 values
+    assert set(out["a"]) <= {1.0, 2.0} and out["b"].tolist() == [3.0]
+    for k, v in matched_resample(values, {"a": 5}).items():
+        assert np.array_equal(v, matched_resample(values, {"a": 5}, seed=0)[k])  # seeded by default
+
+
+def test_compare_means_worked_example() -> None:
+    from laionet.evaluation.stats import compare_means
+
+    a = {0: np.array([1.0, 0, 0, 0, 0]), 1: np.array([0.5, 0.7]), 2: np.array([0.1]), 3: np.array([0.2, 0.3])}
+    b = {0: np.zeros(5), 1: np.array([0.1, 0.2, 0.3]), 2: np.array([0.1, 0.2]), 3: np.array([0.2])}
+    table = compare_means(a, b, n_boot=2000)
+    assert list(table.columns) == ["class", "mean_a", "mean_b", "delta", "lower", "upper", "significantly_lower",
+                                   "significantly_higher", "n_a", "n_b"]  # fmt: skip
+    assert table["class"].tolist() == [0, 1]  # classes 2 and 3 have a single value in one dataset
+    row = table.set_index("class").loc[1]
+    assert (row["mean_a"], row["mean_b"], row["delta"], row["n_a"], row["n_b"]) == pytest.approx((0.6, 0.2, 0.4, 2, 3))
+    first = table.set_index("class").loc[0]
+    assert first["lower"] == 0 and first["upper"] > 0  # the one non-zero value of A is drawn in some resamples
+    assert compare_means(a, b).equals(compare_means(a, b, n_boot=1000, seed=0, level=0.95, min_values=2))
+    rng = np.random.default_rng(2)
+    big_a, big_b = {0: rng.normal(0, 1, 400)}, {0: rng.normal(0, 1, 400)}
+    for level, z in ((0.95, Z), (0.90, 1.6449)):
+        got = compare_means(big_a, big_b, n_boot=6000, level=level).iloc[0]
+        sd = math.sqrt(big_a[0].var() / 400 + big_b[0].var() / 400)
+        assert got["upper"] - got["lower"] == pytest.approx(2 * z * sd, rel=0.08)
