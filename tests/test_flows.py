@@ -198,13 +198,13 @@ def test_build_flow_on_tiny_data(prefect_harness: Path, inputs: dict[str, Any]) 
                 limit=10,
                 offset=0,
             )
-            for key in ("laionet-match", "laionet-similarity", "laionet-select")
-        }
+            for key in ("run-match-matches", "run-similarity-st-all-minilm-l6-v2", "run-select-selection")
+        }  # <run dir name>-<stage>-<output below the run dir>
     assert all(artifacts.values()), "every stage task publishes a Markdown summary"
-    match_summary = artifacts["laionet-match"][0]
+    match_summary = artifacts["run-match-matches"][0]
     assert match_summary.type == "markdown"
     assert "| 13 | 9 | 4 |" in match_summary.data and "| unmatched | 3 |" in match_summary.data
-    select_summary = artifacts["laionet-select"][0].data
+    select_summary = artifacts["run-select-selection"][0].data
     assert "| 9 | 6 | 3 |" in select_summary and "| below_threshold | 1 |" in select_summary
 
 
@@ -343,12 +343,15 @@ def test_deleted_output_is_recomputed(prefect_harness: Path, inputs: dict[str, A
 def test_failure_fails_the_flow(prefect_harness: Path, inputs: dict[str, Any]) -> None:
     from flows.build import build
     from laionet.text.corpus import CorpusError
+    from tasks._common import StageFailedError
 
     missing = str(Path(inputs["run_dir"]).parent / "nowhere" / "*.parquet")
     state = build(**{**inputs, "corpus": missing}, return_state=True)
     assert state.is_failed()
-    with pytest.raises(CorpusError, match="no parquet parts"):
+    # the flow's error names the failed task run, then the stage's own error
+    with pytest.raises(StageFailedError, match=r"task run 'match default · .*' failed: CorpusError: no parquet") as e:
         state.result()
+    assert isinstance(e.value.__cause__, CorpusError)
     for target in ["matches", SIM_DIR, "selection"]:
         assert read_manifest(f"{inputs['run_dir']}/{target}") is None
 
