@@ -8,6 +8,7 @@ refused before any connection (``_spy_connections`` records every address the fe
 from __future__ import annotations
 
 import base64
+import http.client
 import http.server
 import io
 import json
@@ -108,6 +109,10 @@ class HostileServer:
                         self._redirect(302, "file:///etc/passwd")
                     elif path == "/to-ok":  # a redirect within the allowed host is followed
                         self._redirect(302, "/ok-3.jpg")
+                    elif path == "/bare-redirect":  # a 302 without a Location: an HTTP error, not an empty image
+                        self.send_response(302)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
                     elif path == "/endless":  # no length, bytes as fast as they go (bounded: 200 MB or 20 s)
                         self._head(None)
                         block, end = b"\0" * (1 << 16), time.monotonic() + 20
@@ -244,6 +249,10 @@ def test_a_name_with_any_private_address_is_refused_and_the_connected_address_is
 
 def test_size_and_time_bounds(hostile) -> None:
     policy = Policy.of([f"127.0.0.1:{hostile.port}"])
+    for path, reason in [("/bare-redirect", "http_error"), ("/missing", "http_404")]:
+        with pytest.raises(http.client.HTTPException) as caught:
+            fetch(f"{hostile.base}{path}", policy, 5, CAP)
+        assert failure_reason("failed_to_download", str(caught.value)) == reason
     started = time.monotonic()
     assert _refusal(f"{hostile.base}/endless", policy) == "too_large"
     assert _refusal(f"{hostile.base}/over-declared", policy) == "too_large"

@@ -210,8 +210,8 @@ def fetch(
         watchdog = threading.Timer(deadline.end - time.monotonic(), _shut, (current,))
         watchdog.daemon = True
         watchdog.start()
+        conn: http.client.HTTPConnection | None = None
         try:
-            conn: http.client.HTTPConnection
             if scheme == "https":  # certificate and host name verified; the handshake is under the watchdog too
                 sock = current[0] = _tls().wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
                 sock.settimeout(deadline.left())
@@ -220,26 +220,25 @@ def fetch(
             else:
                 conn = http.client.HTTPConnection(host, port, timeout=deadline.left())
             conn.sock = sock  # already connected to a checked address: http.client must not connect again
-            try:
-                conn.request("GET", _selector(parts), headers=headers or {})
-                response = conn.getresponse()
-                location = response.getheader("Location")
-                if response.status in REDIRECTS and location:
-                    url = urljoin(url, location)
-                    continue
-                if response.status >= 400 or response.status < 200:
-                    raise http.client.HTTPException(f"HTTP Error {response.status}: {response.reason}")
-                if check_headers is not None and (message := check_headers(response.msg)):
-                    raise PermissionError(message)
-                return Response(url, response.msg, _read(response, sock, deadline, max_bytes))
-            except (OSError, http.client.HTTPException) as exc:
-                if time.monotonic() >= deadline.end and not isinstance(exc, PermissionError):
-                    raise TimeoutError(f"timed out: the whole response took over {timeout:g} s") from exc
-                raise
-            finally:
-                conn.close()
+            conn.request("GET", _selector(parts), headers=headers or {})
+            response = conn.getresponse()
+            location = response.getheader("Location")
+            if response.status in REDIRECTS and location:
+                url = urljoin(url, location)
+                continue
+            if not 200 <= response.status < 300:
+                raise http.client.HTTPException(f"HTTP Error {response.status}: {response.reason}")
+            if check_headers is not None and (message := check_headers(response.msg)):
+                raise PermissionError(message)
+            return Response(url, response.msg, _read(response, sock, deadline, max_bytes))
+        except (OSError, http.client.HTTPException) as exc:
+            if time.monotonic() >= deadline.end and not isinstance(exc, PermissionError):
+                raise TimeoutError(f"timed out: the whole response took over {timeout:g} s") from exc
+            raise
         finally:
             watchdog.cancel()
+            if conn is not None:
+                conn.close()
             sock.close()
     raise RefusedError("redirect_refused", f"more than {MAX_REDIRECTS} redirects")
 
