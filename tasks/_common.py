@@ -259,17 +259,32 @@ def _run_logger() -> Any:
         return logging.getLogger("laionet.tasks")
 
 
+class _InRun(logging.Filter):
+    """Only records logged inside a flow or task run go to the API (a driver called outside one, e.g. by a test in
+    a process that imported the task layer, would make Prefect warn that there is no flow run id)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
 def forward_library_logs() -> None:
     """Send the ``laionet.*`` loggers' INFO records to Prefect (the run's log pane in the UI), as
-    ``PREFECT_LOGGING_EXTRA_LOGGERS=laionet`` does when it is set before Prefect is imported; also set that variable
-    for child processes (process and Ray task runners). Idempotent."""
+    ``PREFECT_LOGGING_EXTRA_LOGGERS=laionet`` does when it is set before Prefect is imported (its API handler is
+    replaced by one that sends only records logged inside a run); also set that variable for child processes (process
+    and Ray task runners). Idempotent."""
+    from prefect.logging.handlers import APILogHandler
+
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "laionet")
     logger = logging.getLogger("laionet")
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
-    for handler in logging.getLogger("prefect.extra").handlers:
-        if handler not in logger.handlers:
-            logger.addHandler(handler)
+    ours = [h for h in logger.handlers if any(isinstance(f, _InRun) for f in h.filters)]
+    for handler in [h for h in logger.handlers if isinstance(h, APILogHandler) and h not in ours]:
+        logger.removeHandler(handler)  # Prefect's shared one (PREFECT_LOGGING_EXTRA_LOGGERS set before its import)
+    if not ours:
+        handler = APILogHandler()
+        handler.addFilter(_InRun())
+        logger.addHandler(handler)
 
 
 forward_library_logs()

@@ -10,6 +10,7 @@ import errno
 import os
 import signal
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -225,7 +226,7 @@ def test_library_logs_reach_the_task_run(prefect_harness: Path) -> None:
 
     from prefect import flow, task
 
-    import tasks._common  # noqa: F401 - importing the task layer forwards the laionet loggers
+    import tasks._common  # importing the task layer forwards the laionet loggers
 
     @task(name="logs")
     def logs() -> None:
@@ -240,6 +241,11 @@ def test_library_logs_reach_the_task_run(prefect_harness: Path) -> None:
              log.message == "matched 9 captions"]  # fmt: skip
     assert found and found[0][0] is not None and found[0][1] == "laionet.match"
     assert os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS") == "laionet"  # for child processes
+    tasks._common.forward_library_logs()  # again: still one API handler, so one copy of each record
+    assert len(logging.getLogger("laionet").handlers) == 1
+    with warnings.catch_warnings():  # outside a run (a driver called directly): no "without a flow run id" warning
+        warnings.simplefilter("error")
+        logging.getLogger("laionet.match").info("outside any run")
 
 
 @pytest.mark.prefect

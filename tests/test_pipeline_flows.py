@@ -161,7 +161,7 @@ def test_evaluate_and_report_flows_after_inference(prefect_harness: Path, tiny_r
             )
             for kind in ("table", "progress")
         }
-    tables = [a for a in kinds["table"] if a.key and a.key.startswith("accuracy-laionet")]
+    tables = [a for a in kinds["table"] if a.key and "-accuracy-laionet" in a.key]  # <run dir name>-accuracy-...
     assert tables and {"k", "weighting", "accuracy"} <= set(tables[0].data[0] if isinstance(tables[0].data, list)
                                                            else json.loads(tables[0].data)[0])  # fmt: skip
     assert kinds["progress"] and all(float(a.data) == 100.0 for a in kinds["progress"]), [
