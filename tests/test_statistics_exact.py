@@ -421,3 +421,59 @@ def test_compare_means_worked_example() -> None:
         got = compare_means(big_a, big_b, n_boot=6000, level=level).iloc[0]
         sd = math.sqrt(big_a[0].var() / 400 + big_b[0].var() / 400)
         assert got["upper"] - got["lower"] == pytest.approx(2 * z * sd, rel=0.08)
+
+
+def test_comparisons_cover_classes_in_both_datasets_at_their_minimum_sizes() -> None:
+    seven, six = np.linspace(0.1, 0.7, 7), np.linspace(0.1, 0.6, 6)
+    paper = compare_paper({0: seven, 1: seven, 2: six, 3: seven}, {0: seven + 0.1, 1: six, 2: seven, 4: seven})
+    assert paper["class"].tolist() == [0]  # 7 values in both; 1 and 2 have 6 in one; 3 and 4 are in one dataset
+    assert list(paper.columns) == ["class", "mean_a", "mean_b", "delta", "lower", "upper", "significantly_lower",
+                                   "significantly_higher"]  # fmt: skip
+    assert (paper.loc[0, "mean_a"], paper.loc[0, "mean_b"]) == pytest.approx((0.4, 0.5))
+    rng = np.random.default_rng(0)
+    emb = _unit(rng.normal(size=(40, 5)))
+    labels_a = np.repeat([0, 1, 2, 3], [4, 3, 4, 4])
+    labels_b = np.repeat([0, 1, 2, 5], [4, 4, 3, 4])
+    table = compare_bootstrap(emb[:15], labels_a, emb[15:30], labels_b, n_boot=50)
+    assert table["class"].tolist() == [0]  # ≥ 4 images in both, and in both datasets
+    assert table.equals(compare_bootstrap(emb[:15], labels_a, emb[15:30], labels_b, n_boot=50, seed=0, cap=100,
+                                          min_images=4))  # fmt: skip
+    from laionet.evaluation.stats import proportions
+
+    empty = proportions(table.iloc[0:0])
+    assert empty["classes"] == 0 and math.isnan(empty["lower"]) and math.isnan(empty["higher"])
+
+
+def test_image_bootstrap_draws_every_image() -> None:
+    """Image 0 is the only one unlike the others: only resamples that draw it have a mean below 1."""
+    emb_a = np.array([[1.0, 0.0]] + [[0.0, 1.0]] * 4)
+    constant = _unit(np.eye(5) + 1.0)
+    labels = np.zeros(5, dtype=int)
+    row = compare_bootstrap(emb_a, labels, constant, labels, n_boot=400).iloc[0]
+    assert row["lower"] < row["upper"] == pytest.approx(1 - 7 / 8)  # B: cosine 7/8 between any two images
+
+
+def test_recall_difference_edges() -> None:
+    a = pd.DataFrame({"class": [0, 1, 2], "n": [4, 0, 10], "correct@1": [2, 0, 10], "recall@1": [0.5, np.nan, 1.0]})
+    b = pd.DataFrame({"class": [0, 1, 2], "n": [4, 5, 0], "correct@1": [2, 5, 0], "recall@1": [0.5, 1.0, np.nan]})
+    for method in ("newcombe", "bootstrap"):
+        table = recall_difference(a, b, 1, method=method)  # type: ignore[arg-type]
+        assert table["class"].tolist() == [0]  # classes unscored in either are left out
+        assert list(table.columns) == ["class", "n_a", "n_b", "recall_a", "recall_b", "delta", "lower", "upper",
+                                       "significantly_lower", "significantly_higher"]  # fmt: skip
+        assert table[["n_a", "n_b"]].values.tolist() == [[4, 4]] and table["recall_a"].tolist() == [0.5]
+    boot = recall_difference(a, b, 1, method="bootstrap")
+    assert boot.equals(recall_difference(a, b, 1, method="bootstrap", n_boot=1000, seed=0, level=0.95))
+    empty = recall_difference(a.iloc[1:2], b, 1, method="bootstrap")
+    assert empty.empty
+    # a worked example at 90 %: the Wilson intervals at z = 1.6449
+    row = recall_difference(_table([20], [15]), _table([20], [5]), 1, level=0.90).iloc[0]
+    (la, ua), (lb, ub) = _wilson_by_hand(15, 20, 1.6448536269514722), _wilson_by_hand(5, 20, 1.6448536269514722)
+    assert (row["lower"], row["upper"]) == pytest.approx((0.5 - math.hypot(0.75 - la, ub - 0.25),
+                                                          0.5 + math.hypot(ua - 0.75, 0.25 - lb)))  # fmt: skip
+    assert bool(row["significantly_higher"]) and not bool(row["significantly_lower"])
+    zero = pd.DataFrame({"class": [0], "n_a": [1], "n_b": [1], "upper": [0.0], "lower": [0.0]})
+    assert not (zero["upper"] < 0).any()  # a bound at exactly 0 is not significant (strict inequalities)
+    tie = recall_difference(_table([50], [50]), _table([50], [50]), 1, method="bootstrap").iloc[0]
+    assert (tie["lower"], tie["upper"]) == (0.0, 0.0)
+    assert not tie["significantly_lower"] and not tie["significantly_higher"]
