@@ -288,3 +288,26 @@ def test_unreadable_table_error_names_the_file(tmp_path: Path) -> None:
     broken.write_bytes(b"not parquet at all")
     with pytest.raises(pa.ArrowInvalid, match=f"{broken}: not a readable parquet file .*magic bytes"):
         read_columns(str(broken), ["key"])
+
+
+@pytest.mark.prefect
+def test_task_timeout_stops_a_child_process_waited_for_in_a_worker_thread(prefect_harness: Path) -> None:
+    # the download waits for img2dataset's child in a task-runner thread: Prefect's time limit can only interrupt
+    # Python code there, so the child is polled; when the limit strikes the child is terminated, not left behind
+    import multiprocessing
+
+    from prefect import flow, task
+
+    @task(name="slow-child", timeout_seconds=3)
+    def slow_child() -> None:
+        run_in_child(_sleep, {"seconds": 60}, "a child that sleeps")
+
+    @flow
+    def waits() -> None:
+        slow_child.submit().result()
+
+    started = time.monotonic()
+    state = waits(return_state=True)
+    assert state.is_failed() and "timeout" in str(state.message).lower(), state.message
+    assert time.monotonic() - started < 30
+    assert not multiprocessing.active_children()
