@@ -69,17 +69,16 @@ def diagnose(run_dir: str, preset: str = "demo") -> dict[str, Any]:
     elif d.filter_strictness and config.image_filter:  # 4.1 stand-in: image filters of increasing strictness
         x_label = "share of text-selected samples the image filter rejects (stand-in for selection frequency)"
         model = config.image_filter.model
-        previous = None
-        for k in d.filter_strictness:  # one after the other: each rewrites the text-only label set too
+        for k in d.filter_strictness:
             name = filter_variant(k)
+            # the label-set driver writes a text-only set beside every filtered one: give it a directory of its own,
+            # so evaluate's `variants/laionet` (and the caches keyed on its manifest) are never rewritten here
             made = variants.submit(
-                shards_dir(run_dir), join(run_dir, "variants", "laionet"),
+                shards_dir(run_dir), join(run_dir, "variants", f"{name}-base"),
                 quarantine=join(run_dir, "verify", "quarantine.parquet"),
                 predictions=inference_dir(run_dir, "laionet", model),
                 image_filter={"model": model, "rule": "topk", "k": k}, filtered_name=name,
-                wait_for=[previous] if previous else None,
             )  # fmt: skip
-            previous = made
             target = intra_dir(run_dir, name, "laionet", emb)
             intra_futures.append(intra_class.submit(
                 inference_dir(run_dir, "laionet", emb), variant_labels(run_dir, name),
@@ -93,7 +92,8 @@ def diagnose(run_dir: str, preset: str = "demo") -> dict[str, Any]:
             made = c.pop("variant", None)
             if made is not None:
                 filtered = made.result()["extra"]["filtered"]
-                c["x"] = 1 - filtered["rows_out"] / max(filtered["rows_in"], 1)
+                rows_in = filtered["rows_out"] + sum(filtered["dropped"].values())
+                c["x"] = 1 - filtered["rows_out"] / max(rows_in, 1)
         futures["selection-frequency"] = selection_frequency.submit(
             comparisons, join(out, "selection-frequency"), pooled or None, x_label, config.seed,
             wait_for=intra_futures,

@@ -1,4 +1,4 @@
-"""The reproduce flow: build → acquire → infer → evaluate → report, one run directory, one preset.
+"""The reproduce flow: build → acquire → infer → evaluate → diagnose → report, one run directory, one preset.
 
 Each stage is a subflow of its own (deployable and re-runnable alone); every task inside is cached across runs
 (``tasks._common.stage_cache``), so re-running after a failure, or with one setting changed, recomputes only the
@@ -14,6 +14,7 @@ from prefect.runtime import flow_run
 
 from flows.acquire import acquire
 from flows.build import build
+from flows.diagnose import diagnose
 from flows.evaluate import evaluate
 from flows.infer import infer_flow
 from flows.report import report_flow
@@ -56,5 +57,13 @@ def reproduce(
         acquired = acquire(run_dir, preset, rewrite_urls=rewrite_urls, image_limit=image_limit)
         inferred = infer_flow(run_dir, preset)
         evaluated = evaluate(run_dir, preset)
+        diagnosed = diagnose(run_dir, preset) if config.diagnose else {}
         reported = report_flow(run_dir, preset)
-    return {"build": built, "acquire": acquired, "infer": inferred, "evaluate": evaluated, "report": reported}
+    return {
+        "build": built,
+        "acquire": acquired,
+        "infer": inferred,
+        "evaluate": evaluated,
+        "diagnose": diagnosed,
+        "report": reported,
+    }

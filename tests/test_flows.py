@@ -376,8 +376,10 @@ def test_deployment_file(prefect_harness: Path) -> None:
 
     raw = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
     config = PrefectYamlModel.model_validate(raw)
-    names = ["build", "acquire", "infer", "evaluate", "report", "laion400m", "demo"]
+    names = ["build", "acquire", "infer", "evaluate", "diagnose", "report", "laion400m", "demo"]
     assert [d.name for d in config.deployments] == names
+    for entry in config.deployments:  # every entrypoint loads (import errors are not hidden by a placeholder flow)
+        load_flow_from_entrypoint(str(ROOT / entry.entrypoint), use_placeholder_flow=False)
     assert all(d.work_pool is not None and d.work_pool.name == "gpu" for d in config.deployments)
     deployment = config.deployments[0]
     assert deployment.entrypoint == "flows/build.py:build"

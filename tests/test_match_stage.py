@@ -33,7 +33,14 @@ def test_match_writes_one_part_per_input_and_counts_add_up(tmp_path, lemma_map) 
     manifest = run_match(_corpus(tmp_path), out, lemma_map, MatchConfig(mode="default"))
     assert manifest.rows_in == 7
     assert manifest.rows_out == 4
-    assert manifest.dropped == {"unmatched": 2, "null_text": 1, "invalid_utf8": 0, "too_long": 0, "null_key": 0, "duplicate_key": 0}
+    assert manifest.dropped == {
+        "unmatched": 2,
+        "null_text": 1,
+        "invalid_utf8": 0,
+        "too_long": 0,
+        "null_key": 0,
+        "duplicate_key": 0,
+    }
     assert [os.path.basename(p) for p in manifest.outputs] == ["part-00000.parquet", "part-00001.parquet"]
     assert read_manifest(out) == manifest
     first = pq.read_table(manifest.outputs[0])
@@ -71,7 +78,14 @@ def test_bad_captions_are_skipped_and_counted_by_reason(tmp_path, lemma_map) -> 
     raw = pa.array([b"a lion", b"lion \xff\xfe bad", None, b"lion " * 100, b"lemon"], type=pa.binary())
     write_corpus_part(tmp_path / "c" / "bad.parquet", raw.view(pa.string()))  # invalid UTF-8 inside a string column
     manifest = run_match(str(tmp_path / "c"), str(tmp_path / "m"), lemma_map, MatchConfig(max_text_bytes=100))
-    assert manifest.dropped == {"unmatched": 0, "null_text": 1, "invalid_utf8": 1, "too_long": 1, "null_key": 0, "duplicate_key": 0}
+    assert manifest.dropped == {
+        "unmatched": 0,
+        "null_text": 1,
+        "invalid_utf8": 1,
+        "too_long": 1,
+        "null_key": 0,
+        "duplicate_key": 0,
+    }
     assert manifest.rows_out == 2 and manifest.rows_in == 5
     assert read_matches(str(tmp_path / "m"))["key"].tolist() == ["bad/0", "bad/4"]
 
@@ -104,7 +118,11 @@ def test_truncated_part_fails_cleanly_and_leaves_no_partial_output(tmp_path, lem
     with pytest.raises(CorpusError, match=r"b\.parquet: not a readable parquet file"):
         run_match(str(tmp_path / "c"), str(tmp_path / "m"), lemma_map)
     left = sorted(p.name for p in (tmp_path / "m").iterdir())
-    assert left == ["_INCOMPLETE", "_parts", "a.parquet"]  # the good part is complete and recorded; nothing of b; no manifest
+    assert left == [
+        "_INCOMPLETE",
+        "_parts",
+        "a.parquet",
+    ]  # the good part is complete and recorded; nothing of b; no manifest
     assert sorted(p.name for p in (tmp_path / "m" / "_parts").iterdir()) == ["a.json"]
     assert good.exists()
 

@@ -51,7 +51,8 @@ def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+    low = 0.0 if k == 0 else max(0.0, float(centre - half))  # exact at the edges (no rounding residue)
+    return low, 1.0 if k == n else min(1.0, float(centre + half))
 
 
 def proportion_rows(comparison: Comparison, summary: pd.DataFrame, level: float = 0.95) -> list[dict[str, object]]:

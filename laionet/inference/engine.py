@@ -47,6 +47,7 @@ from laionet.core.manifest import (
     config_hash,
     join,
     part_stem,
+    read_manifest,
     read_part_record,
     write_manifest,
     write_parquet_atomic,
@@ -271,11 +272,16 @@ def run_inference(
                                      builder, only, skip)  # fmt: skip
     targets = (out_root, *out_dirs.values())
     if only is not None:  # one shard group of a fanned-out run: disjoint shards, no lock; the final call takes it
-        for target in targets:
-            begin(target, "", locked=False)  # visibly incomplete until the final call writes the manifests
+        if todo:  # visibly incomplete until the final call writes the manifests (untouched when nothing changes)
+            for target in targets:
+                begin(target, "", locked=False)
         _run_or_report(todo, runners, out_dirs, hashes, skip, config, device, progress)
         return {}
     with stage_lock(out_root, "infer"):
+        if not todo:  # every shard done: the manifests stand if they are those of these records (cached re-runs)
+            current = _current_manifests(shards, all_shards, specs, out_root, out_dirs, skip, quarantine, config)
+            if current is not None:
+                return current
         for target in targets:
             begin(target, "")
         _run_or_report(todo, runners, out_dirs, hashes, skip, config, device, progress)
@@ -335,6 +341,37 @@ def _prepare(
     return todo, runners, hashes
 
 
+def _model_hash(spec: str, shards: str, quarantine: str | None, config: InferConfig, part_hashes: list[str]) -> str:
+    settings = {"spec": spec, "top_k": config.top_k, "shards": shards, "quarantine": quarantine}
+    return config_hash({**settings, "parts": part_hashes})
+
+
+def _current_manifests(
+    shards: str,
+    all_shards: list[str],
+    specs: list[str],
+    out_root: str,
+    out_dirs: dict[str, str],
+    skip: set[str],
+    quarantine: str | None,
+    config: InferConfig,
+) -> dict[str, Manifest] | None:
+    """The models' manifests if each is the one its shards' records give and the summary exists; else None."""
+    from laionet.core.stage import outputs_exist
+
+    hashes = _shard_hashes(all_shards, specs, config.top_k, skip)
+    found = {}
+    for spec in specs:
+        records = [read_part_record(out_dirs[spec], shard_stem(s), hashes[s, spec]) for s in all_shards]
+        manifest = read_manifest(out_dirs[spec])
+        if any(r is None for r in records) or manifest is None or not outputs_exist(manifest):
+            return None
+        if manifest.config_hash != _model_hash(spec, shards, quarantine, config, [r["config_hash"] for r in records]):  # type: ignore[index]
+            return None
+        found[spec] = manifest
+    return found if read_manifest(out_root) is not None else None
+
+
 def _write_manifests(
     shards: str,
     all_shards: list[str],
@@ -365,7 +402,7 @@ def _write_manifests(
         manifest = Manifest(
             stage="infer",
             config={**settings, **{k: v for k, v in asdict(config).items() if k != "top_k"}},
-            config_hash=config_hash({**settings, "parts": [r["config_hash"] for r in done]}),
+            config_hash=_model_hash(spec, shards, quarantine, config, [r["config_hash"] for r in done]),
             inputs=all_shards + ([quarantine] if quarantine else []),
             outputs=[o for r in done for o in r["outputs"]],
             rows_in=sum(int(r["rows_in"]) for r in done),
