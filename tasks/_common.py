@@ -47,6 +47,7 @@ from prefect.tasks import exponential_backoff
 from prefect.utilities.hashing import hash_objects
 
 from laionet.core.manifest import Manifest, code_version, read_manifest
+from laionet.core.stage import outputs_exist
 from laionet.images.child import is_transient as transient_error
 
 K = TypeVar("K")
@@ -78,8 +79,12 @@ def _expire_if_stale(ctx: TaskRunContext, key: str, output: str) -> None:
         cached = store.read(key).result
     except Exception:  # unreadable record (e.g. written by another Prefect version): treat as stale
         cached = None
-    current = read_manifest(output)
-    if current is not None and current.model_dump(mode="json") == cached:
+    try:
+        current = read_manifest(output)
+    except ValueError:  # a corrupt manifest: the driver rebuilds the output
+        current = None
+    # the stage contract's own test of completeness (laionet.core.stage): the manifest exists, its outputs too
+    if current is not None and outputs_exist(current) and current.model_dump(mode="json") == cached:
         return
     store.write(obj=None, key=key, expiration=datetime.now(UTC) - timedelta(days=1))
 
