@@ -88,3 +88,17 @@ def test_spearman_interval_holds_the_estimate_under_heavy_ties() -> None:
         rho, lo, hi = spearman_interval(x, y, n_boot=500, seed=0)
         assert lo <= rho <= hi
         assert hi - lo < 0.1
+
+
+def test_accuracy_interval_stays_within_zero_and_one() -> None:
+    """Every class all right (or all wrong): the recentred smoothed draws must not carry a bound past 1 (or 0)."""
+    perfect = pd.DataFrame({"class": range(5), "n": [1, 2, 3, 4, 5], "correct@1": [1, 2, 3, 4, 5], "recall@1": 1.0})
+    acc, lo, hi = bootstrap_interval(perfect, 1)
+    assert acc == 1.0 and lo < 1.0 and hi == 1.0
+    wrong = perfect.assign(**{"correct@1": 0, "recall@1": 0.0})
+    acc, lo, hi = bootstrap_interval(wrong, 1)
+    assert acc == 0.0 and lo == 0.0 and hi > 0.0
+    from laionet.evaluation.metrics import compared_accuracy
+
+    out = compared_accuracy(perfect, wrong, 1)
+    assert out["difference"] == 1.0 and out["upper"] == 1.0 and out["lower"] < 1.0

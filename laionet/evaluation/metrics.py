@@ -146,7 +146,8 @@ def bootstrap_interval(
     if method != "jeffreys":
         raise ValueError(f"unknown method {method!r}; expected jeffreys or binomial")
     shift = _smoothed_shifts(t, k, w, n_boot, rng)
-    return acc, acc + float(np.quantile(shift, alpha)), acc + float(np.quantile(shift, 1 - alpha))
+    lower, upper = acc + float(np.quantile(shift, alpha)), acc + float(np.quantile(shift, 1 - alpha))
+    return acc, max(lower, 0.0), min(upper, 1.0)  # recentring can step past 0 or 1; an accuracy cannot
 
 
 def _smoothed_shifts(t: pd.DataFrame, k: int, w: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -194,7 +195,7 @@ def compared_accuracy(
     diff = accs[0] - accs[1]
     lower, upper = np.quantile(shifts[0] - shifts[1], [alpha, 1 - alpha])
     return {"classes": len(common), "accuracy_a": accs[0], "accuracy_b": accs[1], "difference": diff,
-            "lower": diff + float(lower), "upper": diff + float(upper)}  # fmt: skip
+            "lower": max(diff + float(lower), -1.0), "upper": min(diff + float(upper), 1.0)}  # fmt: skip
 
 
 def z_value(level: float) -> float:
