@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from laionet.core.manifest import Manifest, Timer, config_hash, join, write_manifest, write_parquet_atomic
+from laionet.core.stage import rebuilds
 from laionet.core.tables import expand as _glob
 from laionet.core.tables import read_columns
 from laionet.core.tables import read_file_columns as _read
@@ -53,6 +54,7 @@ from laionet.evaluation.stats import (
 )
 
 
+@rebuilds("accuracy")
 def run_accuracy(
     predictions: str,
     labels: str,
@@ -182,6 +184,7 @@ def _labelled(embeddings: str, labels: str, flags: str | None = None) -> tuple[n
     return emb[known], cls[known].astype(np.int64).to_numpy(), int((~known).sum()) - flagged, flagged
 
 
+@rebuilds("intra-class")
 def run_intra_class(
     embeddings_a: str,
     labels_a: str,
@@ -261,6 +264,7 @@ def _verdict_label(table: pd.DataFrame) -> pd.Series:
     )
 
 
+@rebuilds("recall-difference")
 def run_recall_difference(
     per_class_a: str,
     per_class_b: str,
@@ -407,6 +411,7 @@ def _scores(predictions: str, labels: str, flags: str | None) -> tuple[dict[obje
     return values, len(every), dropped
 
 
+@rebuilds("own-similarity")
 def run_own_similarity(
     predictions_a: str,
     labels_a: str,
