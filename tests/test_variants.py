@@ -98,8 +98,8 @@ def test_variants_cli(tmp_path) -> None:
                                       str(preds), "--rule", "own_score"])  # fmt: skip
     assert result.exit_code == 2 and "own_score needs a threshold" in result.output
     result = CliRunner().invoke(app, ["variants", "--shards", str(shards), "--out", str(out), "--predictions",
-                                      str(preds), "--rule", "best"])  # fmt: skip
-    assert result.exit_code == 2 and "invalid image filter --rule" in result.output
+                                      str(preds), "--rule", "best"], env={"COLUMNS": "240"})  # fmt: skip
+    assert result.exit_code == 2 and "'best' is not one of 'topk', 'own_score'" in result.output  # named choices
 
 
 def test_top_k_variant_ranks_the_usable_samples_of_the_selected_index(tmp_path) -> None:
