@@ -24,7 +24,12 @@ def lemma_map(tmp_path) -> str:
 
 def _corpus(tmp_path) -> str:
     write_corpus_part(tmp_path / "corpus" / "part-00000.parquet", ["a lion", "nothing here", None, "Puma shoes"])
-    write_corpus_part(tmp_path / "corpus" / "part-00001.parquet", ["lemon tart", "a mountain lion and a lion", "x"])
+    # SAMPLE_IDs unique across the corpus, as the key column's contract asks (LAION's are)
+    write_corpus_part(
+        tmp_path / "corpus" / "part-00001.parquet",
+        ["lemon tart", "a mountain lion and a lion", "x"],
+        SAMPLE_ID=pa.array([10, 11, 12], pa.int64()),
+    )
     return str(tmp_path / "corpus" / "*.parquet")
 
 
@@ -71,7 +76,8 @@ def test_key_column_and_small_batches_give_the_same_matches(tmp_path, lemma_map)
     assert keyed is not None
     assert keyed["row"].tolist() == base["row"].tolist()
     assert keyed["wnids"].map(list).tolist() == base["wnids"].map(list).tolist()
-    assert keyed["key"].tolist() == [str(r) for r in base["row"]]
+    sample_ids = [r if k.startswith("part-00000") else 10 + r for k, r in zip(base["key"], base["row"], strict=True)]
+    assert keyed["key"].tolist() == [str(i) for i in sample_ids]
 
 
 def test_bad_captions_are_skipped_and_counted_by_reason(tmp_path, lemma_map) -> None:

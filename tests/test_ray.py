@@ -123,4 +123,4 @@ def test_build_flow_on_local_ray(
     # the stages ran in Ray's worker processes: their Prefect logs are in the Ray session's worker logs
     worker_logs = "".join(p.read_text(errors="replace") for p in Path(ray_temp_dir).glob("session_*/logs/worker-*"))
     for name in TASKS:
-        assert f"Task run '{name}-" in worker_logs, name
+        assert f"Task run '{name} " in worker_logs, name  # run names: "<task> <detail> · <run dir>"

@@ -40,6 +40,14 @@ from laionet.text.lemmas import run_lemmas
 from laionet.text.match import MatchConfig, run_match
 from tests.conftest import write_class_file, write_corpus_part
 
+
+def _context() -> multiprocessing.context.BaseContext:
+    """Children forked from a clean server process with this module preloaded: fast as fork, and safe after other
+    tests left threads in this process (Ray's and gRPC's at-fork handlers crash a plain fork child)."""
+    multiprocessing.set_forkserver_preload([__name__])
+    return multiprocessing.get_context("forkserver")
+
+
 STRESS = os.environ.get("LAIONET_STRESS") == "1"
 KILL_POINTS = 100 if STRESS else 20
 SCALE = 20 if STRESS else 1
@@ -211,7 +219,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_killed_runs_then_reruns_give_exactly_an_uninterrupted_run(stage: str, world, tmp_path) -> None:
     target, run = STAGES[stage]
-    ctx = multiprocessing.get_context("fork")
+    ctx = _context()
     expected, durations = {}, {}
     for config in ("a", "b"):  # the uninterrupted runs, in the very place the killed runs write
         start = time.perf_counter()
@@ -346,7 +354,7 @@ def test_a_second_run_into_the_same_output_fails_fast_naming_the_owner(tmp_path)
 
 
 def test_a_dead_owners_lock_is_taken_over(tmp_path) -> None:
-    ctx = multiprocessing.get_context("fork")
+    ctx = _context()
     child = ctx.Process(target=_hold_lock_forever, args=(str(tmp_path / "out"),))
     child.start()
     deadline = time.time() + 10

@@ -22,6 +22,14 @@ from laionet.retrieval.search import run_nearest_captions
 from laionet.text.catalog import run_catalog
 from tests.conftest import write_class_file, write_corpus_part
 
+
+def _context() -> multiprocessing.context.BaseContext:
+    """Children forked from a clean server process with this module preloaded: fast as fork, and safe after other
+    tests left threads in this process (Ray's and gRPC's at-fork handlers crash a plain fork child)."""
+    multiprocessing.set_forkserver_preload([__name__])
+    return multiprocessing.get_context("forkserver")
+
+
 LION, LEMON, TABBY = "n02129165", "n07749582", "n02123045"
 
 
@@ -84,7 +92,7 @@ def test_embedding_stage_resumes_after_kills_to_the_same_files(tmp_path) -> None
         corpus, str(tmp_path / "ref"), EmbedConfig(encoder="st:hash", chunk=5), encoder_factory=HashEncoder
     )
     out = tmp_path / "e"
-    ctx = multiprocessing.get_context("fork")
+    ctx = _context()
     rng = random.Random(1)
     for _ in range(8):
         child = ctx.Process(target=_embed_child, args=(corpus, str(out)))
