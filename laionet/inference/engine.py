@@ -281,6 +281,8 @@ def run_inference(
         if not todo:  # every shard done: the manifests stand if they are those of these records (cached re-runs)
             current = _current_manifests(shards, all_shards, specs, out_root, out_dirs, skip, quarantine, config)
             if current is not None:
+                if progress:  # nothing left to do: done
+                    progress(1, 1)
                 return current
         for target in targets:
             begin(target, "")
