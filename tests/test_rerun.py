@@ -44,7 +44,7 @@ from tests.conftest import write_class_file, write_corpus_part
 def _context() -> multiprocessing.context.BaseContext:
     """Children forked from a clean server process with this module preloaded: fast as fork, and safe after other
     tests left threads in this process (Ray's and gRPC's at-fork handlers crash a plain fork child)."""
-    multiprocessing.set_forkserver_preload([__name__])
+    multiprocessing.set_forkserver_preload([__name__, "laionet.inference.engine", "timm"])
     return multiprocessing.get_context("forkserver")
 
 
@@ -165,11 +165,23 @@ STAGES: dict[str, tuple[str, Callable[[dict[str, str], str, str], Any]]] = {
             w["shards_a"], out, quarantine=w["verify"] + "/quarantine.parquet" if c == "b" else None
         ),
     ),
+    "infer": ("out", lambda w, c, out: _infer(w, c, out)),
     "accuracy": (
         "out",
         lambda w, c, out: run_accuracy(w["predictions"], w["labels"], out, n_boot=20 if c == "a" else 30),
     ),
 }
+
+
+def _infer(world: dict[str, str], config: str, out: str) -> Any:
+    """A tiny random-weight timm model, seeded: the same weights in every process, so outputs repeat byte for byte."""
+    import torch
+
+    from laionet.inference.engine import InferConfig, run_inference
+
+    torch.manual_seed(0)
+    settings = InferConfig(device="cpu", batch_size=4, workers=0, top_k=5 if config == "a" else 3)
+    return run_inference(world["shards_a"], ["timm:test_resnet@random"], out, config=settings)
 
 
 def _snapshot(root: Path, target: str) -> dict[str, Any]:
