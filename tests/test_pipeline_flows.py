@@ -164,8 +164,10 @@ def test_evaluate_and_report_flows_after_inference(prefect_harness: Path, tiny_r
     tables = [a for a in kinds["table"] if a.key and "-accuracy-laionet" in a.key]  # <run dir name>-accuracy-...
     assert tables and {"k", "weighting", "accuracy"} <= set(tables[0].data[0] if isinstance(tables[0].data, list)
                                                            else json.loads(tables[0].data)[0])  # fmt: skip
-    assert kinds["progress"] and all(float(a.data) == 100.0 for a in kinds["progress"]), [
-        (a.description, a.data) for a in kinds["progress"]
+    # this test's progress artifacts (the session's Prefect API also holds other tests', some deliberately failed)
+    ours = [a for a in kinds["progress"] if str(run_dir) in (a.description or "")]
+    assert ours and all(float(a.data) == 100.0 for a in ours), [
+        (a.description, a.data) for a in ours
     ]  # inference and OCR report their progress, to the end
 
     state = report_flow(run_dir, preset, return_state=True)
