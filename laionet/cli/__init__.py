@@ -32,7 +32,7 @@ PANELS = {
     retrieval: "6 · Diagnostics: nearest captions (Section 4.3)",
     report: "7 · Report",
     demo: "Demo",
-    run: "Runs: status of a run directory, checks of this machine",
+    run: "Runs: the pipeline as Prefect flow runs, status of a run directory, checks of this machine",
 }
 for _group, _panel in PANELS.items():
     for _command in _group.app.registered_commands:

@@ -1,12 +1,20 @@
-"""``laionet status`` and ``laionet doctor``: the state of a run directory, and what this machine has for a run.
+"""``laionet run``, ``laionet status`` and ``laionet doctor``: the Prefect pipeline from the command line, the state
+of a run directory, and what this machine has for a run.
 
-The root app in ``laionet.cli`` registers this module's ``app``.
+``run`` imports the flows (``flows/`` of the checkout, not part of the installed package) and Prefect inside the
+command, so the library and ``laionet --help`` never load Prefect. The root app in ``laionet.cli`` registers this
+module's ``app``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import json
-from typing import Annotated
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -16,6 +24,169 @@ app = typer.Typer()
 
 _MARKS = {"complete": "ok", "stale": "STALE", "incomplete": "INCOMPLETE", "running": "running", "missing": "-",
           "corrupt": "CORRUPT"}  # fmt: skip
+
+
+# the stage flows in pipeline order; `reproduce` chains them all
+STAGES = ("build", "acquire", "infer", "evaluate", "diagnose", "report")
+# an Enum, not a Literal: Typer takes no list of Literal (`--stage` repeats)
+Stage = enum.Enum("Stage", {name: name for name in STAGES}, type=str)  # type: ignore[misc]
+# what `make demo` sets: no analytics (SQLite lock noise), the library's log lines in Prefect's logs, and time for the
+# ephemeral API to start on a fresh database (15-20 s on 2 cores; Prefect's default is 20 s)
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "laionet",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+
+
+def checkout_root() -> str | None:
+    """The directory whose ``flows/`` and ``tasks/`` hold the Prefect layer: ``$LAIONET_ROOT`` (what deployments set),
+    else the current directory, else the checkout the ``laionet`` package was installed from (an editable install);
+    None if none of them has ``flows/reproduce.py``."""
+    import laionet
+
+    candidates = [os.environ.get("LAIONET_ROOT"), os.getcwd(), str(Path(laionet.__file__).resolve().parents[1])]
+    for root in candidates:
+        if root and (Path(root) / "flows" / "reproduce.py").is_file() and (Path(root) / "tasks").is_dir():
+            return str(Path(root).resolve())
+    return None
+
+
+def _import_flows() -> dict[str, Any]:
+    """The stage flows and ``reproduce``, imported from the checkout (``flows/`` is not part of the installed
+    package); ``fail`` with what to set when they cannot be found."""
+    import importlib
+
+    try:
+        importlib.import_module("flows.reproduce")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("flows", "flows.reproduce", "tasks"):
+            fail(f"the Prefect flows need {exc.name!r}: install the orchestration extra (pip install -e '.[dev]')")
+        root = checkout_root()
+        if root is None:
+            fail(
+                "the Prefect flows (flows/, tasks/) are not importable: run from the laionet checkout or set "
+                "LAIONET_ROOT to it"
+            )
+        sys.path.insert(0, root)
+        for name in [m for m in sys.modules if m in ("flows", "tasks") or m.startswith(("flows.", "tasks."))]:
+            del sys.modules[name]  # a failed import may have left a half-imported package behind
+        importlib.import_module("flows.reproduce")
+    from flows.acquire import acquire
+    from flows.build import build
+    from flows.diagnose import diagnose
+    from flows.evaluate import evaluate
+    from flows.infer import infer_flow
+    from flows.report import report_flow
+    from flows.reproduce import reproduce
+
+    return {"build": build, "acquire": acquire, "infer": infer_flow, "evaluate": evaluate, "diagnose": diagnose,
+            "report": report_flow, "reproduce": reproduce}  # fmt: skip
+
+
+def _echo_results(label: str, result: Any) -> None:
+    """One line per stage manifest found in a flow's result (nested by flow and stage)."""
+    if isinstance(result, dict) and {"stage", "rows_in", "rows_out"} <= set(result):
+        dropped = ", ".join(f"{k}={v}" for k, v in (result.get("dropped") or {}).items() if v) or "none"
+        typer.echo(f"  {label:<40} rows in={result['rows_in']} out={result['rows_out']} dropped: {dropped}")
+    elif isinstance(result, dict):
+        for key, value in result.items():
+            _echo_results(f"{label}/{key}" if label else str(key), value)
+
+
+@app.command()
+def run(
+    preset: Annotated[str, typer.Option(help="demo, laion400m, or a JSON/YAML preset file.")],
+    run_dir: Annotated[str, typer.Option("--run-dir", help="Where every output goes (local path or fsspec URL).")],
+    stage: Annotated[
+        list[Stage] | None,
+        typer.Option(
+            help="Run only this stage's flow (repeatable; run in pipeline order). Default: the whole `reproduce` flow."
+        ),
+    ] = None,
+    max_parts: Annotated[
+        int | None, typer.Option(help="Only the first N corpus parts (the preset's max_parts; try one part first).")
+    ] = None,
+    image_limit: Annotated[int | None, typer.Option(help="Download only the first N selected samples.")] = None,
+    rewrite_url: Annotated[
+        list[str] | None,
+        typer.Option(help="PREFIX=REPLACEMENT for the download's URLs (a local mirror); repeatable."),
+    ] = None,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            help="When the corpus is openclipart (the demo), serve its images over loopback HTTP for the download."
+        ),
+    ] = True,
+) -> None:
+    """Run the pipeline as Prefect flow runs: the `reproduce` flow (build → acquire → infer → evaluate → diagnose →
+    report), or only the stages named with --stage. Tasks are cached across runs as in the flows: a second run with
+    the same inputs, settings and code comes back Cached. Without PREFECT_API_URL Prefect starts an ephemeral local
+    API; results and the cache live under PREFECT_HOME (default ~/.prefect). Needs the checkout's flows/ (run from it
+    or set LAIONET_ROOT)."""
+    from laionet.core.config import load_preset
+
+    try:
+        config = load_preset(preset, max_parts=max_parts)
+    except ValueError as exc:
+        fail(str(exc))
+    rewrites: dict[str, str] = {}
+    for item in rewrite_url or []:
+        prefix, sep, replacement = item.partition("=")
+        if not sep or not prefix:
+            fail(f"--rewrite-url wants PREFIX=REPLACEMENT, got {item!r}")
+        rewrites[prefix] = replacement
+    named = {s.value for s in stage or []}
+    chosen = [s for s in STAGES if s in named]
+    if "diagnose" in chosen and config.diagnose is None:
+        typer.echo(f"preset {config.name!r} has no diagnostics (diagnose: null): skipping the diagnose stage")
+        chosen.remove("diagnose")
+    for name, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    flows = _import_flows()
+
+    with contextlib.ExitStack() as stack:
+        if serve and config.corpus is None and (not stage or "acquire" in chosen):
+            from laionet.images.serve import ImageServer
+            from laionet.text.openclipart import DEFAULT_BASE_URL, DEFAULT_ROOT
+
+            if DEFAULT_BASE_URL not in rewrites:
+                base = stack.enter_context(ImageServer(DEFAULT_ROOT))
+                rewrites[DEFAULT_BASE_URL] = base
+                typer.echo(f"serving {DEFAULT_ROOT} at {base} for the download")
+        calls: list[tuple[str, Any, dict[str, Any]]]
+        if not stage:
+            arguments = {"preset": preset, "max_parts": max_parts, "image_limit": image_limit,
+                         "rewrite_urls": rewrites or None}  # fmt: skip
+            calls = [("reproduce", flows["reproduce"], arguments)]
+        else:
+            calls = [
+                (name, flows[name], _stage_arguments(name, preset, config, image_limit, rewrites)) for name in chosen
+            ]
+        for name, flow, arguments in calls:
+            typer.echo(f"[{name}] flow starting")
+            state = flow(run_dir, **arguments, return_state=True)
+            run_id = state.state_details.flow_run_id
+            if not state.is_completed():
+                error = state.result(raise_on_failure=False)
+                detail = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else state.message
+                typer.echo(f"[{name}] flow run {run_id}: {state.name}")
+                fail(f"the {name} flow failed: {detail}")
+            typer.echo(f"[{name}] flow run {run_id}: {state.name}")
+            _echo_results("", state.result())
+
+
+def _stage_arguments(
+    name: str, preset: str, config: Any, image_limit: int | None, rewrites: dict[str, str]
+) -> dict[str, Any]:
+    """The keyword arguments of one stage flow, as ``reproduce`` passes them."""
+    if name == "build":  # build takes the settings themselves (it is deployable without a preset)
+        return {"classes": config.classes, "mode": config.mode, "corpus": config.corpus,
+                "corpus_limit": config.corpus_limit, "encoder": config.encoder, "threshold": config.threshold,
+                "top_k": config.top_k, "max_parts": config.max_parts}  # fmt: skip
+    if name == "acquire":
+        return {"preset": preset, "rewrite_urls": rewrites or None, "image_limit": image_limit}
+    return {"preset": preset}
 
 
 @app.command()
