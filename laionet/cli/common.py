@@ -1,4 +1,5 @@
-"""Helpers shared by the command modules: one error line and exit code 2, the one-line manifest echo, the mode option.
+"""Helpers shared by the command modules: one error line and exit code 2, the one-line manifest echo, the option
+types and help texts every command spells the same way (one name per concept: ``--mode``, ``--out``, ``--workers``).
 
 Imports nothing of ``laionet.cli``, so every command module can import it without a circle.
 """
@@ -9,17 +10,19 @@ from typing import Any, Literal, NoReturn
 
 import typer
 
-from laionet.text.normalize import MODES
-
 # options with a fixed set of values are typed with Literal: --help lists them, a typo fails in one line naming them
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
+# the matching mode, which is also the lemma map's policy: one setting, one name (`--mode`) in every command
+Mode = Literal["paper", "default"]
+MODE_HELP = "paper (the reference's rule: case-sensitive, nested lemmas all match) or default (normalised)."
+# `--workers` means the same in every command: how many worker processes do the command's parallel part beside this
+# one; 0 runs everything in this process
+WORKERS_HELP = "Worker processes beside this one (0: everything in this process)"
 
 
-def mode(value: str) -> str:
-    """Typer callback: the matching mode / lemma policy must be one of ``MODES``."""
-    if value not in MODES:
-        raise typer.BadParameter(f"expected one of {', '.join(MODES)}")
-    return value
+def deprecated(old: str, new: str) -> None:
+    """Warn on stderr that option ``old`` is a deprecated alias of ``new``."""
+    typer.secho(f"warning: {old} is deprecated; use {new}", fg=typer.colors.YELLOW, err=True)
 
 
 def fail(message: str) -> NoReturn:

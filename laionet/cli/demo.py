@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from laionet.cli.common import mode
+from laionet.cli.common import MODE_HELP, Mode
 
 app = typer.Typer()
 
@@ -17,7 +17,7 @@ app = typer.Typer()
 @app.command()
 def demo(
     run_dir: Annotated[str, typer.Option(help="Where the demo run writes everything.")] = "runs/demo",
-    mode: Annotated[str, typer.Option(help="Matching mode / lemma policy.", callback=mode)] = "default",
+    mode: Annotated[Mode, typer.Option(help=MODE_HELP)] = "default",
     images: Annotated[bool, typer.Option(help="Also download, verify and OCR the selected images.")] = True,
     image_limit: Annotated[int | None, typer.Option(help="Download only the first N selected samples.")] = None,
 ) -> None:
@@ -27,4 +27,4 @@ def demo(
     (inference, metrics, report) runs as the Prefect demo flow: `make demo` / `python -m flows.demo`."""
     from laionet.demo import run_demo
 
-    run_demo(run_dir, mode=mode, echo=typer.echo, images=images, image_limit=image_limit)  # type: ignore[arg-type]
+    run_demo(run_dir, mode=mode, echo=typer.echo, images=images, image_limit=image_limit)

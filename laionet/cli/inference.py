@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from laionet.cli.common import Precision, echo_manifest, fail
+from laionet.cli.common import WORKERS_HELP, Precision, echo_manifest, fail
 
 app = typer.Typer()
 
@@ -35,7 +35,9 @@ def infer(
     device: Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda, cuda:1, ...")] = "auto",
     precision: Annotated[Precision, typer.Option(help="auto (fp16 GPU, fp32 CPU), fp32, fp16, bf16.")] = "auto",
     batch_size: Annotated[int | None, typer.Option(help="Images per batch (auto: 256 GPU, 32 CPU).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Decode processes (auto: cores-1 GPU; 0 CPU ≤4 cores).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help=f"{WORKERS_HELP}: image decoding (default: cores-1 on a GPU; 0 on ≤4 CPU cores).")
+    ] = None,
     top_k: Annotated[int, typer.Option(help="Classes kept per image, best first.")] = 5,
 ) -> None:
     """Run image models over shards in one streaming pass (each image decoded once, shared by all models): per shard

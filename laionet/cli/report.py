@@ -16,8 +16,11 @@ app = typer.Typer()
 
 @app.command()
 def report(
-    run_dir: Annotated[str, typer.Argument(help="Run directory (local path or fsspec URL) whose tables are reported.")],
-    out: Annotated[str | None, typer.Option(help="Output directory (default: <run_dir>/report).")] = None,
+    run_dir: Annotated[
+        str | None,
+        typer.Option("--run-dir", help="Run directory (local path or fsspec URL) whose tables are reported."),
+    ] = None,
+    out: Annotated[str | None, typer.Option(help="Output directory (default: <run-dir>/report).")] = None,
     title: Annotated[str, typer.Option(help="Page title.")] = "LAIONet report",
     disclaimer: Annotated[
         str | None, typer.Option(help="A plain statement shown under the title (default: the preset's, if any).")
@@ -27,11 +30,15 @@ def report(
     ] = None,
     grid_classes: Annotated[int, typer.Option(help="Classes shown with sample images (most frequent first).")] = 12,
     grid_per_class: Annotated[int, typer.Option(help="Thumbnails per class and variant.")] = 8,
+    run_dir_arg: Annotated[str | None, typer.Argument(hidden=True, metavar="RUN_DIR")] = None,
 ) -> None:
     """One self-contained HTML page with PNG figures, every number read from the run's stage tables; sections whose
     tables are missing are listed as not computed."""
     from laionet.report.html import run_report
 
+    run_dir = run_dir or run_dir_arg  # the run directory as a positional argument: the old spelling, still accepted
+    if run_dir is None:
+        fail("missing option --run-dir (the run directory to report)")
     if disclaimer is None and preset is not None:
         from laionet.core.config import load_preset
 

@@ -19,7 +19,13 @@ app = typer.Typer()
 def similarity(
     matches: Annotated[str, typer.Option(help="Output directory of `laionet match`.")],
     catalog: Annotated[str, typer.Option(help="Catalog parquet (synset texts).")],
-    out: Annotated[str, typer.Option(help="Base directory; similarities go to <out>/<encoder slug>/.")],
+    out: Annotated[
+        str,
+        typer.Option(
+            help="Output directory (one per encoder; the flows use <run>/similarity/<encoder slug>); "
+            "`laionet select --similarity` takes the same path."
+        ),
+    ],
     encoder: Annotated[
         str,
         typer.Option(
@@ -45,7 +51,7 @@ def similarity(
 ) -> None:
     """Cosine similarity of every matched caption to its classes' synset texts, stored once per encoder."""
     from laionet.selection.encoders import EncoderError
-    from laionet.selection.similarity import SimilarityConfig, run_similarity, similarity_dir
+    from laionet.selection.similarity import SimilarityConfig, run_similarity
 
     config = SimilarityConfig(
         encoder=encoder,
@@ -57,18 +63,16 @@ def similarity(
         synset_embeddings=synset_embeddings,
     )
     try:
-        target = similarity_dir(out, encoder)
-        manifest = run_similarity(matches, catalog, target, config)
+        manifest = run_similarity(matches, catalog, out, config)
     except (EncoderError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     echo_manifest(manifest)
-    typer.echo(f"  written to {target}")
 
 
 @app.command()
 def select(
     matches: Annotated[str, typer.Option(help="Output directory of `laionet match`.")],
-    similarity: Annotated[str, typer.Option(help="Per-encoder directory written by `laionet similarity`.")],
+    similarity: Annotated[str, typer.Option(help="Output directory of `laionet similarity` (its --out).")],
     catalog: Annotated[str, typer.Option(help="Catalog parquet.")],
     out: Annotated[str, typer.Option(help="Output directory: laionet.parquet, class_frequency, sweep, histogram.")],
     threshold: Annotated[

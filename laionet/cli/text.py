@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from laionet.cli.common import echo_manifest, fail, mode
+from laionet.cli.common import MODE_HELP, WORKERS_HELP, Mode, deprecated, echo_manifest, fail
 
 app = typer.Typer()
 wordnet_app = typer.Typer(help="Offline WordNet 3.0 for nltk.", no_args_is_help=True)
@@ -67,15 +67,17 @@ def catalog(
 def lemmas(
     out: Annotated[str, typer.Option(help="Output lemma map parquet (lemma, wnid, sources).")],
     catalog: Annotated[str, typer.Option(help="Catalog parquet from `laionet catalog`.")],
-    policy: Annotated[str, typer.Option(help="paper (reference rule) or default (normalised).", callback=mode)] = (
-        "default"
-    ),
+    mode: Annotated[Mode, typer.Option(help=f"The matching mode the map is built for: {MODE_HELP}")] = "default",
+    policy: Annotated[Mode | None, typer.Option(hidden=True, help="Deprecated alias of --mode.")] = None,
 ) -> None:
-    """Build the lemma → wnid map under a policy; dropped lemmas go to <out stem>.dropped.parquet."""
+    """Build the lemma → wnid map for a matching mode; dropped lemmas go to <out stem>.dropped.parquet."""
     from laionet.text.lemmas import run_lemmas
 
+    if policy is not None:
+        deprecated("--policy", "--mode")
+        mode = policy
     try:
-        manifest = run_lemmas(catalog, policy, out)  # type: ignore[arg-type]
+        manifest = run_lemmas(catalog, mode, out)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     echo_manifest(manifest)
@@ -91,8 +93,10 @@ def lemmas(
 def match(
     corpus: Annotated[str, typer.Option(help="Corpus parts: a glob ('DIR/*.parquet'), a directory or one file.")],
     out: Annotated[str, typer.Option(help="Output directory: one parquet per part + _manifest.json.")],
-    lemma_map: Annotated[str, typer.Option(help="Lemma map parquet from `laionet lemmas` (same policy as --mode).")],
-    mode: Annotated[str, typer.Option(help="paper (reference rule) or default.", callback=mode)] = "default",
+    lemma_map: Annotated[
+        str, typer.Option(help="Lemma map parquet from `laionet lemmas` (built for the same --mode).")
+    ],
+    mode: Annotated[Mode, typer.Option(help=MODE_HELP)] = "default",
     key_col: Annotated[str | None, typer.Option(help="Unique key column; default: '<part stem>/<row>'.")] = None,
     text_col: Annotated[str, typer.Option(help="Caption column.")] = "TEXT",
     url_col: Annotated[str, typer.Option(help="URL column ('' to skip).")] = "URL",
@@ -104,7 +108,9 @@ def match(
     ),
     batch_size: Annotated[int, typer.Option(help="Rows per record batch (memory bound).")] = 65_536,
     max_text_bytes: Annotated[int, typer.Option(help="Longer captions are skipped and counted.")] = 65_536,
-    workers: Annotated[int, typer.Option(help="Parts matched in parallel, one process each.")] = 1,
+    workers: Annotated[
+        int, typer.Option(help=f"{WORKERS_HELP}: corpus parts matched in parallel, one per process (1: as 0).")
+    ] = 0,
 ) -> None:
     """Find catalog lemmas in every caption of a corpus; write matched rows per part (resumable)."""
     from laionet.text.corpus import ColumnMap, CorpusError
@@ -148,14 +154,18 @@ def corpus_openclipart(
 
 @app.command()
 def summary(
-    matches: Annotated[str, typer.Argument(help="Output directory of `laionet match`.")],
+    matches: Annotated[str | None, typer.Option(help="Output directory of `laionet match`.")] = None,
     catalog: Annotated[str | None, typer.Option(help="Catalog parquet, to print class names.")] = None,
     top: Annotated[int, typer.Option(help="How many top classes to list.")] = 15,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    matches_arg: Annotated[str | None, typer.Argument(hidden=True, metavar="MATCHES")] = None,
 ) -> None:
     """Summarise a match stage: rows, classes hit, multi-label rows, top classes."""
     from laionet.report.summary import match_summary
 
+    matches = matches or matches_arg  # the directory as a positional argument: the old spelling, still accepted
+    if matches is None:
+        fail("missing option --matches (the output directory of `laionet match`)")
     try:
         result = match_summary(matches, catalog)
     except FileNotFoundError as exc:
