@@ -1,0 +1,112 @@
+"""``laionet run``: the build stage's Prefect flow from the command line on a tiny corpus (``--max-parts 1`` of two
+parts), then the same command again: every task comes back Cached and no file is rewritten. Also: a typo'd stage is
+one line naming the stages, and a checkout without ``flows/`` is one line naming ``LAIONET_ROOT``."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from laionet.cli import app
+from laionet.core.manifest import read_manifest
+from tests.conftest import final_task_runs, write_class_file, write_corpus_part
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+BUILD_TASKS = ("catalog", "lemma-map", "match", "similarity", "select")
+PREFECT_ENV = ("PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_LOGGING_EXTRA_LOGGERS",
+               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")  # fmt: skip
+
+
+@pytest.fixture
+def prefect_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The variables ``laionet run`` defaults are put back after the test (it sets them in this process)."""
+    for name in PREFECT_ENV:
+        if name in os.environ:
+            monkeypatch.setenv(name, os.environ[name])
+        else:
+            monkeypatch.delenv(name, raising=False)
+
+
+def _task_states(output: str, expected: int) -> dict[str, str]:
+    run_id = re.search(r"\[build\] flow run ([0-9a-f-]{36}): Completed", output)
+    assert run_id, output
+    return dict(final_task_runs(run_id.group(1), expected))
+
+
+def _mtimes(root: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.prefect
+def test_run_one_stage_then_it_comes_back_cached(prefect_harness: Path, prefect_env: None, tmp_path: Path) -> None:
+    classes = write_class_file(tmp_path / "classes.txt", ["n02129165", "n07749582"])  # lion, lemon
+    write_corpus_part(tmp_path / "laion" / "part-00000.parquet", ["a lion resting in the grass", "fresh lemon", "sea"])
+    write_corpus_part(tmp_path / "laion" / "part-00001.parquet", ["lion cub sleeping", "lemon tree"])
+    preset = tmp_path / "tiny.json"
+    preset.write_text(json.dumps({"name": "tiny", "classes": classes, "corpus": str(tmp_path / "laion" / "*.parquet"),
+                                  "threshold": 0.2, "top_k": None}))  # fmt: skip
+    run_dir = tmp_path / "run"
+    argv = ["run", "--preset", str(preset), "--run-dir", str(run_dir), "--stage", "build", "--max-parts", "1"]
+
+    first = runner.invoke(app, argv)
+    assert first.exit_code == 0, first.output
+    assert _task_states(first.output, len(BUILD_TASKS)) == dict.fromkeys(BUILD_TASKS, "Completed")
+    match = read_manifest(str(run_dir / "matches"))
+    assert match is not None and match.rows_in == 3  # only the first part
+    assert "match" in first.output and "rows in=3 out=2" in first.output
+    assert (run_dir / "selection" / "laionet.parquet").exists()
+    before = _mtimes(run_dir)
+
+    second = runner.invoke(app, argv)
+    assert second.exit_code == 0, second.output
+    assert _task_states(second.output, len(BUILD_TASKS)) == dict.fromkeys(BUILD_TASKS, "Cached")
+    assert _mtimes(run_dir) == before
+
+
+def test_a_typo_in_a_stage_names_the_stages_in_one_line() -> None:
+    result = runner.invoke(app, ["run", "--preset", "demo", "--run-dir", "r", "--stage", "bild"],
+                           env={"COLUMNS": "240"})  # fmt: skip
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if "bild" in line]
+    assert len(lines) == 1
+    assert all(f"'{s}'" in lines[0] for s in ("build", "acquire", "infer", "evaluate", "diagnose", "report"))
+
+
+def test_an_unknown_preset_is_one_line(prefect_env: None) -> None:
+    result = runner.invoke(app, ["run", "--preset", "nope", "--run-dir", "r"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "unknown preset 'nope'" in result.output
+
+
+def test_without_the_checkout_the_error_names_laionet_root(
+    monkeypatch: pytest.MonkeyPatch, prefect_env: None, tmp_path: Path
+) -> None:
+    module = importlib.import_module("laionet.cli.run")
+    for name in [m for m in sys.modules if m.split(".")[0] in ("flows", "tasks")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".") and Path(p).resolve() != ROOT])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LAIONET_ROOT", str(tmp_path))
+    monkeypatch.setattr(module, "checkout_root", lambda: None)
+    result = runner.invoke(app, ["run", "--preset", "demo", "--run-dir", str(tmp_path / "r"), "--stage", "report"])
+    assert result.exit_code == 2, result.output
+    assert "LAIONET_ROOT" in result.output and result.output.count("\n") == 1
+
+
+def test_checkout_root_follows_laionet_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    module = importlib.import_module("laionet.cli.run")
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "reproduce.py").write_text("")
+    (tmp_path / "tasks").mkdir()
+    monkeypatch.setenv("LAIONET_ROOT", str(tmp_path))
+    assert module.checkout_root() == str(tmp_path.resolve())
+    monkeypatch.setenv("LAIONET_ROOT", str(tmp_path / "elsewhere"))
+    monkeypatch.chdir(tmp_path / "flows")
+    assert module.checkout_root() == str(ROOT)  # the checkout the package was installed from (editable)
