@@ -11,19 +11,19 @@ from typing import Any
 
 from prefect import flow
 
-from laionet.core.config import load_preset
+from laionet.core.config import Preset, load_preset
 from laionet.core.layout import shards_dir
 from laionet.core.manifest import join
-from tasks._common import resolve
+from tasks._common import flow_name, resolve
 from tasks.acquire import download, download_index, ingest_reference, ocr, verify
 from tasks.runners import task_runner
 
 
 # the task runner: LAIONET_TASK_RUNNER = threads, processes, ray, ray:// (tasks/runners.py)
-@flow(name="acquire", flow_run_name="acquire {preset} · {run_dir}", task_runner=task_runner())
+@flow(name="acquire", flow_run_name=flow_name("acquire"), task_runner=task_runner())
 def acquire(
     run_dir: str,
-    preset: str = "demo",
+    preset: Preset | str = "demo",
     rewrite_urls: dict[str, str] | None = None,
     image_limit: int | None = None,
 ) -> dict[str, Any]:

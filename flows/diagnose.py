@@ -14,10 +14,10 @@ from typing import Any
 
 from prefect import flow
 
-from laionet.core.config import load_preset
+from laionet.core.config import Preset, load_preset
 from laionet.core.layout import accuracy_dir, inference_dir, intra_dir, shards_dir, variant_labels
 from laionet.core.manifest import join
-from tasks._common import resolve
+from tasks._common import flow_name, resolve
 from tasks.diagnose import filtered_variants, matched_captions, selection_frequency, text_alone
 from tasks.evaluate import accuracy, intra_class, variants
 from tasks.runners import task_runner
@@ -29,8 +29,8 @@ def filter_variant(k: int) -> str:
 
 
 # the task runner: LAIONET_TASK_RUNNER = threads, processes, ray, ray:// (tasks/runners.py)
-@flow(name="diagnose", flow_run_name="diagnose {preset} · {run_dir}", task_runner=task_runner())
-def diagnose(run_dir: str, preset: str = "demo") -> dict[str, Any]:
+@flow(name="diagnose", flow_run_name=flow_name("diagnose"), task_runner=task_runner())
+def diagnose(run_dir: str, preset: Preset | str = "demo") -> dict[str, Any]:
     """Every Section 4 diagnostic the preset asks for; returns the manifests by diagnostic."""
     config = load_preset(preset)
     d = config.diagnose

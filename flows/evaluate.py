@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect import flow
 
-from laionet.core.config import load_preset
+from laionet.core.config import Preset, load_preset
 from laionet.core.layout import (
     accuracy_dir,
     dataset_of,
@@ -26,14 +26,14 @@ from laionet.core.layout import (
     variant_labels,
 )
 from laionet.core.manifest import join
-from tasks._common import resolve
+from tasks._common import flow_name, resolve
 from tasks.evaluate import accuracy, intra_class, own_similarity, recall_difference, relations, top_k_variant, variants
 from tasks.runners import task_runner
 
 
 # the task runner: LAIONET_TASK_RUNNER = threads, processes, ray, ray:// (tasks/runners.py)
-@flow(name="evaluate", flow_run_name="evaluate {preset} · {run_dir}", task_runner=task_runner())
-def evaluate(run_dir: str, preset: str = "demo") -> dict[str, Any]:
+@flow(name="evaluate", flow_run_name=flow_name("evaluate"), task_runner=task_runner())
+def evaluate(run_dir: str, preset: Preset | str = "demo") -> dict[str, Any]:
     """Every metric of the preset's comparisons; returns the manifests by stage and target."""
     config = load_preset(preset)
     filt = config.image_filter

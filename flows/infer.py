@@ -10,17 +10,17 @@ from typing import Any
 
 from prefect import flow
 
-from laionet.core.config import load_preset
+from laionet.core.config import Preset, load_preset
 from laionet.core.layout import shards_dir
 from laionet.core.manifest import join
-from tasks._common import resolve
+from tasks._common import flow_name, resolve
 from tasks.infer import infer, infer_shards, shard_groups
 from tasks.runners import task_runner
 
 
 # the task runner: LAIONET_TASK_RUNNER = threads, processes, ray, ray:// (tasks/runners.py)
-@flow(name="infer", flow_run_name="infer {preset} · {run_dir}", task_runner=task_runner())
-def infer_flow(run_dir: str, preset: str = "demo") -> dict[str, Any]:
+@flow(name="infer", flow_run_name=flow_name("infer"), task_runner=task_runner())
+def infer_flow(run_dir: str, preset: Preset | str = "demo") -> dict[str, Any]:
     """Image embeddings and predictions of the preset's models (``Preset.image_models``) for each dataset
     (``laionet`` and the preset's references); quarantined samples skipped.
 

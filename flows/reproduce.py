@@ -18,13 +18,14 @@ from flows.diagnose import diagnose
 from flows.evaluate import evaluate
 from flows.infer import infer_flow
 from flows.report import report_flow
-from laionet.core.config import load_preset
+from laionet.core.config import Preset, load_preset
+from tasks._common import flow_name
 
 
-@flow(name="reproduce", flow_run_name="reproduce {preset} · {run_dir}")
+@flow(name="reproduce", flow_run_name=flow_name("reproduce"))
 def reproduce(
     run_dir: str,
-    preset: str = "demo",
+    preset: Preset | str = "demo",
     max_parts: int | None = None,
     image_limit: int | None = None,
     rewrite_urls: dict[str, str] | None = None,

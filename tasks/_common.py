@@ -46,6 +46,7 @@ from prefect.futures import PrefectFuture, wait
 from prefect.tasks import exponential_backoff
 from prefect.utilities.hashing import hash_objects
 
+from laionet.core.config import preset_label
 from laionet.core.manifest import Manifest, code_version, read_manifest
 from laionet.core.stage import outputs_exist
 from laionet.images.child import is_transient as transient_error
@@ -195,6 +196,23 @@ def run_name(*detail: str | Callable[[dict[str, Any]], str]) -> Callable[[], str
                 "/".join(_relative(text)) if text.startswith("/") or (root and text.startswith(root)) else text
             )
         return " ".join(words + ([f"· {root}"] if root else []))
+
+    return name
+
+
+def flow_name(flow: str) -> Callable[[], str]:
+    """A ``flow_run_name``: ``<flow> <preset> · <run dir>``; the preset by its name also when the run was given a
+    whole ``Preset`` (the Prefect UI's form), which the ``{preset}`` template would print field by field."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        params = flow_run.parameters or {}
+        preset = params.get("preset")
+        if isinstance(preset, dict):  # a Preset as the API stores it
+            preset = str(preset.get("name", "preset"))
+        words = [flow, preset_label(preset) if preset is not None else None, f"· {params.get('run_dir', '')}"]
+        return " ".join(w for w in words if w)
 
     return name
 

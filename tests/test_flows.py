@@ -392,3 +392,33 @@ def test_deployment_file(prefect_harness: Path) -> None:
     assert set(flow.parameters.required) <= set(deployment.parameters)
     assert {"encoder", "threshold", "top_k"} <= set(deployment.parameters)
     flow.validate_parameters(deployment.parameters)  # raises if a default parameter has the wrong type
+
+
+def test_flows_take_a_typed_preset(prefect_harness: Path, tmp_path: Path) -> None:
+    """The run form of the Prefect UI is built from the flow's parameter schema: with a typed preset it shows (and
+    submits) the preset's fields; a name still works; a run given a whole Preset is named after it."""
+    from prefect.client.orchestration import get_client
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.diagnose import diagnose
+    from flows.reproduce import reproduce
+    from laionet.core.config import PRESETS, Preset
+
+    for flow_ in (reproduce, diagnose):
+        schema = parameter_schema(flow_).model_dump()
+        preset_schema = schema["properties"]["preset"]
+        refs = [item.get("$ref", "") for item in preset_schema.get("anyOf", [])]
+        assert any(ref.endswith("/Preset") for ref in refs), preset_schema
+        fields = schema["definitions"]["Preset"]["properties"]
+        assert {"encoder", "threshold", "models", "n_boot", "diagnose"} <= set(fields)
+
+    submitted = PRESETS["demo"].model_dump(mode="json") | {"name": "mine", "n_boot": 7}  # what the form posts
+    params = reproduce.validate_parameters({"run_dir": "r", "preset": submitted})
+    assert isinstance(params["preset"], Preset) and params["preset"].n_boot == 7
+    assert reproduce.validate_parameters({"run_dir": "r", "preset": "demo"})["preset"] == "demo"
+
+    run_dir = str(tmp_path / "run")
+    state = diagnose(run_dir, Preset(name="mine", diagnose=None), return_state=True)
+    assert state.is_completed() and state.result() == {}
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(state.state_details.flow_run_id).name == f"diagnose mine · {run_dir}"

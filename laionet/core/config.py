@@ -173,13 +173,16 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def load_preset(name: str, **overrides: Any) -> Preset:
-    """A preset by name (``PRESETS``) or from a JSON/YAML file, with fields overridden (None values are ignored).
+def load_preset(name: Preset | str, **overrides: Any) -> Preset:
+    """A preset by name (``PRESETS``), from a JSON/YAML file, or given whole (a ``Preset``, e.g. the one a flow run's
+    form in the Prefect UI submits), with fields overridden (None values are ignored).
 
     Raises:
         ValueError: unknown name, unreadable file, or invalid fields (pydantic names the field).
     """
-    if name in PRESETS:
+    if isinstance(name, Preset):
+        data = name.model_dump()
+    elif name in PRESETS:
         data = PRESETS[name].model_dump()
     else:
         path = Path(name)
@@ -195,3 +198,8 @@ def load_preset(name: str, **overrides: Any) -> Preset:
         data.setdefault("name", path.stem)
     data.update({k: v for k, v in overrides.items() if v is not None})
     return Preset.model_validate(data)
+
+
+def preset_label(preset: Preset | str) -> str:
+    """How a run names its preset: a ``Preset``'s ``name``, else the name or file given."""
+    return preset.name if isinstance(preset, Preset) else str(preset)
