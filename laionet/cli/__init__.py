@@ -12,7 +12,19 @@ from typing import Annotated
 
 import typer
 
-from laionet.cli import demo, diagnostics, evaluation, images, inference, report, retrieval, run, selection, text
+from laionet.cli import (
+    demo,
+    diagnostics,
+    evaluation,
+    export,
+    images,
+    inference,
+    report,
+    retrieval,
+    run,
+    selection,
+    text,
+)
 
 app = typer.Typer(
     help="LAIONet: recreate ImageNet from an image-text corpus by selecting on captions alone.",
@@ -31,6 +43,7 @@ PANELS = {
     diagnostics: "6 · Diagnostics (paper Section 4)",
     retrieval: "6 · Diagnostics: nearest captions (Section 4.3)",
     report: "7 · Report",
+    export: "8 · Export: a Hugging Face datasets folder with a dataset card",
     demo: "Demo",
     run: "Runs: the pipeline as Prefect flow runs, status of a run directory, checks of this machine",
 }

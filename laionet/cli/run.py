@@ -72,16 +72,12 @@ def _import_flows() -> dict[str, Any]:
         for name in [m for m in sys.modules if m in ("flows", "tasks") or m.startswith(("flows.", "tasks."))]:
             del sys.modules[name]  # a failed import may have left a half-imported package behind
         importlib.import_module("flows.reproduce")
-    from flows.acquire import acquire
-    from flows.build import build
-    from flows.diagnose import diagnose
-    from flows.evaluate import evaluate
-    from flows.infer import infer_flow
-    from flows.report import report_flow
-    from flows.reproduce import reproduce
-
-    return {"build": build, "acquire": acquire, "infer": infer_flow, "evaluate": evaluate, "diagnose": diagnose,
-            "report": report_flow, "reproduce": reproduce}  # fmt: skip
+    # by name, not `from flows... import`: the library's type check stays out of the Prefect layer
+    functions = {"infer": "infer_flow", "report": "report_flow"}  # flows/<stage>.py defines <stage> but for these
+    return {
+        stage: getattr(importlib.import_module(f"flows.{stage}"), functions.get(stage, stage))
+        for stage in (*STAGES, "reproduce")
+    }
 
 
 def _echo_results(label: str, result: Any) -> None:
