@@ -15,7 +15,7 @@ from laionet.core.layout import shards_dir
 from laionet.core.manifest import join
 from tasks._common import flow_name, resolve
 from tasks.infer import infer, infer_shards, shard_groups
-from tasks.runners import task_runner
+from tasks.runners import gpu_options, task_runner
 
 
 # the task runner: LAIONET_TASK_RUNNER = threads, processes, ray, ray:// (tasks/runners.py)
@@ -35,12 +35,14 @@ def infer_flow(run_dir: str, preset: Preset | str = "demo") -> dict[str, Any]:
         source = shards_dir(run_dir, dataset)
         quarantine = join(run_dir, "verify", "quarantine.parquet") if dataset == "laionet" else None
         out_root = join(run_dir, "inference", dataset)
-        groups = [
-            infer_shards.submit(source, models, out_root, group, catalog, quarantine, config.infer)
-            for group in shard_groups(source, config.shard_batches)
-        ]
+        with gpu_options():  # on a Ray cluster with GPUs: one GPU per task (tasks/runners.py)
+            groups = [
+                infer_shards.submit(source, models, out_root, group, catalog, quarantine, config.infer)
+                for group in shard_groups(source, config.shard_batches)
+            ]
+            finals[dataset] = infer.submit(source, models, out_root, catalog, quarantine, config.infer,
+                                           wait_for=groups)  # fmt: skip
         started.update({(dataset, i): group for i, group in enumerate(groups)})
-        finals[dataset] = infer.submit(source, models, out_root, catalog, quarantine, config.infer, wait_for=groups)
     # every future: a failed shard group is named as the cause, not the `infer` task it kept from running
     results = resolve({**started, **finals})
     return {dataset: results[dataset] for dataset in finals}

@@ -3,11 +3,14 @@
 ``infer_shards`` runs every model over one group of shards (one streaming pass: each image decoded once for all
 models) and writes per-shard outputs only; the flow fans it out over shard groups, so several GPUs or Ray workers
 share a dataset. ``infer`` then finds every shard done (it loads no model) and writes each model's manifest. Both
-carry the ``gpu`` tag: with ``prefect concurrency-limit create gpu 1`` at most one runs per device at a time.
+carry the ``gpu`` tag (``prefect concurrency-limit create gpu N`` caps them at N) and run on the device of the slot
+they hold (``tasks.devices.gpu_slot``: ``cuda:<i>`` of slot ``gpu-<i>``, or the GPU Ray assigned); the device is chosen
+inside the task, so it is not part of the cache key.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from prefect import task
@@ -16,6 +19,7 @@ from laionet.core.manifest import read_manifest
 from laionet.images.shards import list_shards
 from laionet.inference.engine import InferConfig, run_inference
 from tasks._common import IO_RETRIES, below, progress_artifact, publish, run_name, stage_cache
+from tasks.devices import gpu_slot
 
 Manifest = dict[str, Any]
 
@@ -52,7 +56,9 @@ def infer_shards(
     Finished shards are skipped by the driver, so a retry redoes only what a crash left."""
     config = InferConfig(**(settings or {}))
     progress = progress_artifact(f"inference over {len(shards)} shards of {shards_dir}")
-    run_inference(shards_dir, models, out_root, catalog_path, quarantine, config, only=shards, progress=progress)
+    with gpu_slot(config.device) as device:
+        config = replace(config, device=device)
+        run_inference(shards_dir, models, out_root, catalog_path, quarantine, config, only=shards, progress=progress)
     return len(shards)
 
 
@@ -74,7 +80,9 @@ def infer(
 ) -> Manifest:
     """Every model over every shard of ``shards_dir`` → ``<out_root>/<model slug>/`` (a model manifest each);
     returns the manifest of the whole call (``<out_root>/_manifest.json``)."""
-    run_inference(shards_dir, models, out_root, catalog_path, quarantine, InferConfig(**(settings or {})))
+    config = InferConfig(**(settings or {}))
+    with gpu_slot(config.device) as device:  # loads a model only for shards no infer-shards task finished
+        run_inference(shards_dir, models, out_root, catalog_path, quarantine, replace(config, device=device))
     summary = read_manifest(out_root)
     assert summary is not None  # written by run_inference
     return publish(summary, out_root)

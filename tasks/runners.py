@@ -23,11 +23,19 @@ Tasks pass paths and manifests only, so every runner moves the same small values
 instance the repository root is put on the workers' ``PYTHONPATH`` (they are separate processes and must import
 ``tasks`` and ``laionet`` like the flow does); ``ray_init`` adds or overrides ``ray.init`` keyword arguments (e.g.
 ``num_cpus``, ``object_store_memory``, ``include_dashboard``, ``runtime_env``).
+
+GPU tasks are submitted inside ``gpu_options()``: on Ray, when the cluster has GPUs, each such task asks Ray for one
+(``num_gpus=1`` through prefect-ray's ``remote_options``), so Ray schedules it on a node with a free GPU and sets its
+``CUDA_VISIBLE_DEVICES``; CPU tasks ask for none. With any other runner, or a cluster without GPUs, it does nothing
+(the task then takes a device slot itself: ``tasks.devices.gpu_slot``).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -91,3 +99,26 @@ def with_task_runner(
 ) -> Flow[P, R]:
     """``flow`` with the task runner named by ``spec`` (see ``task_runner``); the flow itself is unchanged."""
     return flow.with_options(task_runner=task_runner(spec, ray_init=ray_init))
+
+
+def _flow_on_ray() -> bool:
+    """Whether the flow run this code runs in uses prefect-ray's task runner (with its Ray instance started)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    runner = context.task_runner if context is not None else None
+    return type(runner).__name__ == "RayTaskRunner" and "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+@contextmanager
+def gpu_options(num_gpus: float = 1) -> Iterator[None]:
+    """Tasks submitted in this block ask Ray for ``num_gpus`` GPUs each, when the flow runs on Ray and the cluster has
+    a GPU (``ray.cluster_resources()["GPU"]``); otherwise (threads, processes, a CPU-only cluster, where a GPU request
+    could never be met) they ask for nothing."""
+    if _flow_on_ray() and sys.modules["ray"].cluster_resources().get("GPU", 0) >= num_gpus:
+        from prefect_ray.context import remote_options
+
+        with remote_options(num_gpus=num_gpus):
+            yield
+        return
+    yield
