@@ -27,6 +27,11 @@ runner = CliRunner()
         ["verify"],
         ["ocr"],
         ["demo"],
+        ["run"],
+        ["status"],
+        ["doctor"],
+        ["export", "hf"],
+        ["report"],
         ["corpus", "openclipart"],
         ["wordnet", "install"],
     ],
@@ -42,7 +47,7 @@ def test_catalog_lemmas_match_summary_from_the_command_line(tmp_path) -> None:
     wnids.write_text("n02125311\nn02129165\nn07749582\n")
     cat, lemmas, out = tmp_path / "cat.parquet", tmp_path / "lemmas.parquet", tmp_path / "m"
     assert runner.invoke(app, ["catalog", "--classes", str(wnids), "--out", str(cat)]).exit_code == 0
-    result = runner.invoke(app, ["lemmas", "--catalog", str(cat), "--policy", "default", "--out", str(lemmas)])
+    result = runner.invoke(app, ["lemmas", "--catalog", str(cat), "--mode", "default", "--out", str(lemmas)])
     assert result.exit_code == 0, result.output
     assert "over 3 classes" in result.output
     write_corpus_part(tmp_path / "c" / "p.parquet", ["a Mountain Lion", "lemons", "a lemon tree", "lion"])
@@ -50,7 +55,7 @@ def test_catalog_lemmas_match_summary_from_the_command_line(tmp_path) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "rows in=4 out=3 dropped: unmatched=1" in result.output
-    result = runner.invoke(app, ["summary", str(out), "--catalog", str(cat), "--json"])
+    result = runner.invoke(app, ["summary", "--matches", str(out), "--catalog", str(cat), "--json"])
     summary = json.loads(result.output)
     assert summary["classes_hit"] == 3
     assert {r["name"] for r in summary["top_classes"]} == {"cougar", "lion", "lemon"}
@@ -65,5 +70,26 @@ def test_cli_errors_are_one_clear_line(tmp_path) -> None:
     result = runner.invoke(app, [*args, "--text-col", "caption"])
     assert result.exit_code == 2
     assert "column 'caption' (for text) not found" in result.output
-    result = runner.invoke(app, [*args, "--mode", "fuzzy"])
-    assert result.exit_code == 2 and "expected one of paper, default" in result.output
+    result = runner.invoke(app, [*args, "--mode", "fuzzy"], env={"COLUMNS": "240"})
+    assert result.exit_code == 2 and "'fuzzy' is not one of 'paper', 'default'" in result.output
+    result = runner.invoke(app, ["summary"])
+    assert (
+        result.exit_code == 2
+        and result.output == "error: missing option --matches (the output directory of `laionet match`)\n"
+    )
+
+
+def test_old_spellings_still_work(tmp_path) -> None:
+    """``lemmas --policy`` (now ``--mode``, with a warning) and the match directory of ``summary`` as a positional."""
+    wnids = tmp_path / "classes.txt"
+    wnids.write_text("n02129165\n")
+    cat, lemmas, out = tmp_path / "cat.parquet", tmp_path / "lemmas.parquet", tmp_path / "m"
+    assert runner.invoke(app, ["catalog", "--classes", str(wnids), "--out", str(cat)]).exit_code == 0
+    result = runner.invoke(app, ["lemmas", "--catalog", str(cat), "--policy", "paper", "--out", str(lemmas)])
+    assert result.exit_code == 0, result.output
+    assert "--policy is deprecated; use --mode" in result.output
+    assert "Panthera leo" in pd.read_parquet(lemmas)["lemma"].tolist()  # the paper policy: case kept
+    write_corpus_part(tmp_path / "c" / "p.parquet", ["a lion"])
+    args = ["match", "--corpus", str(tmp_path / "c"), "--out", str(out), "--lemma-map", str(lemmas), "--mode", "paper"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert json.loads(runner.invoke(app, ["summary", str(out), "--json"]).output)["rows_matched"] == 1

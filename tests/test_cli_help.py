@@ -3,10 +3,14 @@ names them in one line, commands are grouped in pipeline order, ``--version`` an
 
 from __future__ import annotations
 
+import enum
 import re
+import types
+from typing import Literal, Union, get_args, get_origin
 
 import pytest
 import typer
+import typer.core
 from typer.testing import CliRunner
 
 from laionet.cli import PANELS, app
@@ -45,6 +49,53 @@ def test_a_typo_in_a_choice_names_the_choices_in_one_line() -> None:
     assert len(lines) == 1 and "'drop', 'best'" in lines[0]
     help_text = runner.invoke(app, ["infer", "--help"], env={"COLUMNS": "240"}).output
     assert "auto|fp32|fp16|bf16" in help_text
+
+
+def _choices(param: typer.core.click.Parameter) -> tuple[str, ...]:
+    """The fixed values of an option (a Literal or an Enum, also in a list or with None), else ()."""
+    annotation = param.type_descriptor.annotation  # type: ignore[attr-defined]
+    if get_origin(annotation) is list:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) in (Union, types.UnionType):
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    if get_origin(annotation) is Literal:
+        return tuple(get_args(annotation))
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return tuple(str(m.value) for m in annotation)
+    return ()
+
+
+def _choice_options() -> list[tuple[list[str], str]]:
+    """(command argv, option name) of every option with a fixed set of values."""
+    return [
+        (argv, param.opts[0])
+        for argv, command in _commands()
+        for param in command.params
+        if isinstance(param, typer.core.TyperOption) and _choices(param)
+    ]
+
+
+@pytest.mark.parametrize(("argv", "option"), _choice_options(), ids=lambda x: " ".join(x) if isinstance(x, list) else x)
+def test_every_choice_typo_is_one_line_naming_the_choices(argv: list[str], option: str) -> None:
+    command = dict((tuple(a), c) for a, c in _commands())[tuple(argv)]
+    param = next(p for p in command.params if p.opts and p.opts[0] == option)
+    filled: list[str] = []
+    for other in command.params:  # every other required parameter gets a value of its type (never used: the typo
+        if other is param or not other.required:  # fails before the command runs)
+            continue
+        value = "1" if other.type_descriptor.annotation in (int, float) else "x"  # type: ignore[attr-defined]
+        filled += [other.opts[0], value] if isinstance(other, typer.core.TyperOption) else [value]
+    result = runner.invoke(app, [*argv, *filled, option, "zzz-typo"], env={"COLUMNS": "240"})
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if "zzz-typo" in line]
+    assert len(lines) == 1, result.output
+    assert all(f"'{choice}'" in lines[0] for choice in _choices(param)), lines[0]
+
+
+def test_choice_options_are_found() -> None:
+    found = {(" ".join(argv), option) for argv, option in _choice_options()}
+    assert {("select", "--multi-label"), ("lemmas", "--mode"), ("match", "--mode"), ("infer", "--precision"),
+            ("variants", "--rule"), ("recall-difference", "--method"), ("run", "--stage")} <= found  # fmt: skip
 
 
 def test_commands_are_grouped_in_pipeline_order_and_version_answers() -> None:

@@ -43,9 +43,9 @@ PANELS = {
     diagnostics: "6 · Diagnostics (paper Section 4)",
     retrieval: "6 · Diagnostics: nearest captions (Section 4.3)",
     report: "7 · Report",
-    export: "8 · Export: a Hugging Face datasets folder with a dataset card",
     demo: "Demo",
     run: "Runs: the pipeline as Prefect flow runs, status of a run directory, checks of this machine",
+    export: "Export: a Hugging Face datasets folder with a dataset card",  # a command group: listed after commands
 }
 for _group, _panel in PANELS.items():
     for _command in _group.app.registered_commands:
