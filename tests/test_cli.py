@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -93,3 +94,36 @@ def test_old_spellings_still_work(tmp_path) -> None:
     args = ["match", "--corpus", str(tmp_path / "c"), "--out", str(out), "--lemma-map", str(lemmas), "--mode", "paper"]
     assert runner.invoke(app, args).exit_code == 0
     assert json.loads(runner.invoke(app, ["summary", str(out), "--json"]).output)["rows_matched"] == 1
+
+
+def test_similarity_out_is_the_directory_select_reads(tmp_path) -> None:
+    """``similarity --out S`` writes into S itself, and ``select --similarity S`` takes the same path (precomputed
+    caption and synset embeddings: no text model loads)."""
+    wnids = tmp_path / "classes.txt"
+    wnids.write_text("n02129165\nn07749582\n")  # lion, lemon
+    cat, lemmas, matches = tmp_path / "cat.parquet", tmp_path / "lemmas.parquet", tmp_path / "m"
+    assert runner.invoke(app, ["catalog", "--classes", str(wnids), "--out", str(cat)]).exit_code == 0
+    assert runner.invoke(app, ["lemmas", "--catalog", str(cat), "--out", str(lemmas)]).exit_code == 0
+    captions = ["a lion", "a lemon", "the sea"]
+    write_corpus_part(tmp_path / "c" / "p.parquet", captions)
+    args = ["match", "--corpus", str(tmp_path / "c"), "--out", str(matches), "--lemma-map", str(lemmas)]
+    assert runner.invoke(app, args).exit_code == 0
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    np.save(emb / "text_emb_0.npy", np.eye(4, dtype=np.float16)[:3])
+    urls = [f"http://127.0.0.1:1/{i}.jpg" for i in range(3)]  # write_corpus_part's URLs
+    pd.DataFrame({"url": urls, "caption": captions}).to_parquet(emb / "metadata_0.parquet")
+    np.save(tmp_path / "synsets.npy", np.array([[1, 0, 0, 0], [0.6, 0.8, 0, 0]], dtype=np.float32))
+    sim = tmp_path / "sim"
+    precomputed = ["--caption-embeddings", str(emb / "text_emb_*.npy"), "--caption-metadata",
+                   str(emb / "metadata_*.parquet"), "--synset-embeddings", str(tmp_path / "synsets.npy")]  # fmt: skip
+    args = ["similarity", "--matches", str(matches), "--catalog", str(cat), "--out", str(sim), *precomputed]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (sim / "_manifest.json").exists()
+    result = runner.invoke(app, ["select", "--matches", str(matches), "--similarity", str(sim), "--catalog", str(cat),
+                                 "--out", str(tmp_path / "sel"), "--threshold", "0.5"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    index = pd.read_parquet(tmp_path / "sel" / "laionet.parquet")
+    assert index.set_index("text")["wnid"].to_dict() == {"a lion": "n02129165", "a lemon": "n07749582"}
+    assert index.set_index("text")["text_similarity"].to_dict() == pytest.approx({"a lion": 1.0, "a lemon": 0.8})
