@@ -198,6 +198,7 @@ def test_a_killed_download_resumes_without_refetching_finished_shards(tmp_path) 
     assert 2 <= len(finished) < n // 5, "the kill must land mid-download"
     fetched_before = sum(hits.values())
     assert fetched_before < n
+    finished_keys = {key for shard in finished for key in pd.read_parquet(raw / f"{shard}.parquet")["sample_key"]}
     config = DownloadConfig(
         processes=1, threads=8, samples_per_shard=5, timeout=5, image_size=32, allow_host=[base.removeprefix("http://")]
     )
@@ -205,7 +206,7 @@ def test_a_killed_download_resumes_without_refetching_finished_shards(tmp_path) 
     httpd.shutdown()
     httpd.server_close()
     assert (manifest.rows_in, manifest.rows_out, manifest.dropped) == (n, n, {})
-    finished_keys = {key for shard in finished for key in pd.read_parquet(raw / f"{shard}.parquet")["sample_key"]}
+    assert not (out / "_attempts").exists()  # a complete download keeps no raw copy of its images
     assert all(hits[f"/{k.removeprefix('k')}.jpg"] == 1 for k in finished_keys)  # not fetched again
     assert not list(out.rglob("*.tmp-*"))
     assert sorted(k for s in manifest.outputs for k, _, _ in iter_samples(s)) == sorted(index["key"])

@@ -1,16 +1,21 @@
 """Image download into WebDataset shards with img2dataset (the only module that imports it).
 
 Reads an index parquet (``key``, ``url``, ``text``, ``wnid``, ``class_index``: the LAIONet index); writes
-``<out>/NNNNN.tar`` shards whose samples are ``<__key__>.jpg`` (RGB), ``.txt`` (caption) and ``.json`` (``key``,
-``wnid``, ``class_index``, caption, size, url), ``__key__`` being our key made tar-safe (``shards.safe_key``,
-reversible), plus ``NNNNN.parquet`` (every row of the shard with its status) and the manifest (last).
+``<out>/NNNNN.tar`` shards whose samples are ``<__key__>.jpg`` (RGB), ``.txt`` (caption), ``.json`` (``key``,
+``wnid``, ``class_index``, caption, size, url) and ``.cls`` (the ImageNet-1k class index as text; absent for a wnid
+outside ImageNet-1k: see ``laionet.images.shards``), ``__key__`` being our key made tar-safe (``shards.safe_key``,
+reversible), plus ``NNNNN.parquet`` (every row of the shard with its status), then ``_info.json`` (classes, counts,
+timm's ``train`` split) and the manifest (last).
 
 img2dataset downloads into ``<out>/_attempts/<n>/`` (its own shard layout; a killed run resumes there: shards
 whose ``_stats.json`` exists are not fetched again). Each finished attempt shard is rewritten into a final shard
-(temp name, rename) with our keys and grayscale/palette/CMYK images converted to RGB (img2dataset already mattes
-alpha onto white). Rows that failed for a transient reason (timeout, connection error, HTTP 5xx/429) are retried
-in a further attempt — also when the stage is run again later (``retry_failed``); 404s, opt-outs and undecodable
-images are final. Counts: rows in = downloaded + failed by reason.
+sample by sample (read through webdataset, written through ``webdataset.TarWriter`` under a temporary name, renamed:
+one sample in memory) with our keys and grayscale/palette/CMYK images converted to RGB (img2dataset already mattes
+alpha onto white). ``_attempts/`` is removed once every attempt is finalised (just before ``_info.json`` and the
+manifest): it exists only while a download is incomplete, and a later run's retries number their attempts after the
+final shards' (``<attempt:03d><img2dataset shard:05d>.tar``). Rows that failed for a transient reason (timeout,
+connection error, HTTP 5xx/429) are retried in a further attempt — also when the stage is run again later
+(``retry_failed``); 404s, opt-outs and undecodable images are final. Counts: rows in = downloaded + failed by reason.
 
 Untrusted URLs: img2dataset opens URLs itself with ``urllib`` (any scheme, any address, unbounded reads, no header
 check before OpenCV decodes). It cannot be configured to do otherwise, so this module gives it our fetch: the
@@ -33,7 +38,6 @@ import json
 import logging
 import os
 import re
-import tarfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,10 +53,20 @@ from laionet.core.runtime import MAX_IMAGE_PIXELS
 from laionet.core.stage import require_file_input, stage_rebuild
 from laionet.images.child import run_in_child
 from laionet.images.fetch import Policy, RefusedError, fetch, host_port, image_pixels, parse_allowed, refusal_reason
-from laionet.images.shards import encode_rgb_jpeg, safe_key
+from laionet.images.shards import (
+    ErrorLog,
+    TarStream,
+    encode_rgb_jpeg,
+    iter_raw,
+    remove_shard_info,
+    safe_key,
+    sample_members,
+    write_shard_info,
+)
 
 OPT_OUT_DIRECTIVES = ["noai", "noimageai", "noindex", "noimageindex"]
 TRANSIENT = ("timeout", "connection", "http_error")  # reasons worth another attempt
+MISSING_FROM_TAR = "missing from img2dataset's shard"  # a success row whose sample its tar lacks
 
 
 class DownloadConfig(BaseModel):
@@ -84,13 +98,16 @@ class DownloadConfig(BaseModel):
 
 def failure_reason(status: str | None, message: str | None) -> str:
     """A coarse reason for a row's outcome: success, a refusal (bad_scheme, private_address, redirect_refused,
-    too_large, too_many_pixels), http_404, http_error, timeout, connection, opt_out, decode_error, other."""
+    too_large, too_many_pixels), http_404, http_error, timeout, connection, opt_out, decode_error, missing_from_tar,
+    other."""
     if status == "success":
         return "success"
     text = message or ""
     refused = refusal_reason(text)
     if refused:
         return refused
+    if text == MISSING_FROM_TAR:
+        return "missing_from_tar"
     if "X-Robots-Tag" in text:
         return "opt_out"
     if "HTTP Error 404" in text:
@@ -287,44 +304,43 @@ def _guarded_download(
 
 
 def _finalise(raw_tar: str, raw_parquet: str, out_tar: str, quality: int) -> pd.DataFrame:
-    """Rewrite one img2dataset shard with our keys and RGB images; return its rows (with status)."""
+    """Rewrite one img2dataset shard with our keys, RGB images and ``cls``, sample by sample (read through webdataset,
+    written through ``webdataset.TarWriter`` under a temporary name: one sample in memory); return its rows (with
+    status). A sample whose image PIL cannot read, and a row img2dataset counts a success but whose sample its tar
+    lacks (or lost in a damaged tar), are marked failed: never silently kept, never silently lost."""
     with fsspec.open(raw_parquet, "rb") as f:
         rows = pd.read_parquet(f)
     by_raw_key = rows.set_index("key")
     undecodable: set[str] = set()
-    with (
-        atomic_path(out_tar) as tmp,
-        fsspec.open(tmp, "wb") as out,
-        fsspec.open(raw_tar, "rb") as src,
-        tarfile.open(fileobj=src, mode="r|") as reader,
-        tarfile.open(fileobj=out, mode="w") as writer,
-    ):
-        for member in reader:
-            if not member.isfile():
-                continue
-            raw_key, _, ext = member.name.partition(".")
-            handle = reader.extractfile(member)
-            if handle is None or raw_key not in by_raw_key.index:
+    written: set[str] = set()
+    errors = ErrorLog()
+    with TarStream(out_tar) as out:
+        for raw_key, sample in iter_raw(raw_tar, errors):
+            if raw_key not in by_raw_key.index or "jpg" not in sample:
                 continue
             row = by_raw_key.loc[raw_key]
-            data = handle.read()
-            if ext == "jpg":
-                try:
-                    data = encode_rgb_jpeg(data, quality)
-                except OSError:  # img2dataset wrote it, PIL cannot read it: not silently kept
-                    undecodable.add(raw_key)
-                    continue
-            elif ext == "json":
-                meta = json.loads(data)
-                meta = {"key": row["sample_key"], **{k: v for k, v in meta.items() if k != "key"}}
-                meta["img2dataset_key"] = raw_key
-                data = json.dumps(meta).encode()
-            info = tarfile.TarInfo(f"{safe_key(str(row['sample_key']))}.{ext}")
-            info.size = len(data)
-            writer.addfile(info, io.BytesIO(data))
+            try:
+                jpg = encode_rgb_jpeg(sample["jpg"], quality)
+            except OSError:  # img2dataset wrote it, PIL cannot read it: not silently kept
+                undecodable.add(raw_key)
+                continue
+            try:
+                meta = json.loads(sample.get("json", b"{}"))
+            except ValueError:
+                meta = {}
+            meta = {k: v for k, v in meta.items() if k != "key"}
+            meta["img2dataset_key"] = raw_key
+            text = sample.get("txt", b"").decode("utf-8", "replace")
+            out.write(sample_members(str(row["sample_key"]), jpg, text, meta))
+            written.add(raw_key)
+    for error in errors.errors:
+        _log.warning("%s: %s (%s)", raw_tar, error.reason, error.detail)
     failed = rows["key"].isin(undecodable)
     rows.loc[failed, "status"] = "failed_to_resize"
     rows.loc[failed, "error_message"] = "undecodable after download"
+    lost = (rows["status"] == "success") & ~rows["key"].isin(written)
+    rows.loc[lost, "status"] = "failed_to_download"
+    rows.loc[lost, "error_message"] = MISSING_FROM_TAR
     return rows
 
 
@@ -353,9 +369,12 @@ def _download(index_path: str, out_dir: str, config: DownloadConfig, timer: Time
         raise ValueError(f"{index_path}: keys must be unique; {repeated!r} repeats")
     wanted = set(index["key"].astype(str))
     mirrors = mirror_hosts(index_path)
+    remove_shard_info(out_dir)  # written again, just before the manifest, when the download is complete
     attempt = _next_attempt(out_dir)
     for previous in range(attempt):  # a run killed after img2dataset wrote shards: keep what it finished
-        _finalise_attempt(join(out_dir, "_attempts", f"{previous:03d}"), out_dir, config.encode_quality, wanted)
+        folder = join(out_dir, "_attempts", f"{previous:03d}")
+        if url_to_fs(folder)[0].exists(url_to_fs(folder)[1]):
+            _finalise_attempt(folder, out_dir, config.encode_quality, wanted)
     _restrict(out_dir, wanted)  # shards of an earlier index keep only the rows this index still has
     status = _collect(out_dir)
     fs, out_real = url_to_fs(out_dir)
@@ -376,6 +395,10 @@ def _download(index_path: str, out_dir: str, config: DownloadConfig, timer: Time
     counts = reasons.value_counts().to_dict()
     success = int(counts.pop("success", 0))
     shards = sorted(fs.glob(out_real.rstrip("/") + "/*.tar"))
+    attempts_fs, attempts = url_to_fs(join(out_dir, "_attempts"))
+    if attempts_fs.exists(attempts):  # every attempt is finalised: the raw tars would store each image twice
+        attempts_fs.rm(attempts, recursive=True)
+    _write_info(out_dir, [join(out_dir, s.rsplit("/", 1)[-1]) for s in shards])
     cfg = config.model_dump(mode="json")
     digest = config_hash({"index": pd.util.hash_pandas_object(index, index=False).tolist()})
     manifest = Manifest(
@@ -394,6 +417,20 @@ def _download(index_path: str, out_dir: str, config: DownloadConfig, timer: Time
     return manifest
 
 
+def _write_info(out_dir: str, shards: list[str]) -> None:
+    """``_info.json`` of the final shards, from their listings (the source of truth: a success row is in its tar)."""
+    lengths: list[tuple[str, int]] = []
+    by_wnid: dict[str, int] = {}
+    for tar in shards:
+        with fsspec.open(tar.removesuffix(".tar") + ".parquet", "rb") as f:
+            rows = pq.read_table(f, columns=["status", "wnid"]).to_pandas()
+        done = rows[rows["status"] == "success"]
+        lengths.append((tar, len(done)))
+        for wnid, n in done["wnid"].astype(str).value_counts().items():
+            by_wnid[str(wnid)] = by_wnid.get(str(wnid), 0) + int(n)
+    write_shard_info(out_dir, lengths, by_wnid, "train", "download")
+
+
 def mirror_hosts(index_path: str) -> tuple[str, ...]:
     """``HOST:PORT`` of every URL prefix ``prepare_index`` rewrote ``index_path``'s URLs to (``<index>.source.json``):
     a configured mirror is fetched even on a loopback or private address."""
@@ -406,11 +443,20 @@ def mirror_hosts(index_path: str) -> tuple[str, ...]:
 
 
 def _next_attempt(out_dir: str) -> int:
+    """The number of the next attempt: after every attempt folder still there and every attempt whose final shards
+    (``<attempt:03d><img2dataset shard:05d>``) exist — ``_attempts/`` is removed once a download is complete, and a
+    later run's retries must not reuse an earlier attempt's shard names."""
     fs, real = url_to_fs(join(out_dir, "_attempts"))
-    if not fs.exists(real):
-        return 0
-    done = [int(p.rstrip("/").rsplit("/", 1)[-1]) for p in fs.ls(real) if p.rstrip("/").rsplit("/", 1)[-1].isdigit()]
-    return max(done) + 1 if done else 0
+    used = [-1]
+    if fs.exists(real):
+        used += [int(n) for p in fs.ls(real) if (n := p.rstrip("/").rsplit("/", 1)[-1]).isdigit()]
+    out_fs, out_real = url_to_fs(out_dir)
+    if out_fs.exists(out_real):
+        stems = (
+            p.rstrip("/").rsplit("/", 1)[-1].removesuffix(".parquet") for p in out_fs.glob(out_real + "/*.parquet")
+        )
+        used += [int(stem[:-5]) for stem in stems if stem.isdigit() and len(stem) > 5]
+    return max(used) + 1
 
 
 def _finalise_attempt(folder: str, out_dir: str, quality: int, wanted: set[str]) -> None:
@@ -462,16 +508,13 @@ def _restrict(out_dir: str, wanted: set[str]) -> None:
             continue
         safe = {safe_key(str(k)) for k in rows.loc[keep, "key"]}
         if fs.exists(tar):
-            with (
-                atomic_path(tar) as tmp,
-                fsspec.open(tmp, "wb") as out,
-                fs.open(tar, "rb") as src,
-                tarfile.open(fileobj=src, mode="r|") as reader,
-                tarfile.open(fileobj=out, mode="w") as writer,
-            ):
-                for member in reader:
-                    if member.isfile() and member.name.rpartition("/")[2].partition(".")[0] in safe:
-                        writer.addfile(member, reader.extractfile(member))
+            errors = ErrorLog()
+            with TarStream(tar) as out:  # streamed, sample by sample, under a temporary name
+                for key, sample in iter_raw(tar, errors):
+                    if key in safe:
+                        out.write({"__key__": key, **sample})
+            for error in errors.errors:
+                _log.warning("%s: %s (%s)", tar, error.reason, error.detail)
         with atomic_path(rows_path) as tmp, fsspec.open(tmp, "wb") as f:
             pq.write_table(pa.Table.from_pandas(rows[keep], preserve_index=False), f)
 

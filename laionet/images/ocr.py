@@ -1,7 +1,8 @@
 """Text-in-image filter: flag samples whose image shows their class's name as text (the paper's rule).
 
-Reads shards (``shards.iter_samples``) and the catalog; writes ``<out>/<shard stem>.parquet`` with ``key``,
-``wnid``, ``flagged`` and the recognised ``text``, one file per shard (resumable), and the manifest. Rule
+Reads shards (``shards.iter_raw``: through webdataset, local or any fsspec URL, one sample at a time) and the catalog;
+writes ``<out>/<shard stem>.parquet`` with ``key``, ``wnid``, ``flagged`` and the recognised ``text``, one file per
+shard (resumable), and the manifest. Rule
 (REFERENCE.md): recognise the image's text, lower-case it and join it; flag the sample iff the class's WordNet head
 name, punctuation-normalised and space-padded, occurs in the punctuation-normalised, space-padded text.
 The OCR engine is pluggable (``OcrEngine``); the offline default is RapidOCR (PP-OCRv4 detection + recognition
@@ -13,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import tarfile
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -35,7 +35,7 @@ from laionet.core.manifest import (
 )
 from laionet.core.stage import input_identity, prune, prune_records, require_file_input, stage_run
 from laionet.core.tables import read_columns
-from laionet.images.shards import ends_cleanly, iter_raw, list_shards, original_key
+from laionet.images.shards import ErrorLog, iter_raw, list_shards, original_key
 from laionet.text.catalog import read_catalog
 from laionet.text.normalize import paper_normalize
 
@@ -165,29 +165,30 @@ def _ocr_shard(shard: str, out_dir: str, engine: OcrEngine, names: dict[str, str
     rows = []
     dropped = dict.fromkeys(OCR_DROP_REASONS, 0)
     rows_in = 0
-    truncated = False
-    try:
-        for safe, sample in iter_raw(shard):
-            if "jpg" not in sample:
-                continue  # not an image sample (verify counts it)
-            rows_in += 1
-            key = original_key(safe)
-            if key in bad:
-                dropped["quarantined"] += 1
-                continue
-            try:
-                meta = json.loads(sample["json"]) if "json" in sample else {}
-                image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
-            except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-                dropped["undecodable"] += 1  # over the pixel limit too
-                continue
-            wnid = meta.get("wnid")
-            text = engine.read(image)
-            name = names.get(str(wnid)) if wnid is not None else None
-            rows.append({"key": key, "wnid": wnid, "flagged": bool(name and shows_name(name, text)), "text": text})
-        truncated = not ends_cleanly(shard)  # a cut at a 512-byte boundary reads like a normal end
-    except (tarfile.TarError, OSError, EOFError):
-        truncated = True  # the samples read before the cut are kept; verify quarantines the shard's rest
+    errors = ErrorLog()  # webdataset's handler: a damaged shard keeps the samples read before the damage
+    for safe, sample in iter_raw(shard, errors):
+        if "jpg" not in sample:
+            continue  # not an image sample (verify counts it)
+        rows_in += 1
+        key = original_key(safe)
+        if key in bad:
+            dropped["quarantined"] += 1
+            continue
+        try:
+            meta = json.loads(sample["json"]) if "json" in sample else {}
+            image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            dropped["undecodable"] += 1  # over the pixel limit too
+            errors.add(shard, key, "undecodable_image", f"{type(exc).__name__}: {exc}")
+            continue
+        wnid = meta.get("wnid")
+        text = engine.read(image)
+        name = names.get(str(wnid)) if wnid is not None else None
+        rows.append({"key": key, "wnid": wnid, "flagged": bool(name and shows_name(name, text)), "text": text})
+    truncated = errors.truncated(shard)  # read errors and a missing end-of-archive marker alike
+    for error in errors.errors:
+        if error.key == "*":  # the samples read before the cut are kept; verify quarantines the shard's rest
+            _log.warning("%s: %s (%s)", shard, error.reason, error.detail)
     table = pd.DataFrame(rows, columns=["key", "wnid", "flagged", "text"])
     write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False), out_path)
     return {

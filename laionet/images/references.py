@@ -1,8 +1,10 @@
 """Reference datasets → the same WebDataset shard format as downloaded LAIONet samples.
 
 Reads one of three layouts and writes ``<out>/NNNNN.tar`` + ``NNNNN.parquet`` shards (samples: RGB JPEG, text,
-json with ``key``, ``wnid``, ``class_index``, ``dataset``) and a manifest; unreadable images and rows whose wnid is
-not an ImageNet-1k class are skipped and counted.
+json with ``key``, ``wnid``, ``class_index``, ``dataset``, and ``cls``: the ImageNet-1k class index as text), then
+``_info.json`` (classes, counts, timm's split: ``SPLITS``) and the manifest; unreadable images and rows whose wnid
+is not an ImageNet-1k class are skipped and counted. Samples stream into the shards one at a time
+(``shards.ShardWriter``): memory holds one image, not a shard.
 - ImageNet val: a folder of ``ILSVRC2012_val_%08d.JPEG`` and a labels file, either ``<filename> <wnid>`` lines
   (whitespace or comma separated) or Kaggle's ``LOC_val_solution.csv`` (``ImageId,PredictionString``).
 - ImageNetV2: a variant folder of class-id sub-folders ``0..999`` and ``class_info.json`` (``cid`` → ``wnid``).
@@ -24,10 +26,12 @@ from pathlib import Path
 from laionet.core.layout import check_name
 from laionet.core.manifest import Manifest, Timer, config_hash, write_manifest
 from laionet.core.stage import prune, stage_rebuild
-from laionet.images.shards import ShardWriter, encode_rgb_jpeg
+from laionet.images.shards import ShardWriter, encode_rgb_jpeg, remove_shard_info, write_shard_info
 from laionet.text.catalog import load_class_set
 
 IMAGENETV2_VARIANTS = {"a": "threshold0.7", "b": "matched-frequency", "c": "top-images"}
+
+SPLITS = {"imagenet-val": "validation", "imagenetv2": "test", "imagenet-captions": "train"}  # _info.json's split
 
 Item = tuple[str, Path, str, str]  # key, image path, wnid, text
 
@@ -89,25 +93,26 @@ def ingest(kind: str, out_dir: str, per_shard: int = 10_000, **paths: Path) -> M
             raise FileNotFoundError(f"{kind}: {name} {path} does not exist")
     items = readers[kind]()  # ImageNet-Captions' file names are checked here, before the output is touched
     with stage_rebuild(out_dir, f"ingest-{kind}"):
+        remove_shard_info(out_dir)  # written again, with the manifest, when the ingest ends
         class_index = {w: i for i, w in enumerate(load_class_set("imagenet1k"))}
-        writer = ShardWriter(out_dir, per_shard)
         dropped = {"missing_image": 0, "unreadable_image": 0, "not_imagenet1k": 0}
         rows_in = 0
-        for key, image, wnid, text in items:
-            rows_in += 1
-            if wnid not in class_index:
-                dropped["not_imagenet1k"] += 1
-                continue
-            if not image.is_file():
-                dropped["missing_image"] += 1
-                continue
-            try:
-                jpg = encode_rgb_jpeg(image.read_bytes())
-            except OSError:
-                dropped["unreadable_image"] += 1
-                continue
-            writer.write(key, jpg, text, {"wnid": wnid, "class_index": class_index[wnid], "dataset": kind})
-        outputs = writer.close()
+        with ShardWriter(out_dir, per_shard) as writer:  # streams: one image in memory at a time
+            for key, image, wnid, text in items:
+                rows_in += 1
+                if wnid not in class_index:
+                    dropped["not_imagenet1k"] += 1
+                    continue
+                if not image.is_file():
+                    dropped["missing_image"] += 1
+                    continue
+                try:
+                    jpg = encode_rgb_jpeg(image.read_bytes())
+                except OSError:
+                    dropped["unreadable_image"] += 1
+                    continue
+                writer.write(key, jpg, text, {"wnid": wnid, "class_index": class_index[wnid], "dataset": kind})
+        outputs = writer.outputs
         config = {"kind": kind, **{k: str(v) for k, v in paths.items()}, "per_shard": per_shard}
         manifest = Manifest(
             stage=f"ingest-{kind}",
@@ -122,5 +127,7 @@ def ingest(kind: str, out_dir: str, per_shard: int = 10_000, **paths: Path) -> M
         )
         listings = [o.removesuffix(".tar") + ".parquet" for o in outputs]
         prune(out_dir, [*outputs, *listings], ["*.tar", "*.parquet"])  # shards of an earlier, larger ingest
+        shards = list(zip(outputs, writer.lengths, strict=True))
+        write_shard_info(out_dir, shards, writer.by_wnid, SPLITS[kind], f"ingest-{kind}")
         write_manifest(out_dir, manifest)
         return manifest

@@ -1,9 +1,11 @@
 """Shard verification: read every shard before inference, check tar integrity and that every sample decodes,
 and quarantine bad samples with their reason.
 
-Reads ``<shards>/*.tar`` (+ the per-shard ``.parquet`` listings when present); writes ``<out>/quarantine.parquet``
-(``shard``, ``key``, ``reason``) and the manifest (samples in = good + quarantined by reason). Nothing is deleted:
-downstream stages skip the quarantined keys.
+Reads ``<shards>/*.tar`` (+ the per-shard ``.parquet`` listings when present) through webdataset, one sample in
+memory at a time (the shard directory may be local or any fsspec URL, ``http(s)://`` included: shards are streamed);
+writes ``<out>/quarantine.parquet`` (``shard``, ``key``, ``reason``: ``truncated_shard`` with key ``*``,
+``undecodable_image``, ``no_image``, ``no_metadata``, ``bad_metadata``, ``missing_from_tar``) and the manifest (samples
+in = good + quarantined by reason). Nothing is deleted: downstream stages skip the quarantined keys.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from tqdm.auto import tqdm
 
 from laionet.core.manifest import Manifest, Timer, config_hash, join, write_manifest, write_parquet_atomic
 from laionet.core.stage import stage_rebuild
-from laionet.images.shards import list_shards, verify_shard
+from laionet.images.shards import ErrorLog, list_shards, verify_shard
 
 _log = logging.getLogger("laionet.verify")
 
@@ -36,7 +38,11 @@ def _verify(shards_dir: str, shards: list[str], out_dir: str, timer: Timer) -> M
     rows: list[dict[str, str]] = []
     good_total = 0
     for shard in tqdm(shards, desc="verify", unit="shard", disable=None):
-        good, bad = verify_shard(shard)
+        errors = ErrorLog()
+        good, bad = verify_shard(shard, errors)  # streamed through webdataset; local, fsspec URL or pipe: alike
+        for error in errors.errors:
+            if error.key == "*":  # what made the shard unreadable, for the log (the quarantine has the reason)
+                _log.warning("%s: %s (%s)", shard, error.reason, error.detail)
         good_total += len(good)
         rows.extend({"shard": shard, "key": key, "reason": reason} for key, reason in bad)
     quarantine = pd.DataFrame(rows, columns=["shard", "key", "reason"])
