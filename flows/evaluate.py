@@ -26,15 +26,57 @@ from laionet.core.layout import (
     variant_labels,
 )
 from laionet.core.manifest import join
+from laionet.evaluation.groups import part_dirs
 from tasks._common import flow_name, resolve
-from tasks.evaluate import accuracy, intra_class, own_similarity, recall_difference, relations, top_k_variant, variants
+from tasks.evaluate import (
+    accuracy,
+    intra_class,
+    intra_class_group,
+    intra_class_merge,
+    own_similarity,
+    own_similarity_group,
+    own_similarity_merge,
+    recall_difference,
+    recall_difference_group,
+    recall_difference_merge,
+    relations,
+    top_k_variant,
+    variants,
+)
 from tasks.runners import task_runner
 
 
 # the task runner: LAIONET_TASK_RUNNER = threads, processes, ray, ray:// (tasks/runners.py)
+def submit_by_class_group(
+    single: Any,
+    group_task: Any,
+    merge_task: Any,
+    out_dir: str,
+    evaluate_dir: str,
+    groups: int,
+    args: tuple[Any, ...],
+    options: dict[str, Any],
+    parts: dict[str, Any],
+) -> Any:
+    """Submit one stage output: the ``single`` task (``groups`` = 1), or one ``group_task`` per class group (their
+    futures added to ``parts``) then the ``merge_task``, which writes the same output. Returns the future of the task
+    that writes ``out_dir``. ``options`` may hold ``wait_for``."""
+    wait_for = options.pop("wait_for", None)
+    if groups == 1:
+        return single.submit(*args, out_dir, **options, wait_for=wait_for)
+    dirs = part_dirs(out_dir, evaluate_dir, groups)
+    started = [
+        group_task.submit(*args, out_dir, part, g, groups, **options, wait_for=wait_for) for g, part in enumerate(dirs)
+    ]
+    parts.update({f"{group_task.name}:{out_dir}:{g}": f for g, f in enumerate(started)})
+    return merge_task.submit(*args, out_dir, dirs, **options, wait_for=started)
+
+
 @flow(name="evaluate", flow_run_name=flow_name("evaluate"), task_runner=task_runner())
 def evaluate(run_dir: str, preset: Preset | str = "demo") -> dict[str, Any]:
-    """Every metric of the preset's comparisons; returns the manifests by stage and target."""
+    """Every metric of the preset's comparisons; returns the manifests by stage and target. With
+    ``preset.class_groups`` > 1 the intra-class comparisons, recall differences and Appendix C run as one task per
+    (comparison, class group) and a merge task per comparison, which writes the same tables as the single task."""
     config = load_preset(preset)
     filt = config.image_filter
     made = {
@@ -76,35 +118,47 @@ def evaluate(run_dir: str, preset: Preset | str = "demo") -> dict[str, Any]:
         for m in scored
     }
     futures: dict[str, Any] = {f"accuracy:{v}:{m}": f for (v, m), f in acc.items()}
+    groups = config.class_groups
+    parts: dict[str, Any] = {}  # the class-group tasks (class_groups > 1): resolved too, so a failed group is named
+
+    def grouped(single: Any, group_task: Any, merge_task: Any, out_dir: str, *args: Any, **options: Any) -> Any:
+        evaluate_dir = join(run_dir, "evaluate")
+        return submit_by_class_group(
+            single, group_task, merge_task, out_dir, evaluate_dir, groups, args, options, parts
+        )
+
     for a, b in config.compare:
         emb = config.embedding_model
-        intra = intra_class.submit(
+        intra = grouped(
+            intra_class, intra_class_group, intra_class_merge, intra_dir(run_dir, a, b, emb),
             inference_dir(run_dir, dataset_of(a), emb), variant_labels(run_dir, a),
             inference_dir(run_dir, dataset_of(b), emb), variant_labels(run_dir, b),
-            intra_dir(run_dir, a, b, emb), config.intra_cap, config.n_boot, config.seed,
-            ocr_dir_a=ocr[a], ocr_dir_b=ocr[b], wait_for=[source[a], source[b]],
+            cap=config.intra_cap, n_boot=config.n_boot, seed=config.seed, ocr_dir_a=ocr[a], ocr_dir_b=ocr[b],
+            wait_for=[source[a], source[b]],
         )  # fmt: skip
         futures[f"intra:{a}--{b}"] = intra
         for m in scored:
-            futures[f"recall-difference:{a}--{b}:{m}"] = recall_difference.submit(
-                accuracy_dir(run_dir, a, m), accuracy_dir(run_dir, b, m),
-                recall_difference_dir(run_dir, a, b, m), weights=weights,
-                wait_for=[acc[a, m], acc[b, m]],
+            futures[f"recall-difference:{a}--{b}:{m}"] = grouped(
+                recall_difference, recall_difference_group, recall_difference_merge,
+                recall_difference_dir(run_dir, a, b, m), accuracy_dir(run_dir, a, m), accuracy_dir(run_dir, b, m),
+                weights=weights, wait_for=[acc[a, m], acc[b, m]],
             )  # fmt: skip
         if config.zero_shot:
             z = config.zero_shot
-            futures[f"own-similarity:{a}--{b}"] = own_similarity.submit(
+            futures[f"own-similarity:{a}--{b}"] = grouped(
+                own_similarity, own_similarity_group, own_similarity_merge, own_similarity_dir(run_dir, a, b, z),
                 inference_dir(run_dir, dataset_of(a), z), variant_labels(run_dir, a),
                 inference_dir(run_dir, dataset_of(b), z), variant_labels(run_dir, b),
-                own_similarity_dir(run_dir, a, b, z), ocr_dir_a=ocr[a], ocr_dir_b=ocr[b],
-                n_boot=config.n_boot, seed=config.seed, wait_for=[source[a], source[b]],
+                ocr_dir_a=ocr[a], ocr_dir_b=ocr[b], n_boot=config.n_boot, seed=config.seed,
+                wait_for=[source[a], source[b]],
             )  # fmt: skip
-        for m in scored:  # Figs. 7 and 14: one panel per model, against the same intra-class disparity
+        for m in scored:  # Figs. 7 and 14: one panel per model, against the same intra-class disparity; the relations
+            # are correlations across classes (Spearman over all of them): one task each, after the merged tables
             futures[f"relations:{a}--{b}:{m}"] = relations.submit(
                 accuracy_dir(run_dir, a, m), accuracy_dir(run_dir, b, m), intra_dir(run_dir, a, b, emb),
                 weights, join(relations_dir(run_dir), f"{a}--{b}", slug(m)), n_boot=config.n_boot, seed=config.seed,
                 wait_for=[acc[a, m], acc[b, m], intra],
             )  # fmt: skip
     # every future, the label sets' too: a failure names the task run that failed, not one it kept from running
-    results = resolve({**{f"variants:{name}": future for name, future in made.items()}, **futures})
+    results = resolve({**{f"variants:{name}": future for name, future in made.items()}, **parts, **futures})
     return {key: results[key] for key in futures}

@@ -40,8 +40,7 @@ def infer_flow(run_dir: str, preset: Preset | str = "demo") -> dict[str, Any]:
                 infer_shards.submit(source, models, out_root, group, catalog, quarantine, config.infer)
                 for group in shard_groups(source, config.shard_batches)
             ]
-            finals[dataset] = infer.submit(source, models, out_root, catalog, quarantine, config.infer,
-                                           wait_for=groups)  # fmt: skip
+            finals[dataset] = infer.submit(source, models, out_root, catalog, quarantine, config.infer, wait_for=groups)
         started.update({(dataset, i): group for i, group in enumerate(groups)})
     # every future: a failed shard group is named as the cause, not the `infer` task it kept from running
     results = resolve({**started, **finals})

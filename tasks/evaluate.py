@@ -189,3 +189,220 @@ def top_k_variant(source: str, index: str, out_dir: str, k: int = 50, ocr_dir: s
 
     flags = join(ocr_dir, "*.parquet") if ocr_dir else None
     return publish(run_top_k_variant(source, index, out_dir, k, flags), out_dir)
+
+
+# class groups (Preset.class_groups > 1): one task per comparison and group, then one merge task per comparison that
+# writes exactly the stage output of the single task above (laionet.evaluation.groups)
+
+
+def _group_span(params: dict[str, Any]) -> str:
+    return f"group {params.get('group')}/{params.get('groups')}"
+
+
+@task(
+    name="intra-class-group",
+    task_run_name=run_name(below("out_dir", 2), _group_span),
+    tags=["stage:intra-class"],
+    cache_policy=stage_cache("part_dir", exclude=("out_dir",)),
+    persist_result=True,
+)
+def intra_class_group(
+    model_dir_a: str,
+    labels_a: str,
+    model_dir_b: str,
+    labels_b: str,
+    out_dir: str,
+    part_dir: str,
+    group: int,
+    groups: int,
+    cap: int | None = 100,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ocr_dir_a: str | None = None,
+    ocr_dir_b: str | None = None,
+) -> Manifest:
+    """One class group of ``intra_class`` (``out_dir``: the stage output it is part of) → ``part_dir``."""
+    from laionet.evaluation.evaluate import run_intra_class_group
+
+    manifest = run_intra_class_group(
+        join(model_dir_a, "*.npy"),
+        labels_a,
+        join(model_dir_b, "*.npy"),
+        labels_b,
+        part_dir,
+        group,
+        groups,
+        cap,
+        n_boot,
+        seed,
+        flags_a=_flags(ocr_dir_a),
+        flags_b=_flags(ocr_dir_b),
+    )
+    return manifest.model_dump(mode="json")
+
+
+@task(
+    name="intra-class-merge",
+    task_run_name=run_name(below("out_dir", 2)),
+    tags=["stage:intra-class"],
+    cache_policy=stage_cache("out_dir"),
+    persist_result=True,
+)
+def intra_class_merge(
+    model_dir_a: str,
+    labels_a: str,
+    model_dir_b: str,
+    labels_b: str,
+    out_dir: str,
+    part_dirs: list[str],
+    cap: int | None = 100,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ocr_dir_a: str | None = None,
+    ocr_dir_b: str | None = None,
+) -> Manifest:
+    """``intra_class``'s output from the parts of every class group."""
+    from laionet.evaluation.evaluate import merge_intra_class
+
+    manifest = merge_intra_class(
+        join(model_dir_a, "*.npy"),
+        labels_a,
+        join(model_dir_b, "*.npy"),
+        labels_b,
+        out_dir,
+        part_dirs,
+        cap,
+        n_boot,
+        seed,
+        flags_a=_flags(ocr_dir_a),
+        flags_b=_flags(ocr_dir_b),
+    )
+    return publish(manifest, out_dir)
+
+
+@task(
+    name="recall-difference-group",
+    task_run_name=run_name(below("out_dir", 2), _group_span),
+    tags=["stage:recall-difference"],
+    cache_policy=stage_cache("part_dir", exclude=("out_dir",)),
+    persist_result=True,
+)
+def recall_difference_group(
+    accuracy_a: str, accuracy_b: str, out_dir: str, part_dir: str, group: int, groups: int, weights: str | None = None
+) -> Manifest:
+    """One class group of ``recall_difference`` → ``part_dir``."""
+    from laionet.evaluation.evaluate import run_recall_difference_group
+
+    manifest = run_recall_difference_group(
+        join(accuracy_a, "per_class.parquet"),
+        join(accuracy_b, "per_class.parquet"),
+        part_dir,
+        group,
+        groups,
+        weights=weights,
+    )
+    return manifest.model_dump(mode="json")
+
+
+@task(
+    name="recall-difference-merge",
+    task_run_name=run_name(below("out_dir", 2)),
+    tags=["stage:recall-difference"],
+    cache_policy=stage_cache("out_dir"),
+    persist_result=True,
+)
+def recall_difference_merge(
+    accuracy_a: str, accuracy_b: str, out_dir: str, part_dirs: list[str], weights: str | None = None
+) -> Manifest:
+    """``recall_difference``'s output from the parts of every class group."""
+    from laionet.evaluation.evaluate import merge_recall_difference
+
+    manifest = merge_recall_difference(
+        join(accuracy_a, "per_class.parquet"),
+        join(accuracy_b, "per_class.parquet"),
+        out_dir,
+        part_dirs,
+        weights=weights,
+    )
+    return publish(manifest, out_dir)
+
+
+@task(
+    name="own-similarity-group",
+    task_run_name=run_name(below("out_dir", 2), _group_span),
+    tags=["stage:own-similarity"],
+    cache_policy=stage_cache("part_dir", exclude=("out_dir",)),
+    persist_result=True,
+)
+def own_similarity_group(
+    model_dir_a: str,
+    labels_a: str,
+    model_dir_b: str,
+    labels_b: str,
+    out_dir: str,
+    part_dir: str,
+    group: int,
+    groups: int,
+    ocr_dir_a: str | None = None,
+    ocr_dir_b: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Manifest:
+    """One class group of ``own_similarity`` → ``part_dir``."""
+    from laionet.evaluation.evaluate import run_own_similarity_group
+
+    manifest = run_own_similarity_group(
+        join(model_dir_a, "*.predictions.parquet"),
+        labels_a,
+        join(model_dir_b, "*.predictions.parquet"),
+        labels_b,
+        part_dir,
+        group,
+        groups,
+        flags_a=_flags(ocr_dir_a),
+        flags_b=_flags(ocr_dir_b),
+        n_boot=n_boot,
+        seed=seed,
+    )
+    return manifest.model_dump(mode="json")
+
+
+@task(
+    name="own-similarity-merge",
+    task_run_name=run_name(below("out_dir", 2)),
+    tags=["stage:own-similarity"],
+    cache_policy=stage_cache("out_dir"),
+    persist_result=True,
+)
+def own_similarity_merge(
+    model_dir_a: str,
+    labels_a: str,
+    model_dir_b: str,
+    labels_b: str,
+    out_dir: str,
+    part_dirs: list[str],
+    ocr_dir_a: str | None = None,
+    ocr_dir_b: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Manifest:
+    """``own_similarity``'s output from the parts of every class group."""
+    from laionet.evaluation.evaluate import merge_own_similarity
+
+    manifest = merge_own_similarity(
+        join(model_dir_a, "*.predictions.parquet"),
+        labels_a,
+        join(model_dir_b, "*.predictions.parquet"),
+        labels_b,
+        out_dir,
+        part_dirs,
+        flags_a=_flags(ocr_dir_a),
+        flags_b=_flags(ocr_dir_b),
+        n_boot=n_boot,
+        seed=seed,
+    )
+    return publish(manifest, out_dir)
+
+
+def _flags(ocr_dir: str | None) -> str | None:
+    return join(ocr_dir, "*.parquet") if ocr_dir else None

@@ -138,3 +138,117 @@ def test_gpu_tasks_ask_ray_for_a_gpu(
     assert got["gpu"]["gpus"] == ["0"] and got["gpu"]["visible"] == "0"
     assert got["gpu"]["device"] == "auto"  # the driver resolves it to cuda = the GPU Ray assigned
     assert got["cpu"]["gpus"] == []
+
+
+# per-class-group evaluation ------------------------------------------------------------------------------------------
+
+A_SIZES = {0: 12, 1: 3, 2: 8, 3: 20, 4: 5, 5: 1, 6: 9, 7: 6, 8: 15}  # class 8 only in A
+B_SIZES = {0: 7, 1: 9, 2: 4, 3: 11, 4: 6, 5: 10, 6: 2, 7: 13, 9: 8}  # class 9 only in B
+
+
+def _dataset(root: Path, name: str, sizes: dict[int, int], seed: int) -> dict[str, str]:
+    """A variant's labels, one model's embeddings (two shards) and predictions with ``own_score``, a per-class
+    accuracy table: every input of the grouped stages."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    cls = np.repeat(list(sizes), list(sizes.values()))
+    keys = [f"{name}{i}" for i in range(len(cls))]
+    centres = rng.normal(size=(10, 8))
+    emb = centres[cls] + rng.normal(size=(len(cls), 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    model = root / name / "model"
+    model.mkdir(parents=True)
+    half = len(keys) // 2
+    for stem, part in (("00000", slice(0, half)), ("00001", slice(half, None))):
+        np.save(model / f"{stem}.npy", emb[part].astype(np.float16))
+        pd.DataFrame({"key": keys[part]}).to_parquet(model / f"{stem}.keys.parquet")
+        own = rng.uniform(0.1, 0.4, len(keys))[part]
+        own[::7] = np.nan
+        pd.DataFrame({"key": keys[part], "own_score": own}).to_parquet(model / f"{stem}.predictions.parquet")
+    labels = root / name / "labels.parquet"
+    pd.DataFrame({"key": keys[:-1], "class_index": cls[:-1]}).to_parquet(labels)  # the last sample: unlabelled
+    accuracy = root / name / "accuracy"
+    accuracy.mkdir()
+    n = np.array(list(sizes.values()))
+    c1, c5 = rng.binomial(n, 0.5), n - rng.binomial(n, 0.2)
+    pd.DataFrame({"class": list(sizes), "n": n, "correct@1": c1, "recall@1": c1 / n, "correct@5": c5,
+                  "recall@5": c5 / n}).to_parquet(accuracy / "per_class.parquet")  # fmt: skip
+    return {"model": str(model), "labels": str(labels), "accuracy": str(accuracy)}
+
+
+@pytest.fixture
+def two_variants(tmp_path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    return _dataset(tmp_path / "in", "a", A_SIZES, 1), _dataset(tmp_path / "in", "b", B_SIZES, 2)
+
+
+def _stage_args(a: dict[str, str], b: dict[str, str]) -> dict[str, tuple[Any, ...]]:
+    return {
+        "intra": (f"{a['model']}/*.npy", a["labels"], f"{b['model']}/*.npy", b["labels"]),
+        "own": (f"{a['model']}/*.predictions.parquet", a["labels"], f"{b['model']}/*.predictions.parquet", b["labels"]),
+        "recall": (f"{a['accuracy']}/per_class.parquet", f"{b['accuracy']}/per_class.parquet"),
+    }
+
+
+def assert_same_output(single: str, merged: str) -> None:
+    """Every table of two stage outputs identical (values, dtypes, order), and the manifests alike but for time."""
+    import pandas as pd
+
+    from laionet.core.manifest import read_manifest
+
+    one, two = read_manifest(single), read_manifest(merged)
+    assert one is not None and two is not None
+    assert [Path(p).name for p in one.outputs] == [Path(p).name for p in two.outputs]
+    for path in one.outputs:
+        pd.testing.assert_frame_equal(pd.read_parquet(path), pd.read_parquet(Path(merged) / Path(path).name))
+    fields = ("stage", "config", "config_hash", "rows_in", "rows_out", "dropped", "extra")
+    assert {f: getattr(one, f) for f in fields} == {f: getattr(two, f) for f in fields}
+
+
+@pytest.mark.parametrize("groups", [1, 3, 4])
+def test_grouped_and_single_evaluation_give_identical_tables(
+    two_variants: tuple[dict[str, str], dict[str, str]], tmp_path: Path, groups: int
+) -> None:
+    """Intra-class comparison, Appendix C and recall differences (both interval methods): the groups' parts merged
+    are exactly the single pass's tables, bootstrap bounds included (every draw is seeded per class)."""
+    from laionet.evaluation import evaluate as ev
+    from laionet.evaluation.groups import part_dirs
+
+    args = _stage_args(*two_variants)
+    stages = {
+        "intra": (ev.run_intra_class, ev.run_intra_class_group, ev.merge_intra_class, {"cap": 5, "n_boot": 60}),
+        "own": (ev.run_own_similarity, ev.run_own_similarity_group, ev.merge_own_similarity, {"n_boot": 60}),
+        "recall": (ev.run_recall_difference, ev.run_recall_difference_group, ev.merge_recall_difference, {}),
+        "recall-boot": (ev.run_recall_difference, ev.run_recall_difference_group, ev.merge_recall_difference,
+                        {"method": "bootstrap", "n_boot": 60}),
+    }  # fmt: skip
+    for name, (single, group, merge, options) in stages.items():
+        stage_args = args[name.split("-")[0]]
+        single(*stage_args, str(tmp_path / "single" / name), **options)
+        out = str(tmp_path / "evaluate" / name)
+        dirs = part_dirs(out, str(tmp_path / "evaluate"), groups)
+        for g, part in enumerate(dirs):
+            group(*stage_args, part, g, groups, **options)
+        merge(*stage_args, out, dirs, **options)
+        assert_same_output(str(tmp_path / "single" / name), out)
+        assert not list(Path(out).glob("_groups")), "the parts live outside the stage output"
+
+
+def test_merge_refuses_an_incomplete_split(two_variants: tuple[dict[str, str], dict[str, str]], tmp_path: Path) -> None:
+    from laionet.evaluation import evaluate as ev
+    from laionet.evaluation.groups import class_group, part_dirs
+
+    assert [class_group(c, 4) for c in (0, 5, 7, 1000)] == [0, 1, 3, 0]
+    args = _stage_args(*two_variants)["recall"]
+    out = str(tmp_path / "evaluate" / "recall")
+    dirs = part_dirs(out, str(tmp_path / "evaluate"), 3)
+    assert dirs[0] == f"{tmp_path}/evaluate/_groups/recall/0-of-3"
+    for g, part in enumerate(dirs[:2]):
+        ev.run_recall_difference_group(*args, part, g, 3)
+    with pytest.raises(Exception, match="2-of-3"):
+        ev.merge_recall_difference(*args, out, dirs)
+    with pytest.raises(ValueError, match="not every group"):
+        ev.merge_recall_difference(*args, out, dirs[:2])
+    with pytest.raises(ValueError, match="class group 3 of 3"):
+        ev.run_recall_difference_group(*args, dirs[2], 3, 3)

@@ -102,6 +102,9 @@ class Preset(BaseModel):
     )
     infer: dict[str, Any] = Field(default_factory=dict, description="laionet.inference.engine.InferConfig fields")
     shard_batches: int = Field(1, ge=1, description="inference tasks per dataset (fan-out over shard groups)")
+    class_groups: int = Field(
+        1, ge=1, description="evaluation tasks per comparison (fan-out over class groups; e.g. 16 on a Ray cluster)"
+    )
     n_boot: int = 1000
     intra_cap: int | None = 100
     seed: int = 0

@@ -18,7 +18,7 @@ Outputs are tidy parquet tables plus a manifest whose counts add up.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import fsspec
 import numpy as np
@@ -31,6 +31,7 @@ from laionet.core.stage import rebuilds
 from laionet.core.tables import expand as _glob
 from laionet.core.tables import read_columns
 from laionet.core.tables import read_file_columns as _read
+from laionet.evaluation.groups import by_class, check_group, concat_parts, in_group
 from laionet.evaluation.metrics import (
     bootstrap_interval,
     compared_accuracy,
@@ -184,6 +185,175 @@ def _labelled(embeddings: str, labels: str, flags: str | None = None) -> tuple[n
     return emb[known], cls[known].astype(np.int64).to_numpy(), int((~known).sum()) - flagged, flagged
 
 
+def _intra_tables(
+    emb_a: np.ndarray,
+    cls_a: np.ndarray,
+    emb_b: np.ndarray,
+    cls_b: np.ndarray,
+    cap: int | None,
+    n_boot: int,
+    seed: int,
+    min_pairs: int,
+) -> dict[str, pd.DataFrame]:
+    """The per-class tables of the intra-class comparison over the classes of the given samples (every statistic
+    seeded per class: a class's rows do not depend on the other classes given). ``pooled_pairs`` keeps its ``class``
+    column here; ``_intra_finish`` drops it."""
+    min_images = int(np.ceil((1 + np.sqrt(1 + 8 * min_pairs)) / 2))  # n(n−1)/2 ≥ min_pairs
+    boot = compare_bootstrap(emb_a, cls_a, emb_b, cls_b, cap=cap, n_boot=n_boot, seed=seed, min_images=min_images)
+    pairs_a = {c: pair_similarities(emb_a[i]) for c, i in sample_by_class(cls_a, cap, seed).items()}
+    pairs_b = {c: pair_similarities(emb_b[i]) for c, i in sample_by_class(cls_b, cap, seed + 1).items()}
+    counts = matched_pair_counts(pairs_a, pairs_b)
+    pooled = []
+    for i, (g, pairs) in enumerate((("a", pairs_a), ("b", pairs_b))):
+        values = [pooled_pairs({c: pairs[c]}, seed=seed + i, counts={c: n}) for c, n in counts.items()]
+        pooled.append(
+            pd.DataFrame(
+                {
+                    "group": g,
+                    "class": np.repeat(list(counts), [len(v) for v in values]),
+                    "value": np.concatenate(values) if values else np.empty(0),
+                }
+            )
+        )
+    return {
+        "intra_a": intra_class(emb_a, cls_a, cap, seed),
+        "intra_b": intra_class(emb_b, cls_b, cap, seed + 1),
+        "compare_bootstrap": boot,
+        "compare_paper": compare_paper(pairs_a, pairs_b, min_values=min_pairs),
+        "pooled_pairs": pd.concat(pooled, ignore_index=True),
+    }
+
+
+def _intra_finish(tables: dict[str, pd.DataFrame], min_pairs: int) -> dict[str, pd.DataFrame]:
+    """The intra-class stage's tables from its per-class tables (of one pass, or the groups' concatenated)."""
+    min_images = int(np.ceil((1 + np.sqrt(1 + 8 * min_pairs)) / 2))
+    boot, paper = by_class(tables["compare_bootstrap"]), by_class(tables["compare_paper"])
+    common = set(boot["class"]) & set(paper["class"])
+    out = {
+        "intra_a": by_class(tables["intra_a"]),
+        "intra_b": by_class(tables["intra_b"]),
+        "compare_bootstrap": boot[boot["class"].isin(common)].reset_index(drop=True),
+        "compare_paper": paper[paper["class"].isin(common)].reset_index(drop=True),
+        "pooled_pairs": by_class(tables["pooled_pairs"], "group", ["a", "b"]).drop(columns="class"),
+    }
+    class_set = f"classes with ≥ {min_images} images (≥ {min_pairs} pairs) in both"
+    out["summary"] = pd.DataFrame(
+        [{"method": m, **proportions(out[f"compare_{m}"]), "class_set": class_set} for m in ("bootstrap", "paper")]
+    )
+    return out
+
+
+def _write_tables(out_dir: str, tables: dict[str, pd.DataFrame]) -> list[str]:
+    outputs = []
+    for name, table in tables.items():
+        path = join(out_dir, f"{name}.parquet")
+        write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False), path)
+        outputs.append(path)
+    return outputs
+
+
+def _read_parts(part_dirs: Sequence[str], stage: str) -> tuple[dict[str, pd.DataFrame], dict[str, object]]:
+    """The groups' per-class tables, concatenated per kind, and the first part's ``extra["counts"]`` (every group
+    counts the whole stage's inputs alike). Each part must be complete and one group of the same split."""
+    from laionet.core.stage import require_complete
+
+    if not part_dirs:
+        raise ValueError(f"{stage}: no class-group parts to merge")
+    frames: dict[str, list[pd.DataFrame]] = {}
+    counts: dict[str, object] = {}
+    seen = set()
+    for part in part_dirs:
+        manifest = require_complete(part, f"{stage}-group", hint=f"re-run the {stage} group task of {part}")
+        seen.add((manifest.config["group"], manifest.config["groups"]))
+        counts = counts or dict(manifest.extra["counts"])
+        for path in manifest.outputs:
+            name = path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".parquet")
+            frames.setdefault(name, []).append(pd.read_parquet(path))
+    groups = {g for _, g in seen}
+    if len(groups) != 1 or {g for g, _ in seen} != set(range(next(iter(groups)))):
+        raise ValueError(f"{stage}: the parts {list(part_dirs)} are not every group of one split: {sorted(seen)}")
+    return {name: concat_parts(parts) for name, parts in frames.items()}, counts
+
+
+def _part_manifest(
+    stage: str,
+    config: dict[str, object],
+    outputs: list[str],
+    inputs: list[str],
+    rows: int,
+    counts: dict[str, object],
+    timer: Timer,
+) -> Manifest:
+    return Manifest(
+        stage=f"{stage}-group",
+        config=config,
+        config_hash=config_hash(config),
+        inputs=inputs,
+        outputs=outputs,
+        rows_in=rows,
+        rows_out=rows,
+        dropped={},
+        wall_time_s=timer.elapsed,
+        extra={"counts": counts},
+    )
+
+
+def _intra_inputs(
+    embeddings_a: str, labels_a: str, embeddings_b: str, labels_b: str, flags_a: str | None, flags_b: str | None
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], dict[str, object]]:
+    emb_a, cls_a, unlabelled_a, flagged_a = _labelled(embeddings_a, labels_a, flags_a)
+    emb_b, cls_b, unlabelled_b, flagged_b = _labelled(embeddings_b, labels_b, flags_b)
+    counts: dict[str, object] = {
+        "rows_in": len(emb_a) + len(emb_b) + unlabelled_a + unlabelled_b + flagged_a + flagged_b,
+        "rows_out": len(emb_a) + len(emb_b),
+        "dropped": {"no_label": unlabelled_a + unlabelled_b, "flagged": flagged_a + flagged_b},
+    }
+    return (emb_a, cls_a, emb_b, cls_b), counts
+
+
+def _intra_config(
+    embeddings_a: str,
+    labels_a: str,
+    flags_a: str | None,
+    embeddings_b: str,
+    labels_b: str,
+    flags_b: str | None,
+    cap: int | None,
+    n_boot: int,
+    seed: int,
+    min_pairs: int,
+) -> dict[str, object]:
+    return {
+        "a": [embeddings_a, labels_a, flags_a],
+        "b": [embeddings_b, labels_b, flags_b],
+        "cap": cap,
+        "n_boot": n_boot,
+        "seed": seed,
+        "min_pairs": min_pairs,
+    }
+
+
+def _intra_manifest(
+    out_dir: str, tables: dict[str, pd.DataFrame], config: dict[str, object], counts: dict[str, object], timer: Timer
+) -> Manifest:
+    outputs = _write_tables(out_dir, tables)
+    a, b = config["a"], config["b"]
+    manifest = Manifest(
+        stage="intra-class",
+        config=config,
+        config_hash=config_hash(config),
+        inputs=[p for p in (*a, *b) if p],  # type: ignore[misc]
+        outputs=outputs,
+        rows_in=int(counts["rows_in"]),  # type: ignore[call-overload]
+        rows_out=int(counts["rows_out"]),  # type: ignore[call-overload]
+        dropped=dict(counts["dropped"]),  # type: ignore[call-overload]
+        wall_time_s=timer.elapsed,
+        extra={"proportions": tables["summary"].to_dict("records")},
+    )
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
 @rebuilds("intra-class")
 def run_intra_class(
     embeddings_a: str,
@@ -206,54 +376,86 @@ def run_intra_class(
     Both comparisons cover the same classes — those with at least ``min_pairs`` pairs (the paper's ≥ 7 values, so
     ≥ 5 images) in both datasets — so the two proportions share a denominator; ``summary`` names it (``class_set``).
     ``pooled_pairs`` (Figure 6a: ``group`` a/b, ``value``): per class with pairs in both, the same number
-    min(#pairs A, #pairs B, 100) of pair similarities drawn with replacement from each dataset, pooled."""
+    min(#pairs A, #pairs B, 100) of pair similarities drawn with replacement from each dataset, pooled.
+
+    The same tables, split by class group: ``run_intra_class_group`` per group, then ``merge_intra_class``."""
     timer = Timer()
-    emb_a, cls_a, unlabelled_a, flagged_a = _labelled(embeddings_a, labels_a, flags_a)
-    emb_b, cls_b, unlabelled_b, flagged_b = _labelled(embeddings_b, labels_b, flags_b)
-    min_images = int(np.ceil((1 + np.sqrt(1 + 8 * min_pairs)) / 2))  # n(n−1)/2 ≥ min_pairs
-    boot = compare_bootstrap(emb_a, cls_a, emb_b, cls_b, cap=cap, n_boot=n_boot, seed=seed, min_images=min_images)
-    pairs_a = {c: pair_similarities(emb_a[i]) for c, i in sample_by_class(cls_a, cap, seed).items()}
-    pairs_b = {c: pair_similarities(emb_b[i]) for c, i in sample_by_class(cls_b, cap, seed + 1).items()}
-    paper = compare_paper(pairs_a, pairs_b, min_values=min_pairs)
-    common = set(boot["class"]) & set(paper["class"])
-    tables = {
-        "intra_a": intra_class(emb_a, cls_a, cap, seed),
-        "intra_b": intra_class(emb_b, cls_b, cap, seed + 1),
-        "compare_bootstrap": boot[boot["class"].isin(common)].reset_index(drop=True),
-        "compare_paper": paper[paper["class"].isin(common)].reset_index(drop=True),
+    (emb_a, cls_a, emb_b, cls_b), counts = _intra_inputs(
+        embeddings_a, labels_a, embeddings_b, labels_b, flags_a, flags_b
+    )
+    tables = _intra_finish(_intra_tables(emb_a, cls_a, emb_b, cls_b, cap, n_boot, seed, min_pairs), min_pairs)
+    config = _intra_config(
+        embeddings_a, labels_a, flags_a, embeddings_b, labels_b, flags_b, cap, n_boot, seed, min_pairs
+    )
+    return _intra_manifest(out_dir, tables, config, counts, timer)
+
+
+@rebuilds("intra-class-group", target="part_dir")
+def run_intra_class_group(
+    embeddings_a: str,
+    labels_a: str,
+    embeddings_b: str,
+    labels_b: str,
+    part_dir: str,
+    group: int,
+    groups: int,
+    cap: int | None = 100,
+    n_boot: int = 1000,
+    seed: int = 0,
+    flags_a: str | None = None,
+    flags_b: str | None = None,
+    min_pairs: int = 7,
+) -> Manifest:
+    """One class group of ``run_intra_class`` (``groups.class_group``): its per-class tables in ``part_dir``."""
+    check_group(group, groups)
+    timer = Timer()
+    (emb_a, cls_a, emb_b, cls_b), counts = _intra_inputs(
+        embeddings_a, labels_a, embeddings_b, labels_b, flags_a, flags_b
+    )
+    ka, kb = in_group(cls_a, group, groups), in_group(cls_b, group, groups)
+    tables = _intra_tables(emb_a[ka], cls_a[ka], emb_b[kb], cls_b[kb], cap, n_boot, seed, min_pairs)
+    config = {
+        **_intra_config(embeddings_a, labels_a, flags_a, embeddings_b, labels_b, flags_b, cap, n_boot, seed, min_pairs),
+        "group": group,
+        "groups": groups,
     }
-    counts = matched_pair_counts(pairs_a, pairs_b)
-    tables["pooled_pairs"] = pd.concat(
-        [pd.DataFrame({"group": g, "value": pooled_pairs(p, seed=seed + i, counts=counts)})
-         for i, (g, p) in enumerate((("a", pairs_a), ("b", pairs_b)))],
-        ignore_index=True,
-    )  # fmt: skip
-    class_set = f"classes with ≥ {min_images} images (≥ {min_pairs} pairs) in both"
-    summary = pd.DataFrame(
-        [{"method": m, **proportions(tables[f"compare_{m}"]), "class_set": class_set} for m in ("bootstrap", "paper")]
+    manifest = _part_manifest(
+        "intra-class",
+        config,
+        _write_tables(part_dir, tables),
+        [p for p in (embeddings_a, labels_a, flags_a, embeddings_b, labels_b, flags_b) if p],
+        int(ka.sum() + kb.sum()),
+        counts,
+        timer,
     )
-    tables["summary"] = summary
-    outputs = []
-    for name, table in tables.items():
-        path = join(out_dir, f"{name}.parquet")
-        write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False), path)
-        outputs.append(path)
-    config = {"a": [embeddings_a, labels_a, flags_a], "b": [embeddings_b, labels_b, flags_b], "cap": cap,
-              "n_boot": n_boot, "seed": seed, "min_pairs": min_pairs}  # fmt: skip
-    manifest = Manifest(
-        stage="intra-class",
-        config=config,
-        config_hash=config_hash(config),
-        inputs=[p for p in (embeddings_a, labels_a, flags_a, embeddings_b, labels_b, flags_b) if p],
-        outputs=outputs,
-        rows_in=len(emb_a) + len(emb_b) + unlabelled_a + unlabelled_b + flagged_a + flagged_b,
-        rows_out=len(emb_a) + len(emb_b),
-        dropped={"no_label": unlabelled_a + unlabelled_b, "flagged": flagged_a + flagged_b},
-        wall_time_s=timer.elapsed,
-        extra={"proportions": summary.to_dict("records")},
-    )
-    write_manifest(out_dir, manifest)
+    write_manifest(part_dir, manifest)
     return manifest
+
+
+@rebuilds("intra-class")
+def merge_intra_class(
+    embeddings_a: str,
+    labels_a: str,
+    embeddings_b: str,
+    labels_b: str,
+    out_dir: str,
+    part_dirs: Sequence[str],
+    cap: int | None = 100,
+    n_boot: int = 1000,
+    seed: int = 0,
+    flags_a: str | None = None,
+    flags_b: str | None = None,
+    min_pairs: int = 7,
+) -> Manifest:
+    """``run_intra_class``'s output from the parts of every class group (``run_intra_class_group``): the same tables
+    and manifest (same config, same config hash) as one pass."""
+    timer = Timer()
+    parts, counts = _read_parts(part_dirs, "intra-class")
+    tables = _intra_finish(parts, min_pairs)
+    config = _intra_config(
+        embeddings_a, labels_a, flags_a, embeddings_b, labels_b, flags_b, cap, n_boot, seed, min_pairs
+    )
+    return _intra_manifest(out_dir, tables, config, counts, timer)
 
 
 def _verdict_label(table: pd.DataFrame) -> pd.Series:
@@ -262,6 +464,126 @@ def _verdict_label(table: pd.DataFrame) -> pd.Series:
         index=table.index,
         dtype="object",
     )
+
+
+def _recall_inputs(
+    per_class_a: str, per_class_b: str, ks: Sequence[int] | None, method: str
+) -> tuple[pd.DataFrame, pd.DataFrame, list[int]]:
+    """The two per-class accuracy tables and the ks compared (checked: each k's columns exist in both)."""
+    frames = []
+    for path in (per_class_a, per_class_b):
+        frame = read_columns(
+            path, ["class", "n"] + [c for c in _columns(path) if c.startswith(("recall@", "correct@"))]
+        )
+        frames.append(frame)
+    a, b = frames
+    available = sorted(_recall_ks(a) & _recall_ks(b))
+    chosen = list(ks) if ks is not None else available
+    for k in chosen:
+        for path, frame in ((per_class_a, a), (per_class_b, b)):
+            needed = [f"recall@{k}", *([f"correct@{k}"] if method == "newcombe" else [])]
+            missing = [c for c in needed if c not in frame]
+            if missing:
+                raise ValueError(f"{path}: missing columns {missing} (has {list(frame.columns)})")
+    if not chosen:
+        raise ValueError(f"{per_class_a} and {per_class_b} share no recall@k column")
+    return a, b, chosen
+
+
+def _recall_tables(
+    a: pd.DataFrame, b: pd.DataFrame, ks: Sequence[int], method: str, n_boot: int, seed: int, level: float
+) -> dict[str, pd.DataFrame]:
+    """Per k, the per-class recall differences of the classes in ``a`` and ``b`` (seeded per class)."""
+    tables = {}
+    for k in ks:
+        table = recall_difference(a, b, k, n_boot=n_boot, seed=seed, level=level, method=method)  # type: ignore[arg-type]
+        table.insert(1, "k", k)
+        table["verdict"] = _verdict_label(table)
+        tables[f"recall_at_{k}"] = table
+    return tables
+
+
+def _recall_config(
+    per_class_a: str,
+    per_class_b: str,
+    ks: list[int],
+    method: str,
+    n_boot: int,
+    seed: int,
+    level: float,
+    weights: str | None,
+) -> dict[str, object]:
+    return {
+        "a": per_class_a,
+        "b": per_class_b,
+        "ks": ks,
+        "method": method,
+        "n_boot": n_boot,
+        "seed": seed,
+        "level": level,
+        "weights": weights,
+    }
+
+
+def _recall_finish(
+    out_dir: str,
+    tables: dict[str, pd.DataFrame],
+    a: pd.DataFrame,
+    b: pd.DataFrame,
+    config: dict[str, Any],
+    timer: Timer,
+) -> Manifest:
+    """Writes the recall-difference stage's outputs from its per-class tables (of one pass or the class groups'):
+    the tables per k, the summary, the pair's accuracy, the manifest."""
+    chosen, method, weights = config["ks"], config["method"], config["weights"]
+    n_boot, seed, level = config["n_boot"], config["seed"], config["level"]
+    classes_a, classes_b = set(a["class"]), set(b["class"])
+    scored = set(a.loc[a["n"] > 0, "class"]) & set(b.loc[b["n"] > 0, "class"])
+    dropped = {
+        "only_in_a": len(classes_a - classes_b),
+        "only_in_b": len(classes_b - classes_a),
+        "no_scored_samples": len((classes_a & classes_b) - scored),
+    }
+    outputs, rows = [], []
+    for k in chosen:
+        table = by_class(tables[f"recall_at_{k}"])
+        path = join(out_dir, f"recall_at_{k}.parquet")
+        write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False), path)
+        outputs.append(path)
+        shares = proportions(table)
+        rows.append(
+            {
+                "k": k,
+                "method": method,
+                "classes": len(table),
+                "lower": shares["lower"],
+                "higher": shares["higher"],
+                "n_lower": int(table["significantly_lower"].sum()),
+                "n_higher": int(table["significantly_higher"].sum()),
+                "mean_delta": float(table["delta"].mean()) if len(table) else float("nan"),
+            }
+        )
+    summary = pd.DataFrame(rows)
+    outputs.append(join(out_dir, "summary.parquet"))
+    write_parquet_atomic(pa.Table.from_pandas(summary, preserve_index=False), outputs[-1])
+    share = read_columns(weights, ["class_index", "share"]).set_index("class_index")["share"] if weights else None
+    accuracy = _pair_accuracy(a, b, chosen, share, n_boot, seed, level)
+    outputs.append(join(out_dir, "accuracy.parquet"))
+    write_parquet_atomic(pa.Table.from_pandas(accuracy, preserve_index=False), outputs[-1])
+    manifest = Manifest(
+        stage="recall-difference",
+        config=config,
+        config_hash=config_hash(config),
+        inputs=[config["a"], config["b"], *([weights] if weights else [])],
+        outputs=outputs,
+        rows_in=len(classes_a | classes_b),
+        rows_out=len(scored),
+        dropped=dropped,
+        wall_time_s=timer.elapsed,
+        extra={"proportions": summary.to_dict("records")},
+    )
+    write_manifest(out_dir, manifest)
+    return manifest
 
 
 @rebuilds("recall-difference")
@@ -295,66 +617,63 @@ def run_recall_difference(
     table = compared + dropped (``only_in_a``, ``only_in_b``, ``no_scored_samples``: in both, but without a scored
     sample in one)."""
     timer = Timer()
-    frames = []
-    for path in (per_class_a, per_class_b):
-        frame = read_columns(
-            path, ["class", "n"] + [c for c in _columns(path) if c.startswith(("recall@", "correct@"))]
-        )
-        frames.append(frame)
-    a, b = frames
-    available = sorted(_recall_ks(a) & _recall_ks(b))
-    chosen = list(ks) if ks is not None else available
-    for k in chosen:
-        for path, frame in ((per_class_a, a), (per_class_b, b)):
-            needed = [f"recall@{k}", *([f"correct@{k}"] if method == "newcombe" else [])]
-            missing = [c for c in needed if c not in frame]
-            if missing:
-                raise ValueError(f"{path}: missing columns {missing} (has {list(frame.columns)})")
-    if not chosen:
-        raise ValueError(f"{per_class_a} and {per_class_b} share no recall@k column")
-    classes_a, classes_b = set(a["class"]), set(b["class"])
-    scored = set(a.loc[a["n"] > 0, "class"]) & set(b.loc[b["n"] > 0, "class"])
-    dropped = {
-        "only_in_a": len(classes_a - classes_b),
-        "only_in_b": len(classes_b - classes_a),
-        "no_scored_samples": len((classes_a & classes_b) - scored),
+    a, b, chosen = _recall_inputs(per_class_a, per_class_b, ks, method)
+    tables = _recall_tables(a, b, chosen, method, n_boot, seed, level)
+    config = _recall_config(per_class_a, per_class_b, chosen, method, n_boot, seed, level, weights)
+    return _recall_finish(out_dir, tables, a, b, config, timer)
+
+
+@rebuilds("recall-difference-group", target="part_dir")
+def run_recall_difference_group(
+    per_class_a: str,
+    per_class_b: str,
+    part_dir: str,
+    group: int,
+    groups: int,
+    ks: Sequence[int] | None = None,
+    method: Literal["bootstrap", "newcombe"] = "newcombe",
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    weights: str | None = None,
+) -> Manifest:
+    """One class group of ``run_recall_difference``: its per-class tables (``recall_at_<k>``) in ``part_dir``."""
+    check_group(group, groups)
+    timer = Timer()
+    a, b, chosen = _recall_inputs(per_class_a, per_class_b, ks, method)
+    a, b = a[in_group(a["class"], group, groups)], b[in_group(b["class"], group, groups)]
+    tables = _recall_tables(a, b, chosen, method, n_boot, seed, level)
+    config = {
+        **_recall_config(per_class_a, per_class_b, chosen, method, n_boot, seed, level, weights),
+        "group": group,
+        "groups": groups,
     }
-    outputs, rows = [], []
-    for k in chosen:
-        table = recall_difference(a, b, k, n_boot=n_boot, seed=seed, level=level, method=method)
-        table.insert(1, "k", k)
-        table["verdict"] = _verdict_label(table)
-        path = join(out_dir, f"recall_at_{k}.parquet")
-        write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False), path)
-        outputs.append(path)
-        shares = proportions(table)
-        rows.append({"k": k, "method": method, "classes": len(table), "lower": shares["lower"],
-                     "higher": shares["higher"], "n_lower": int(table["significantly_lower"].sum()),
-                     "n_higher": int(table["significantly_higher"].sum()),
-                     "mean_delta": float(table["delta"].mean()) if len(table) else float("nan")})  # fmt: skip
-    summary = pd.DataFrame(rows)
-    outputs.append(join(out_dir, "summary.parquet"))
-    write_parquet_atomic(pa.Table.from_pandas(summary, preserve_index=False), outputs[-1])
-    share = read_columns(weights, ["class_index", "share"]).set_index("class_index")["share"] if weights else None
-    accuracy = _pair_accuracy(a, b, chosen, share, n_boot, seed, level)
-    outputs.append(join(out_dir, "accuracy.parquet"))
-    write_parquet_atomic(pa.Table.from_pandas(accuracy, preserve_index=False), outputs[-1])
-    config = {"a": per_class_a, "b": per_class_b, "ks": chosen, "method": method, "n_boot": n_boot, "seed": seed,
-              "level": level, "weights": weights}  # fmt: skip
-    manifest = Manifest(
-        stage="recall-difference",
-        config=config,
-        config_hash=config_hash(config),
-        inputs=[per_class_a, per_class_b, *([weights] if weights else [])],
-        outputs=outputs,
-        rows_in=len(classes_a | classes_b),
-        rows_out=len(scored),
-        dropped=dropped,
-        wall_time_s=timer.elapsed,
-        extra={"proportions": summary.to_dict("records")},
-    )
-    write_manifest(out_dir, manifest)
+    rows = sum(len(t) for t in tables.values())
+    inputs = [per_class_a, per_class_b, *([weights] if weights else [])]
+    manifest = _part_manifest("recall-difference", config, _write_tables(part_dir, tables), inputs, rows, {}, timer)
+    write_manifest(part_dir, manifest)
     return manifest
+
+
+@rebuilds("recall-difference")
+def merge_recall_difference(
+    per_class_a: str,
+    per_class_b: str,
+    out_dir: str,
+    part_dirs: Sequence[str],
+    ks: Sequence[int] | None = None,
+    method: Literal["bootstrap", "newcombe"] = "newcombe",
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    weights: str | None = None,
+) -> Manifest:
+    """``run_recall_difference``'s output from the parts of every class group: the same tables and manifest."""
+    timer = Timer()
+    a, b, chosen = _recall_inputs(per_class_a, per_class_b, ks, method)
+    tables, _ = _read_parts(part_dirs, "recall-difference")
+    config = _recall_config(per_class_a, per_class_b, chosen, method, n_boot, seed, level, weights)
+    return _recall_finish(out_dir, tables, a, b, config, timer)
 
 
 def _pair_accuracy(
@@ -368,15 +687,37 @@ def _pair_accuracy(
     for k in ks:
         for weighting, w, normalize in weightings:
             both = compared_accuracy(a, b, k, w, normalize, n_boot=n_boot, seed=seed, level=level)
-            rows.append({"k": k, "weighting": weighting, "class_set": "both", "classes_a": both["classes"],
-                         "classes_b": both["classes"], "accuracy_a": both["accuracy_a"],
-                         "accuracy_b": both["accuracy_b"], "difference": both["difference"], "lower": both["lower"],
-                         "upper": both["upper"], "interval": "jeffreys bootstrap"})  # fmt: skip
+            rows.append(
+                {
+                    "k": k,
+                    "weighting": weighting,
+                    "class_set": "both",
+                    "classes_a": both["classes"],
+                    "classes_b": both["classes"],
+                    "accuracy_a": both["accuracy_a"],
+                    "accuracy_b": both["accuracy_b"],
+                    "difference": both["difference"],
+                    "lower": both["lower"],
+                    "upper": both["upper"],
+                    "interval": "jeffreys bootstrap",
+                }
+            )
             own = [weighted_accuracy(t[t["n"] > 0].set_index("class")[f"recall@{k}"], w, normalize) for t in (a, b)]
-            rows.append({"k": k, "weighting": weighting, "class_set": "all", "classes_a": int((a["n"] > 0).sum()),
-                         "classes_b": int((b["n"] > 0).sum()), "accuracy_a": own[0], "accuracy_b": own[1],
-                         "difference": own[0] - own[1], "lower": np.nan, "upper": np.nan,
-                         "interval": "none (different class sets)"})  # fmt: skip
+            rows.append(
+                {
+                    "k": k,
+                    "weighting": weighting,
+                    "class_set": "all",
+                    "classes_a": int((a["n"] > 0).sum()),
+                    "classes_b": int((b["n"] > 0).sum()),
+                    "accuracy_a": own[0],
+                    "accuracy_b": own[1],
+                    "difference": own[0] - own[1],
+                    "lower": np.nan,
+                    "upper": np.nan,
+                    "interval": "none (different class sets)",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -411,6 +752,121 @@ def _scores(predictions: str, labels: str, flags: str | None) -> tuple[dict[obje
     return values, len(every), dropped
 
 
+def _own_tables(
+    values_a: dict[object, np.ndarray], values_b: dict[object, np.ndarray], n_boot: int, seed: int, level: float
+) -> dict[str, pd.DataFrame]:
+    """The per-class tables of the own-synset comparison (``per_class``, ``distribution``) over the classes given
+    (seeded per class)."""
+    per_class = compare_means(values_a, values_b, n_boot=n_boot, seed=seed, level=level)
+    per_class["verdict"] = _verdict_label(per_class)
+    common = [c for c in values_a if c in values_b]
+    matched = matched_resample({c: values_a[c] for c in common}, {c: len(values_b[c]) for c in common}, seed=seed)
+    groups = {"a": {c: values_a[c] for c in common}, "a_matched": matched, "b": {c: values_b[c] for c in common}}
+    parts = [
+        pd.DataFrame(
+            {
+                "group": name,
+                "class": np.repeat(list(by_cls), [len(v) for v in by_cls.values()]),
+                "value": np.concatenate(list(by_cls.values())) if by_cls else np.empty(0),
+            }
+        )
+        for name, by_cls in groups.items()
+    ]
+    return {"per_class": per_class, "distribution": pd.concat(parts, ignore_index=True)}
+
+
+OWN_GROUPS = ["a", "a_matched", "b"]
+
+
+def _own_finish(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The own-similarity stage's tables from its per-class tables (of one pass, or the groups' concatenated)."""
+    per_class = by_class(tables["per_class"])
+    distribution = by_class(tables["distribution"], "group", OWN_GROUPS)
+    pooled_b = distribution.loc[distribution["group"] == "b", "value"].to_numpy()
+    rows = []
+    for name in OWN_GROUPS:
+        mine = distribution[distribution["group"] == name]
+        v = mine["value"].to_numpy()
+        q = np.quantile(v, [0.05, 0.25, 0.5, 0.75, 0.95]) if len(v) else np.full(5, np.nan)
+        rows.append(
+            {
+                "group": name,
+                "n": len(v),
+                "classes": mine["class"].nunique(),
+                "mean": float(v.mean()) if len(v) else np.nan,
+                "std": float(v.std()) if len(v) else np.nan,
+                "q05": q[0],
+                "q25": q[1],
+                "median": q[2],
+                "q75": q[3],
+                "q95": q[4],
+                "ks_vs_b": ks_statistic(v, pooled_b),
+            }
+        )
+    return {"per_class": per_class, "distribution": distribution, "summary": pd.DataFrame(rows)}
+
+
+def _own_inputs(
+    predictions_a: str, labels_a: str, predictions_b: str, labels_b: str, flags_a: str | None, flags_b: str | None
+) -> tuple[dict[object, np.ndarray], dict[object, np.ndarray], dict[str, Any]]:
+    values_a, rows_a, dropped_a = _scores(predictions_a, labels_a, flags_a)
+    values_b, rows_b, dropped_b = _scores(predictions_b, labels_b, flags_b)
+    counts = {
+        "rows_in": rows_a + rows_b,
+        "rows_out": sum(len(v) for v in values_a.values()) + sum(len(v) for v in values_b.values()),
+        "dropped": {k: dropped_a[k] + dropped_b[k] for k in dropped_a},
+        "dropped_a": dropped_a,
+        "dropped_b": dropped_b,
+        "classes_a": len(values_a),
+        "classes_b": len(values_b),
+        "classes_common": len([c for c in values_a if c in values_b]),
+    }
+    return values_a, values_b, counts
+
+
+def _own_config(
+    predictions_a: str,
+    labels_a: str,
+    flags_a: str | None,
+    predictions_b: str,
+    labels_b: str,
+    flags_b: str | None,
+    n_boot: int,
+    seed: int,
+    level: float,
+) -> dict[str, Any]:
+    return {
+        "a": [predictions_a, labels_a, flags_a],
+        "b": [predictions_b, labels_b, flags_b],
+        "n_boot": n_boot,
+        "seed": seed,
+        "level": level,
+    }
+
+
+def _own_manifest(
+    out_dir: str, tables: dict[str, pd.DataFrame], config: dict[str, Any], counts: dict[str, Any], timer: Timer
+) -> Manifest:
+    outputs = _write_tables(out_dir, tables)
+    manifest = Manifest(
+        stage="own-similarity",
+        config=config,
+        config_hash=config_hash(config),
+        inputs=[p for p in (*config["a"], *config["b"]) if p],
+        outputs=outputs,
+        rows_in=counts["rows_in"],
+        rows_out=counts["rows_out"],
+        dropped=counts["dropped"],
+        wall_time_s=timer.elapsed,
+        extra={
+            "proportions": proportions(tables["per_class"]),
+            **{k: counts[k] for k in ("dropped_a", "dropped_b", "classes_a", "classes_b", "classes_common")},
+        },
+    )
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
 @rebuilds("own-similarity")
 def run_own_similarity(
     predictions_a: str,
@@ -437,56 +893,63 @@ def run_own_similarity(
     Manifest ``extra``: the share of classes where A is significantly lower / higher. Counts: labelled samples of
     A and B = scored + dropped (``no_prediction``, ``no_score`` (NaN), ``flagged``: in ``flags_a``/``flags_b``)."""
     timer = Timer()
-    values_a, rows_a, dropped_a = _scores(predictions_a, labels_a, flags_a)
-    values_b, rows_b, dropped_b = _scores(predictions_b, labels_b, flags_b)
-    per_class = compare_means(values_a, values_b, n_boot=n_boot, seed=seed, level=level)
-    per_class["verdict"] = _verdict_label(per_class)
-    common = [c for c in values_a if c in values_b]
-    matched = matched_resample({c: values_a[c] for c in common}, {c: len(values_b[c]) for c in common}, seed=seed)
-    groups = {"a": {c: values_a[c] for c in common}, "a_matched": matched, "b": {c: values_b[c] for c in common}}
-    parts = [
-        pd.DataFrame({"group": name, "class": np.repeat(list(by_class), [len(v) for v in by_class.values()]),
-                      "value": np.concatenate(list(by_class.values())) if by_class else np.empty(0)})
-        for name, by_class in groups.items()
-    ]  # fmt: skip
-    distribution = pd.concat(parts, ignore_index=True)
-    pooled_b = distribution.loc[distribution["group"] == "b", "value"].to_numpy()
-    rows = []
-    for name in groups:
-        v = distribution.loc[distribution["group"] == name, "value"].to_numpy()
-        q = np.quantile(v, [0.05, 0.25, 0.5, 0.75, 0.95]) if len(v) else np.full(5, np.nan)
-        rows.append({"group": name, "n": len(v), "classes": len(groups[name]),
-                     "mean": float(v.mean()) if len(v) else np.nan, "std": float(v.std()) if len(v) else np.nan,
-                     "q05": q[0], "q25": q[1], "median": q[2], "q75": q[3], "q95": q[4],
-                     "ks_vs_b": ks_statistic(v, pooled_b)})  # fmt: skip
-    tables = {"per_class": per_class, "distribution": distribution, "summary": pd.DataFrame(rows)}
-    outputs = []
-    for name, table in tables.items():
-        path = join(out_dir, f"{name}.parquet")
-        write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False), path)
-        outputs.append(path)
-    config = {"a": [predictions_a, labels_a, flags_a], "b": [predictions_b, labels_b, flags_b], "n_boot": n_boot,
-              "seed": seed, "level": level}  # fmt: skip
-    dropped = {k: dropped_a[k] + dropped_b[k] for k in dropped_a}
-    scored = sum(len(v) for v in values_a.values()) + sum(len(v) for v in values_b.values())
-    manifest = Manifest(
-        stage="own-similarity",
-        config=config,
-        config_hash=config_hash(config),
-        inputs=[p for p in (predictions_a, labels_a, flags_a, predictions_b, labels_b, flags_b) if p],
-        outputs=outputs,
-        rows_in=rows_a + rows_b,
-        rows_out=scored,
-        dropped=dropped,
-        wall_time_s=timer.elapsed,
-        extra={
-            "proportions": proportions(per_class),
-            "dropped_a": dropped_a,
-            "dropped_b": dropped_b,
-            "classes_a": len(values_a),
-            "classes_b": len(values_b),
-            "classes_common": len(common),
-        },
-    )
-    write_manifest(out_dir, manifest)
+    values_a, values_b, counts = _own_inputs(predictions_a, labels_a, predictions_b, labels_b, flags_a, flags_b)
+    tables = _own_finish(_own_tables(values_a, values_b, n_boot, seed, level))
+    config = _own_config(predictions_a, labels_a, flags_a, predictions_b, labels_b, flags_b, n_boot, seed, level)
+    return _own_manifest(out_dir, tables, config, counts, timer)
+
+
+@rebuilds("own-similarity-group", target="part_dir")
+def run_own_similarity_group(
+    predictions_a: str,
+    labels_a: str,
+    predictions_b: str,
+    labels_b: str,
+    part_dir: str,
+    group: int,
+    groups: int,
+    flags_a: str | None = None,
+    flags_b: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Manifest:
+    """One class group of ``run_own_similarity``: its per-class tables in ``part_dir``."""
+    check_group(group, groups)
+    timer = Timer()
+    values_a, values_b, counts = _own_inputs(predictions_a, labels_a, predictions_b, labels_b, flags_a, flags_b)
+    mine_a = {c: v for c, v in values_a.items() if in_group([c], group, groups)[0]}
+    mine_b = {c: v for c, v in values_b.items() if in_group([c], group, groups)[0]}
+    tables = _own_tables(mine_a, mine_b, n_boot, seed, level)
+    config = {
+        **_own_config(predictions_a, labels_a, flags_a, predictions_b, labels_b, flags_b, n_boot, seed, level),
+        "group": group,
+        "groups": groups,
+    }
+    rows = sum(len(v) for v in mine_a.values()) + sum(len(v) for v in mine_b.values())
+    inputs = [p for p in (predictions_a, labels_a, flags_a, predictions_b, labels_b, flags_b) if p]
+    manifest = _part_manifest("own-similarity", config, _write_tables(part_dir, tables), inputs, rows, counts, timer)
+    write_manifest(part_dir, manifest)
     return manifest
+
+
+@rebuilds("own-similarity")
+def merge_own_similarity(
+    predictions_a: str,
+    labels_a: str,
+    predictions_b: str,
+    labels_b: str,
+    out_dir: str,
+    part_dirs: Sequence[str],
+    flags_a: str | None = None,
+    flags_b: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Manifest:
+    """``run_own_similarity``'s output from the parts of every class group: the same tables and manifest."""
+    timer = Timer()
+    parts, counts = _read_parts(part_dirs, "own-similarity")
+    tables = _own_finish(parts)
+    config = _own_config(predictions_a, labels_a, flags_a, predictions_b, labels_b, flags_b, n_boot, seed, level)
+    return _own_manifest(out_dir, tables, config, counts, timer)

@@ -16,6 +16,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from laionet.evaluation.stats import BOOTSTRAP, class_rng
+
 Z95 = 1.959963984540054
 
 
@@ -237,9 +239,11 @@ def recall_difference(
     na, nb = ta["n"].to_numpy(np.int64), tb["n"].to_numpy(np.int64)
     pa_, pb_ = ta[f"recall@{k}"].to_numpy(float), tb[f"recall@{k}"].to_numpy(float)
     if method == "bootstrap":
-        rng = np.random.default_rng(seed)
-        da = rng.binomial(na, pa_, size=(n_boot, len(common))) / na
-        db = rng.binomial(nb, pb_, size=(n_boot, len(common))) / nb
+        da, db = np.empty((n_boot, len(common))), np.empty((n_boot, len(common)))
+        for j, cls in enumerate(common):  # seeded per class: a class's bounds do not depend on the other classes
+            rng = class_rng(seed, cls, BOOTSTRAP)
+            da[:, j] = rng.binomial(na[j], pa_[j], size=n_boot) / na[j]
+            db[:, j] = rng.binomial(nb[j], pb_[j], size=n_boot) / nb[j]
         alpha = (1 - level) / 2
         diff = da - db
         lower = np.quantile(diff, alpha, axis=0) if len(common) else np.empty(0)

@@ -8,25 +8,44 @@ Comparing datasets A and B class by class:
 an image are not independent, so these intervals are too narrow);
 ``bootstrap`` (default) — images (not pairs) resampled with replacement in each class; the mean over pairs of
 distinct images of a resample is computed for all resamples at once from the Gram matrix; percentile interval.
+
+Random draws are seeded per class (``class_rng``: from the seed, the class and what is drawn), never from one stream
+over the classes, so a class's numbers do not depend on which other classes are computed with it: the evaluation can be
+split into class groups (``laionet.evaluation.groups``) and merged into exactly the tables of one pass.
 """
 
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 import pandas as pd
 
 Z95 = 1.959963984540054
+# what a per-class generator draws (one independent stream each): the image sample, bootstrap resamples, the matched
+# resample of Appendix C, the pooled pair draws of Figure 6a
+SAMPLE, BOOTSTRAP, RESAMPLE, POOL = 0, 1, 2, 3
+
+
+def class_rng(seed: int, cls: object, stream: int = SAMPLE) -> np.random.Generator:
+    """The random generator of one class: seeded from (``stream``, ``seed``, the class), independent of every other
+    class. A class that is a non-negative integer (an ImageNet class index) counts as itself, any other label by the
+    CRC-32 of its text."""
+    value = cls.item() if hasattr(cls, "item") else cls
+    key = value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    if key is None:
+        key = 2**32 + zlib.crc32(str(value).encode())  # apart from every integer class below 2**32
+    return np.random.default_rng([stream, seed % 2**64, key])
 
 
 def sample_by_class(labels: np.ndarray, cap: int | None = 100, seed: int = 0) -> dict[object, np.ndarray]:
-    """Positions of at most ``cap`` randomly chosen samples per class (seeded; sorted positions)."""
+    """Positions of at most ``cap`` randomly chosen samples per class (seeded per class; sorted positions)."""
     labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
     out: dict[object, np.ndarray] = {}
     for cls in np.unique(labels):
         idx = np.flatnonzero(labels == cls)
         if cap is not None and len(idx) > cap:
-            idx = np.sort(rng.choice(idx, size=cap, replace=False))
+            idx = np.sort(class_rng(seed, cls, SAMPLE).choice(idx, size=cap, replace=False))
         out[cls.item() if hasattr(cls, "item") else cls] = idx
     return out
 
@@ -101,7 +120,6 @@ def compare_bootstrap(
     min_images: int = 4,
 ) -> pd.DataFrame:
     """Per-class Δ = mean intra-class similarity of A − of B, with a bootstrap interval that resamples images."""
-    rng = np.random.default_rng(seed)
     sample_a, sample_b = sample_by_class(labels_a, cap, seed), sample_by_class(labels_b, cap, seed + 1)
     alpha = (1 - level) / 2
     rows = []
@@ -110,6 +128,7 @@ def compare_bootstrap(
         if len(ea) < min_images or len(eb) < min_images:
             continue
         mean_a, mean_b = pair_similarities(ea).mean(), pair_similarities(eb).mean()
+        rng = class_rng(seed, cls, BOOTSTRAP)
         diff = _resampled_means(ea, n_boot, rng) - _resampled_means(eb, n_boot, rng)
         diff = diff[np.isfinite(diff)]
         rows.append(_row(cls, mean_a, mean_b, np.quantile(diff, alpha), np.quantile(diff, 1 - alpha)))
@@ -150,12 +169,11 @@ def pooled_pairs(
     """Figure 6a's pooled distribution: per class, min(#pairs, ``per_class``) pair similarities drawn with
     replacement, pooled over classes; with ``counts``, exactly ``counts[class]`` draws for each class in ``counts``
     (e.g. the same count for A and B in every class, so the two pooled distributions weight classes alike)."""
-    rng = np.random.default_rng(seed)
     if counts is not None:
-        chosen = [(np.asarray(pairs[c]), int(counts[c])) for c in _ordered(set(counts) & set(pairs))]
+        chosen = [(c, np.asarray(pairs[c]), int(counts[c])) for c in _ordered(set(counts) & set(pairs))]
     else:
-        chosen = [(np.asarray(v), min(len(v), per_class)) for v in pairs.values()]
-    draws = [rng.choice(v, size=k, replace=True) for v, k in chosen if len(v) and k > 0]
+        chosen = [(c, np.asarray(v), min(len(v), per_class)) for c, v in pairs.items()]
+    draws = [class_rng(seed, c, POOL).choice(v, size=k, replace=True) for c, v, k in chosen if len(v) and k > 0]
     return np.concatenate(draws) if draws else np.empty(0)
 
 
@@ -208,9 +226,8 @@ def matched_resample(
 ) -> dict[object, np.ndarray]:
     """Resample each class of ``values`` (with replacement) to the class's count in ``counts`` (classes in both):
     the paper's matching of LAIONet's class sizes to ImageNet's before pooling distributions (Figure 6a, Appendix C)."""
-    rng = np.random.default_rng(seed)
     return {
-        cls: rng.choice(np.asarray(values[cls]), size=int(counts[cls]), replace=True)
+        cls: class_rng(seed, cls, RESAMPLE).choice(np.asarray(values[cls]), size=int(counts[cls]), replace=True)
         for cls in _ordered(set(values) & set(counts))
         if len(values[cls]) and counts[cls] > 0
     }
@@ -228,13 +245,13 @@ def compare_means(
     synset text, Appendix C), with a percentile bootstrap over samples of each dataset. Classes with fewer than
     ``min_values`` values in either dataset are left out. Columns: class, mean_a, mean_b, delta, lower, upper,
     significantly_lower, significantly_higher, n_a, n_b."""
-    rng = np.random.default_rng(seed)
     alpha = (1 - level) / 2
     rows = []
     for cls in _ordered(set(values_a) & set(values_b)):
         a, b = np.asarray(values_a[cls], float), np.asarray(values_b[cls], float)
         if len(a) < min_values or len(b) < min_values:
             continue
+        rng = class_rng(seed, cls, BOOTSTRAP)
         boot_a = a[rng.integers(0, len(a), size=(n_boot, len(a)))].mean(axis=1)
         boot_b = b[rng.integers(0, len(b), size=(n_boot, len(b)))].mean(axis=1)
         diff = boot_a - boot_b
