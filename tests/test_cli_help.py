@@ -66,26 +66,26 @@ def _choices(param: typer.core.click.Parameter) -> tuple[str, ...]:
 
 
 def _choice_options() -> list[tuple[list[str], str]]:
-    """(command argv, option name) of every option with a fixed set of values."""
-    return [
-        (argv, param.opts[0])
-        for argv, command in _commands()
-        for param in command.params
-        if isinstance(param, typer.core.TyperOption) and _choices(param)
-    ]
+    """(command argv, option name or argument name) of every parameter with a fixed set of values."""
+    return [(argv, _name(param)) for argv, command in _commands() for param in command.params if _choices(param)]
+
+
+def _name(param: typer.core.click.Parameter) -> str:
+    return param.opts[0] if isinstance(param, typer.core.TyperOption) else str(param.name)
 
 
 @pytest.mark.parametrize(("argv", "option"), _choice_options(), ids=lambda x: " ".join(x) if isinstance(x, list) else x)
 def test_every_choice_typo_is_one_line_naming_the_choices(argv: list[str], option: str) -> None:
     command = dict((tuple(a), c) for a, c in _commands())[tuple(argv)]
-    param = next(p for p in command.params if p.opts and p.opts[0] == option)
-    filled: list[str] = []
+    param = next(p for p in command.params if _name(p) == option)
+    given: list[str] = []
     for other in command.params:  # every other required parameter gets a value of its type (never used: the typo
-        if other is param or not other.required:  # fails before the command runs)
+        if other is not param and not other.required:  # fails before the command runs)
             continue
-        value = "1" if other.type_descriptor.annotation in (int, float) else "x"  # type: ignore[attr-defined]
-        filled += [other.opts[0], value] if isinstance(other, typer.core.TyperOption) else [value]
-    result = runner.invoke(app, [*argv, *filled, option, "zzz-typo"], env={"COLUMNS": "240"})
+        annotation = other.type_descriptor.annotation  # type: ignore[attr-defined]
+        value = "zzz-typo" if other is param else "1" if annotation in (int, float) else "x"
+        given += [other.opts[0], value] if isinstance(other, typer.core.TyperOption) else [value]
+    result = runner.invoke(app, [*argv, *given], env={"COLUMNS": "240"})
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if "zzz-typo" in line]
     assert len(lines) == 1, result.output
@@ -95,7 +95,8 @@ def test_every_choice_typo_is_one_line_naming_the_choices(argv: list[str], optio
 def test_choice_options_are_found() -> None:
     found = {(" ".join(argv), option) for argv, option in _choice_options()}
     assert {("select", "--multi-label"), ("lemmas", "--mode"), ("match", "--mode"), ("infer", "--precision"),
-            ("variants", "--rule"), ("recall-difference", "--method"), ("run", "--stage")} <= found  # fmt: skip
+            ("variants", "--rule"), ("recall-difference", "--method"), ("run", "--stage"),
+            ("ingest", "kind")} <= found  # fmt: skip
 
 
 def test_commands_are_grouped_in_pipeline_order_and_version_answers() -> None:

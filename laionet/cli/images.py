@@ -7,7 +7,7 @@ Each command unpacks its options into explicit keyword arguments of a driver in 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -63,7 +63,9 @@ def download(
 
 @app.command()
 def ingest(
-    kind: Annotated[str, typer.Argument(help="imagenet-val, imagenetv2 or imagenet-captions.")],
+    kind: Annotated[
+        Literal["imagenet-val", "imagenetv2", "imagenet-captions"], typer.Argument(help="The reference dataset.")
+    ],
     out: Annotated[str, typer.Option(help="Output directory of shards.")],
     root: Annotated[
         Path | None, typer.Option(help="Image folder (imagenet-val) or variant folder (imagenetv2).")
