@@ -252,3 +252,58 @@ def test_merge_refuses_an_incomplete_split(two_variants: tuple[dict[str, str], d
         ev.merge_recall_difference(*args, out, dirs[:2])
     with pytest.raises(ValueError, match="class group 3 of 3"):
         ev.run_recall_difference_group(*args, dirs[2], 3, 3)
+
+
+@pytest.mark.prefect
+def test_grouped_evaluation_on_local_ray(
+    prefect_harness: Path,
+    ray_temp_dir: str,  # noqa: F811
+    two_variants: tuple[dict[str, str], dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    """The evaluate flow's class-group fan-out (``flows.evaluate.submit_by_class_group``) with class_groups=4 on a local
+    Ray instance: 4 group tasks and a merge task per stage, in Ray workers; the merged outputs are the single pass's."""
+    from prefect import flow
+
+    import tasks.evaluate as te
+    from flows.evaluate import submit_by_class_group
+    from laionet.evaluation import evaluate as ev
+    from tasks._common import resolve
+    from tasks.runners import task_runner
+
+    a, b = two_variants
+    evaluate_dir = str(tmp_path / "evaluate")
+    runner = task_runner("ray", ray_init={"num_cpus": 2, "include_dashboard": False,
+                                          "object_store_memory": 100 * 1024**2, "_temp_dir": ray_temp_dir})  # fmt: skip
+    stages = {
+        "intra": (te.intra_class, te.intra_class_group, te.intra_class_merge,
+                  (a["model"], a["labels"], b["model"], b["labels"]), {"cap": 5, "n_boot": 60}),
+        "own": (te.own_similarity, te.own_similarity_group, te.own_similarity_merge,
+                (a["model"], a["labels"], b["model"], b["labels"]), {"n_boot": 60}),
+        "recall": (te.recall_difference, te.recall_difference_group, te.recall_difference_merge,
+                   (a["accuracy"], b["accuracy"]), {}),
+    }  # fmt: skip
+
+    @flow(task_runner=runner)
+    def grouped_evaluation() -> dict[str, Any]:
+        parts: dict[str, Any] = {}
+        merged = {
+            name: submit_by_class_group(
+                single, group, merge, f"{evaluate_dir}/{name}", evaluate_dir, 4, args, dict(options), parts
+            )
+            for name, (single, group, merge, args, options) in stages.items()
+        }
+        assert len(parts) == 12
+        return resolve({**parts, **merged})
+
+    results = grouped_evaluation()
+    assert {results[name]["stage"] for name in stages} == {"intra-class", "own-similarity", "recall-difference"}
+    args = _stage_args(a, b)
+    ev.run_intra_class(*args["intra"], str(tmp_path / "single" / "intra"), cap=5, n_boot=60)
+    ev.run_own_similarity(*args["own"], str(tmp_path / "single" / "own"), n_boot=60)
+    ev.run_recall_difference(*args["recall"], str(tmp_path / "single" / "recall"))
+    for name in stages:
+        assert_same_output(str(tmp_path / "single" / name), f"{evaluate_dir}/{name}")
+        assert sorted(p.name for p in (tmp_path / "evaluate" / "_groups" / name).iterdir()) == [
+            f"{g}-of-4" for g in range(4)
+        ]
