@@ -71,6 +71,23 @@ def test_run_one_stage_then_it_comes_back_cached(prefect_harness: Path, prefect_
     assert _mtimes(run_dir) == before
 
 
+@pytest.mark.prefect
+def test_a_failed_stage_is_one_error_line_naming_the_task(
+    prefect_harness: Path, prefect_env: None, tmp_path: Path
+) -> None:
+    preset = tmp_path / "broken.json"
+    classes = write_class_file(tmp_path / "classes.txt", ["n02129165"])
+    preset.write_text(json.dumps({"name": "broken", "classes": classes, "corpus": str(tmp_path / "nowhere/*.parquet")}))
+    result = runner.invoke(
+        app, ["run", "--preset", str(preset), "--run-dir", str(tmp_path / "run"), "--stage", "build"]
+    )
+    assert result.exit_code == 2, result.output
+    assert re.search(r"\[build\] flow run [0-9a-f-]{36}: Failed", result.output)
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "the build flow failed" in errors[0] and "task run 'match" in errors[0], result.output
+    assert "CorpusError: no parquet" in errors[0]
+
+
 def test_a_typo_in_a_stage_names_the_stages_in_one_line() -> None:
     result = runner.invoke(app, ["run", "--preset", "demo", "--run-dir", "r", "--stage", "bild"],
                            env={"COLUMNS": "240"})  # fmt: skip

@@ -164,7 +164,10 @@ def run(
             state = flow(run_dir, **arguments, return_state=True)
             run_id = state.state_details.flow_run_id
             if not state.is_completed():
-                error = state.result(raise_on_failure=False)
+                try:
+                    error = state.result(raise_on_failure=False)
+                except Exception as exc:  # a crashed run may have no result to read
+                    error = exc
                 detail = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else state.message
                 typer.echo(f"[{name}] flow run {run_id}: {state.name}")
                 fail(f"the {name} flow failed: {detail}")
