@@ -127,3 +127,15 @@ def test_checkout_root_follows_laionet_root(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setenv("LAIONET_ROOT", str(tmp_path / "elsewhere"))
     monkeypatch.chdir(tmp_path / "flows")
     assert module.checkout_root() == str(ROOT)  # the checkout the package was installed from (editable)
+
+
+def test_results_are_one_line_per_manifest_and_the_report_path(capsys: pytest.CaptureFixture[str]) -> None:
+    module = importlib.import_module("laionet.cli.run")
+    manifest = {"stage": "select", "rows_in": 9, "rows_out": 6, "dropped": {"nsfw": 1, "multi_label": 2, "x": 0}}
+    report = {"stage": "report", "rows_in": 3, "rows_out": 3, "outputs": ["runs/x/report/index.html"]}
+    result = {"build": {"select": manifest}, "infer": {}, "report": report}
+    module._echo_results("", result)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["build/select", "report"]
+    assert "rows in=9 out=6 dropped: nsfw=1, multi_label=2" in lines[0]
+    assert module._find_stage(result, "report") == report and module._find_stage(result, "ocr") is None

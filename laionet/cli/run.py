@@ -80,6 +80,17 @@ def _import_flows() -> dict[str, Any]:
     }
 
 
+def _find_stage(result: Any, stage: str) -> dict[str, Any] | None:
+    """The first manifest of ``stage`` in a flow's (nested) result."""
+    if isinstance(result, dict):
+        if result.get("stage") == stage:
+            return result
+        for value in result.values():
+            if (found := _find_stage(value, stage)) is not None:
+                return found
+    return None
+
+
 def _echo_results(label: str, result: Any) -> None:
     """One line per stage manifest found in a flow's result (nested by flow and stage)."""
     if isinstance(result, dict) and {"stage", "rows_in", "rows_out"} <= set(result):
@@ -172,7 +183,11 @@ def run(
                 typer.echo(f"[{name}] flow run {run_id}: {state.name}")
                 fail(f"the {name} flow failed: {detail}")
             typer.echo(f"[{name}] flow run {run_id}: {state.name}")
-            _echo_results("", state.result())
+            result = state.result()
+            _echo_results("", result)
+            report = _find_stage(result, "report")
+            if report and report.get("outputs"):
+                typer.echo(f"report: {report['outputs'][0]}")
 
 
 def _stage_arguments(
