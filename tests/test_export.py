@@ -110,8 +110,10 @@ def _front_matter(readme: str) -> dict[str, Any]:
 
 def test_export_loads_with_datasets_and_webdataset(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "export"
-    result = runner.invoke(app, ["export", "hf", "--run-dir", str(run_dir), "--out", str(out)])
+    result = runner.invoke(app, ["export", "hf", "--run-dir", str(run_dir), "--out", str(out), "--rows-per-file", "2"])
     assert result.exit_code == 0, result.output
+    files = sorted(p.name for p in (out / "data" / "laionet").iterdir())
+    assert files == [f"train-0000{i}-of-00003.parquet" for i in range(3)]  # 5 rows, 2 per file
     assert "configs laionet (" in result.output and "2 shards" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.txt", "corpus", "export", "run"]  # no temp left
     index = pd.read_parquet(run_dir / "selection" / "laionet.parquet")
