@@ -5,7 +5,13 @@ Runs after the evaluate flow (it reuses the run's label sets, inference outputs 
 ``run_dir/diagnose/`` (tables) and, for the filtered variants, ``run_dir/variants/laionet-t<threshold>/`` with their
 accuracy and intra-class comparison under ``run_dir/evaluate/`` like any variant. What a preset asks for is in
 ``Preset.diagnose`` (``laionet.core.config.Diagnose``); the offline demo runs the stand-ins (matched captions for
-4.2, image filters of increasing strictness for 4.1, quantile text thresholds for the filtered variants).
+4.2, image filters of increasing strictness for 4.1, quantile text thresholds for the filtered variants, the
+captions of the image-filtered variant as the queries of 4.3).
+
+Section 4.3 (``nearest_captions_flow``, a subflow) writes under ``run_dir/diagnose/nearest/``: ``embeddings/``
+(clip-retrieval layout), ``index/`` (faiss), ``queries.parquet`` (the stand-in's), and ``run/`` — a run directory of
+its own whose ``selection/laionet.parquet`` is the nearest-caption dataset, taken through the acquire and infer flows
+like LAIONet; its intra-class comparisons go to ``run_dir/evaluate/intra/nearest-captions--<b>/``.
 """
 
 from __future__ import annotations
@@ -14,13 +20,18 @@ from typing import Any
 
 from prefect import flow
 
+from flows.acquire import acquire
+from flows.infer import infer_flow
 from laionet.core.config import Preset, load_preset
 from laionet.core.layout import accuracy_dir, inference_dir, intra_dir, shards_dir, variant_labels
 from laionet.core.manifest import join
 from tasks._common import flow_name, resolve
 from tasks.diagnose import filtered_variants, matched_captions, selection_frequency, text_alone
 from tasks.evaluate import accuracy, intra_class, variants
+from tasks.retrieval import caption_embeddings, caption_index, nearest_captions, run_catalog, variant_queries
 from tasks.runners import task_runner
+
+NEAREST = "nearest-captions"  # the nearest-caption dataset's name in evaluate/intra/<name>--<b>/
 
 
 def filter_variant(k: int) -> str:
@@ -30,8 +41,11 @@ def filter_variant(k: int) -> str:
 
 # the task runner: LAIONET_TASK_RUNNER = threads, processes, ray, ray:// (tasks/runners.py)
 @flow(name="diagnose", flow_run_name=flow_name("diagnose"), task_runner=task_runner())
-def diagnose(run_dir: str, preset: Preset | str = "demo") -> dict[str, Any]:
-    """Every Section 4 diagnostic the preset asks for; returns the manifests by diagnostic."""
+def diagnose(run_dir: str, preset: Preset | str = "demo", rewrite_urls: dict[str, str] | None = None) -> dict[str, Any]:
+    """Every Section 4 diagnostic the preset asks for; returns the manifests by diagnostic.
+
+    ``rewrite_urls``: URL prefix → replacement for the download of the nearest-caption images (a local mirror).
+    """
     config = load_preset(preset)
     d = config.diagnose
     if d is None:
@@ -122,4 +136,63 @@ def diagnose(run_dir: str, preset: Preset | str = "demo") -> dict[str, Any]:
                 intra_dir(run_dir, v, b, emb), config.intra_cap, config.n_boot, config.seed, ocr_dir_a=ocr,
                 ocr_dir_b=ocr if b.startswith("laionet") else None,
             )  # fmt: skip
-    return resolve(futures)  # every future; a failure names the task run that failed
+    done = resolve(futures)  # every future; a failure names the task run that failed
+    if d.nearest is not None:  # 4.3, after the rest: its downloads and inference are the longest part
+        done.update(nearest_captions_flow(run_dir, config, rewrite_urls))
+    return done
+
+
+@flow(name="nearest-captions", flow_run_name=flow_name("nearest-captions"), task_runner=task_runner())
+def nearest_captions_flow(
+    run_dir: str, preset: Preset | str = "demo", rewrite_urls: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Section 4.3: caption embeddings of the corpus → faiss index → the nearest caption of each query → a run
+    directory of its own (``diagnose/nearest/run``) through the acquire and infer flows → its intra-class similarity
+    against each compared dataset (``evaluate/intra/nearest-captions--<b>/``)."""
+    config = load_preset(preset)
+    nc = config.diagnose.nearest if config.diagnose else None
+    if nc is None:
+        return {}
+    root = join(run_dir, "diagnose", "nearest")
+    sub = join(root, "run")
+    emb = config.embedding_model
+    catalog = join(run_dir, "catalog.parquet")
+    if nc.embeddings:
+        emb_dir, embedded = nc.embeddings, None
+    else:
+        emb_dir = join(root, "embeddings")
+        corpus = nc.corpus or config.corpus or join(run_dir, "corpus")
+        embedded = caption_embeddings.submit(corpus, emb_dir, config.encoder, config.max_parts)
+    index_dir = join(root, "index")
+    indexed = caption_index.submit(emb_dir, index_dir, nc.index, wait_for=[embedded] if embedded else [])
+    queries = nc.queries or variant_queries.submit(
+        variant_labels(run_dir, nc.stand_in), join(run_dir, "selection", "laionet.parquet"),
+        join(root, "queries.parquet"),
+    )  # fmt: skip
+    searched = nearest_captions.submit(queries, emb_dir, index_dir, catalog, join(sub, "selection"), nc.threshold,
+                                       nc.k, nc.exclude_query_keys, wait_for=[indexed])  # fmt: skip
+    futures: dict[str, Any] = {"nearest-captions": searched, "nearest-catalog": run_catalog.submit(catalog, sub)}
+    resolve(futures)  # the search and the catalog before the subflows read them
+    # the nearest-caption images: the same download, verify, OCR and inference as LAIONet's, with the embedding model
+    # only and no reference datasets (those are the main run's)
+    sub_preset = config.model_copy(
+        update={"name": f"{config.name}-nearest", "references": {}, "models": [], "zero_shot": None,
+                "image_filter": None, "diagnose": None},
+    )  # fmt: skip
+    acquired = acquire(sub, sub_preset, rewrite_urls=rewrite_urls, image_limit=nc.image_limit)
+    infer_flow(sub, sub_preset)
+    ocr = join(sub, "ocr") if config.ocr else None
+    made = variants.submit(shards_dir(sub), join(sub, "variants", "laionet"),
+                           quarantine=join(sub, "verify", "quarantine.parquet"))  # fmt: skip
+    futures["nearest-variant"] = made
+    futures["nearest-acquire"] = acquired
+    main_ocr = join(run_dir, "ocr") if config.ocr else None
+    for b in nc.compare:
+        b_dataset = b if b in config.references else "laionet"
+        futures[f"intra:nearest-captions--{b}"] = intra_class.submit(
+            inference_dir(sub, "laionet", emb), variant_labels(sub, "laionet"),
+            inference_dir(run_dir, b_dataset, emb), variant_labels(run_dir, b),
+            intra_dir(run_dir, NEAREST, b, emb), config.intra_cap, config.n_boot, config.seed, ocr_dir_a=ocr,
+            ocr_dir_b=main_ocr if b_dataset == "laionet" else None, wait_for=[made],
+        )  # fmt: skip
+    return resolve(futures)

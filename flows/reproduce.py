@@ -55,11 +55,12 @@ def reproduce(
             top_k=config.top_k,
             max_parts=config.max_parts,
         )
-        acquired = acquire(run_dir, preset, rewrite_urls=rewrite_urls, image_limit=image_limit)
-        inferred = infer_flow(run_dir, preset)
-        evaluated = evaluate(run_dir, preset)
-        diagnosed = diagnose(run_dir, preset) if config.diagnose else {}
-        reported = report_flow(run_dir, preset)
+        # the subflows get the resolved preset (``max_parts`` included; the UI shows its fields on each subflow run)
+        acquired = acquire(run_dir, config, rewrite_urls=rewrite_urls, image_limit=image_limit)
+        inferred = infer_flow(run_dir, config)
+        evaluated = evaluate(run_dir, config)
+        diagnosed = diagnose(run_dir, config, rewrite_urls=rewrite_urls) if config.diagnose else {}
+        reported = report_flow(run_dir, config)
     return {
         "build": built,
         "acquire": acquired,

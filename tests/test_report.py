@@ -134,10 +134,69 @@ def _build_run(run: Path) -> None:
     _manifest(rel, "relations", 4, 4)
 
 
+def _build_section4(run: Path) -> None:
+    """The Section 4 outputs of the real drivers: text alone, selection frequency (two x values), two filtered
+    variants with their accuracy, and the nearest-caption search with its intra-class comparison."""
+    from laionet.diagnostics.filtered import run_filtered_variants
+    from laionet.diagnostics.selection_frequency import run_selection_frequency
+    from laionet.diagnostics.text_alone import run_text_alone
+    from laionet.retrieval.embed import EmbedConfig, run_caption_embeddings
+    from laionet.retrieval.index import IndexConfig, run_index
+    from laionet.retrieval.search import run_nearest_captions
+    from laionet.text.catalog import run_catalog
+    from tests.conftest import write_class_file, write_corpus_part
+    from tests.test_retrieval import HashEncoder
+
+    rng = np.random.default_rng(4)
+    work = run / "_inputs"
+    work.mkdir()
+    catalog = str(work / "catalog.parquet")
+    run_catalog(write_class_file(work / "classes.txt", CLASSES.wnid.tolist()), catalog)
+    texts = [f"a photo of a {CLASSES.name[i % 4]} number {i}" for i in range(40)]
+    wnids = CLASSES.wnid[np.arange(40) % 4].to_numpy()
+    captions = pd.DataFrame({"key": [f"q{i}" for i in range(40)], "text": texts, "wnid": wnids})
+    captions.to_parquet(work / "captions.parquet")
+    run_text_alone(str(work / "captions.parquet"), catalog, str(run / "diagnose" / "text-alone"), encoder="st:hash",
+                   encoder_factory=HashEncoder)  # fmt: skip
+
+    intra = intra_dir(str(run), "laionet", "laionet-image", MODEL)
+    comparisons = [{"a": "laionet", "b": "laionet-image", "x": x, "intra_dir": intra} for x in (0.25, 0.6)]
+    run_selection_frequency(comparisons, str(run / "diagnose" / "selection-frequency"), x_label="share rejected")
+
+    keys = [f"part-0/{i}" for i in range(40)]
+    cls = np.arange(40) % 4
+    candidates = pd.DataFrame({"key": keys, "wnid": CLASSES.wnid[cls].to_numpy(), "class_index": cls,
+                               "text_similarity": rng.uniform(0.3, 0.6, 40)})  # fmt: skip
+    candidates.to_parquet(work / "candidates.parquet")
+    pd.DataFrame({"key": keys, "own_score": rng.random(40)}).to_parquet(work / "scores.predictions.parquet")
+    variants = run_filtered_variants(str(work / "candidates.parquet"), str(work / "scores.predictions.parquet"),
+                                     str(run / "variants"), (0.35, 0.4), target=12,
+                                     summary_dir=str(run / "diagnose" / "filtered"))  # fmt: skip
+    infer = run / "inference" / "laionet" / MODEL
+    for manifest in variants:
+        name = manifest.outputs[0].rstrip("/").rsplit("/", 2)[-2]
+        run_accuracy(str(infer / "*.predictions.parquet"), variant_labels(str(run), name),
+                     accuracy_dir(str(run), name, MODEL), str(run / "selection" / "class_frequency.parquet"),
+                     n_boot=50)  # fmt: skip
+
+    nearest = run / "diagnose" / "nearest"
+    write_corpus_part(work / "corpus" / "p.parquet", texts[::2] + [f"unrelated caption {i}" for i in range(30)])
+    run_caption_embeddings(str(work / "corpus"), str(nearest / "embeddings"), EmbedConfig(encoder="st:hash"),
+                           encoder_factory=HashEncoder)  # fmt: skip
+    run_index(str(nearest / "embeddings"), str(nearest / "index"), IndexConfig(recall_queries=10))
+    run_nearest_captions(str(work / "captions.parquet"), str(nearest / "embeddings"), str(nearest / "index"), catalog,
+                         str(nearest / "run" / "selection"), threshold=0.7, k=3, encoder_factory=HashEncoder,
+                         index_name="laionet.parquet")  # fmt: skip
+    npy = str(infer / "*.npy")
+    run_intra_class(npy, variant_labels(str(run), "laionet"), npy, variant_labels(str(run), "laionet-image"),
+                    intra_dir(str(run), "nearest-captions", "laionet-image", MODEL), cap=20, n_boot=50)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("run")
     _build_run(run)
+    _build_section4(run)
     run_report(str(run), disclaimer=DEMO_DISCLAIMER)
     return run
 
@@ -231,7 +290,7 @@ def test_every_figure_loads_in_a_browser(run_dir: Path) -> None:
 def test_missing_sections_are_listed_not_fatal(tmp_path: Path) -> None:
     assert run_report(str(tmp_path / "empty")).extra["sections"] == []
     page = (tmp_path / "empty" / "report" / "index.html").read_text()
-    assert page.count("Not computed in this run") == 10  # every section, the paper-vs-this-run table too
+    assert page.count("Not computed in this run") == 14  # every section, the paper-vs-this-run table too
     run = tmp_path / "run"
     sweep = pd.DataFrame({"threshold": [0.0, 0.5, 1.0], "n_samples": [9, 4, 0], "n_classes": [3, 2, 0]})
     _parquet(sweep, run / "selection" / "sweep.parquet")
@@ -268,6 +327,37 @@ def test_cli_report(run_dir: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "[report]" in result.output and str(out / "index.html") in result.output
     assert "openclipart" in (out / "index.html").read_text()
-    assert len(list(out.glob("grid_*.png"))) == 4  # 2 classes × 2 variants
+    assert len(list(out.glob("grid_*.png"))) == 8  # 2 classes × 4 variants (2 of them filtered, Appendix D)
     bad = runner.invoke(app, ["report", str(run_dir), "--out", str(out), "--preset", "nope"])
     assert bad.exit_code == 2 and "unknown preset" in bad.output
+
+
+def test_section4_numbers_and_figures_come_from_the_diagnostics(run_dir: Path) -> None:
+    page = _page(run_dir)
+    manifest = read_manifest(report_dir(str(run_dir)))
+    assert manifest is not None
+    assert {"text-alone", "selection-frequency", "filtered", "nearest"} <= set(manifest.extra["sections"])
+    section = {a: page.split(f'<section id="{a}">')[1].split("</section>")[0]
+               for a in ("text-alone", "selection-frequency", "filtered", "nearest")}  # fmt: skip
+    text = pd.read_parquet(run_dir / "diagnose" / "text-alone" / "summary.parquet").iloc[0]
+    assert f"{text['share_own_class_first']:.1%}" in section["text-alone"]
+    assert "fig_text_alone_histogram.png" in section["text-alone"] and "fig_text_alone_p.png" in section["text-alone"]
+    assert "the 3 other classes of the catalog" in section["text-alone"]
+    props = pd.read_parquet(run_dir / "diagnose" / "selection-frequency" / "proportions.parquet")
+    assert len(props) == 8 and section["selection-frequency"].count("<tr>") == len(props) + 1
+    assert "fig_selection_frequency.png" in section["selection-frequency"]
+    filtered = pd.read_parquet(run_dir / "diagnose" / "filtered" / "summary.parquet")
+    for name in filtered["variant"]:
+        acc = pd.read_parquet(Path(accuracy_dir(str(run_dir), name, MODEL)) / "summary.parquet")
+        top1 = acc[(acc["k"] == 1) & (acc["weighting"] == "equal")]["accuracy"].iloc[0]
+        assert name in section["filtered"] and f"{top1:.1%}" in section["filtered"]
+    search = read_manifest(str(run_dir / "diagnose" / "nearest" / "run" / "selection"))
+    assert search is not None and search.rows_out >= 20  # at least every query whose own text is in the corpus
+    assert search.rows_out == len(
+        pd.read_parquet(run_dir / "diagnose" / "nearest" / "run" / "selection" / "laionet.parquet")
+    )
+    assert f"<b>{search.rows_out}</b>" in section["nearest"] and "fig_nearest_sweep.png" in section["nearest"]
+    assert "nearest captions vs laionet-image" in section["nearest"]
+    assert "recall@1" in section["nearest"]
+    for name in ("fig_text_alone_p.png", "fig_selection_frequency.png", "fig_nearest_sweep.png"):
+        assert (Path(report_dir(str(run_dir))) / name).stat().st_size > 1000

@@ -40,6 +40,34 @@ class Reference(BaseModel):
     paths: dict[str, str]
 
 
+class NearestCaptions(BaseModel):
+    """Section 4.3: the nearest corpus caption of every labelled query caption, downloaded and compared."""
+
+    queries: str | None = Field(
+        None,
+        description="labelled query captions (ImageNet-Captions JSON, or parquet key/text/wnid); None: the captions "
+        "of the run's variant `stand_in` (the offline stand-in)",
+    )
+    stand_in: str = Field("laionet-image", description="the variant whose captions are the queries when none given")
+    corpus: str | None = Field(None, description="the searched corpus (parquet parts); None: the preset's corpus")
+    embeddings: str | None = Field(
+        None,
+        description="caption embeddings in clip-retrieval's layout (e.g. LAION's released text_emb/ + metadata/); "
+        "None: computed from the corpus with the preset's text encoder",
+    )
+    threshold: float = Field(0.7, description="keep a nearest caption whose similarity is above it (strict)")
+    k: int = Field(10, gt=0, description="candidates from the index re-scored exactly per query")
+    index: dict[str, Any] = Field(default_factory=dict, description="laionet.retrieval.index.IndexConfig fields")
+    exclude_query_keys: bool = Field(
+        False, description="skip a corpus caption that is itself a query (queries taken from the corpus)"
+    )
+    compare: list[str] = Field(
+        default_factory=lambda: ["imagenet-val"],
+        description="datasets or variants the nearest-caption images are compared with (intra-class similarity)",
+    )
+    image_limit: int | None = Field(None, description="download only the first N nearest-caption samples")
+
+
 class Diagnose(BaseModel):
     """The Section 4 diagnostics of a run (the ``diagnose`` flow). Empty lists switch a diagnostic off."""
 
@@ -69,6 +97,7 @@ class Diagnose(BaseModel):
         description="stand-in: text thresholds at these quantiles of the selected index's text similarity",
     )
     filtered_target: int | None = Field(None, description="samples per filtered variant (default: the strictest's)")
+    nearest: NearestCaptions | None = Field(None, description="4.3 nearest-caption dataset; None: not run")
     candidates: str | None = Field(
         None,
         description="the candidate index of the filtered variants (default: the run's selection/laionet.parquet, "
@@ -150,7 +179,11 @@ PRESETS: dict[str, Preset] = {
         description="offline: openclipart corpus, MiniLM, EfficientNet-Lite0, text-only vs image-filtered selection",
         download={"image_size": 448, "threads": 16, "samples_per_shard": 256, "timeout": 20},
         disclaimer=DEMO_DISCLAIMER,
-        diagnose=Diagnose(filter_strictness=[5, 3, 1], text_quantiles=[0.0, 0.25, 0.5, 0.75]),
+        diagnose=Diagnose(
+            filter_strictness=[5, 3, 1],
+            text_quantiles=[0.0, 0.25, 0.5, 0.75],
+            nearest=NearestCaptions(stand_in="laionet-image", exclude_query_keys=True, compare=["laionet-image"]),
+        ),
     ),
     "laion400m": Preset(
         name="laion400m",
@@ -171,7 +204,15 @@ PRESETS: dict[str, Preset] = {
         },
         compare=[("laionet", "imagenet-val"), ("laionet-image", "imagenet-val")],
         shard_batches=8,
-        diagnose=Diagnose(captions="data/imagenet-captions/imagenet_captions.json"),
+        diagnose=Diagnose(
+            captions="data/imagenet-captions/imagenet_captions.json",
+            nearest=NearestCaptions(
+                queries="data/imagenet-captions/imagenet_captions.json",
+                embeddings="data/laion400m-embeddings",  # LAION's released text_emb/ + metadata/ (no re-encoding)
+                index={"kind": "ivfpq", "nlist": 65536, "m": 64, "nbits": 8, "nprobe": 64},
+                compare=["imagenet-val"],
+            ),
+        ),
     ),
 }
 

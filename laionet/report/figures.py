@@ -276,3 +276,102 @@ def image_grid(images: Sequence[Any], path: str, thumb: int = 128, columns: int 
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG", optimize=True)
     return _write_png(buffer.getvalue(), path)
+
+
+def caption_histogram(histogram: pd.DataFrame, sufficient: float | None, path: str) -> str:
+    """Fig. 9a: captions per bin of their similarity to their own synset, the sufficient similarity dashed.
+    ``histogram``: ``bin_left``, ``bin_right``, ``captions``."""
+    filled = histogram[histogram["captions"] > 0]
+    fig = _figure()
+    ax = fig.subplots()
+    if len(filled):
+        width = (filled["bin_right"] - filled["bin_left"]).to_numpy(float)
+        ax.bar(filled["bin_left"], filled["captions"], width=width, align="edge", color=BLUE, alpha=0.8)
+    if sufficient is not None:
+        ax.axvline(sufficient, color=GREY, linestyle="--", linewidth=1.2, label=f"sufficient similarity {sufficient:g}")
+        ax.legend(frameon=False, fontsize=8)
+    ax.set_xlabel("similarity of a caption to its own synset text, s(t, y)")
+    ax.set_ylabel("captions")
+    _style(ax, integer_y=True)
+    return _save(fig, path)
+
+
+def caption_p_by_bin(bins: pd.DataFrame, sufficient: float | None, path: str) -> str:
+    """Fig. 9b: per bin of own similarity, the mean share of other classes more similar than the own class, with its
+    95 % interval. ``bins``: ``bin_left``, ``bin_right``, ``captions``, ``mean_p``, ``lower``, ``upper``."""
+    filled = bins[bins["captions"] > 0]
+    centre = ((filled["bin_left"] + filled["bin_right"]) / 2).to_numpy(float)
+    mean = filled["mean_p"].to_numpy(float)
+    fig = _figure()
+    ax = fig.subplots()
+    ax.errorbar(centre, mean, yerr=[mean - filled["lower"].to_numpy(float), filled["upper"].to_numpy(float) - mean],
+                color=BLUE, marker="o", markersize=3, linewidth=1.2, capsize=2)  # fmt: skip
+    if sufficient is not None:
+        ax.axvline(sufficient, color=GREY, linestyle="--", linewidth=1.2, label=f"sufficient similarity {sufficient:g}")
+        ax.legend(frameon=False, fontsize=8)
+    ax.set_xlabel("similarity of a caption to its own synset text, s(t, y)")
+    ax.set_ylabel("share of other classes more similar, p(t)")
+    _style(ax)
+    return _save(fig, path)
+
+
+def proportions_against(proportions: pd.DataFrame, x_label: str, path: str) -> str:
+    """Fig. 8b/8c: per compared pair side (A lower, B lower), the share of classes significantly lower against x,
+    with its 95 % interval. ``proportions``: ``a``, ``b``, ``x``, ``side``, ``share``, ``lower``, ``upper``."""
+    fig = _figure()
+    ax = fig.subplots()
+    colors = [BLUE, RED, ORANGE, GREY, "#2ca02c", "#9467bd"]
+    groups = proportions.groupby(["side", "a" if proportions["a"].nunique() <= proportions["b"].nunique() else "b"])
+    for i, ((side, name), frame) in enumerate(groups):
+        frame = frame.sort_values("x")
+        share = frame["share"].to_numpy(float)
+        err = [share - frame["lower"].to_numpy(float), frame["upper"].to_numpy(float) - share]
+        which = "A" if side == "a_lower" else "B"
+        label = f"{which} significantly lower ({name})"
+        ax.errorbar(frame["x"].to_numpy(float), share, yerr=err, color=colors[i % len(colors)], marker="o",
+                    markersize=3.5, linewidth=1.2, capsize=2, label=label)  # fmt: skip
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("share of classes")
+    ax.legend(frameon=False, fontsize=7)
+    _style(ax)
+    return _save(fig, path)
+
+
+def pooled_by_dataset(pooled: pd.DataFrame, path: str) -> str:
+    """Fig. 8a: densities of the pooled within-class pair similarities of each dataset, each class drawn to the same
+    size. ``pooled``: ``dataset``, ``similarity``."""
+    values = pooled["similarity"].to_numpy(float)
+    lo, hi = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
+    edges = np.linspace(lo, hi if hi > lo else lo + 1e-3, 41)
+    fig = _figure()
+    ax = fig.subplots()
+    for color, (name, frame) in zip([BLUE, ORANGE, RED, GREY], pooled.groupby("dataset"), strict=False):
+        v = frame["similarity"].to_numpy(float)
+        label = f"{name} ({len(v)} pairs, mean {v.mean():.3f})"
+        ax.hist(v, bins=edges, density=True, color=color, alpha=0.55, label=label)
+    ax.set_xlabel("cosine similarity of two images of the same class")
+    ax.set_ylabel("density")
+    ax.legend(frameon=False, fontsize=8)
+    _style(ax)
+    return _save(fig, path)
+
+
+def nearest_sweep(sweep: pd.DataFrame, threshold: float | None, path: str) -> str:
+    """Fig. 16 (coverage): nearest captions kept and classes covered against the query–caption similarity threshold.
+    ``sweep``: ``threshold`` and the count columns (``captions`` / ``kept``, ``classes``)."""
+    fig = _figure((9.0, 3.4))
+    axes = fig.subplots(1, 2)
+    counts = [c for c in sweep.columns if c != "threshold" and pd.api.types.is_numeric_dtype(sweep[c])]
+    classes = next((c for c in counts if "class" in c), None)
+    kept = next((c for c in counts if c != classes), None)
+    for ax, column, color in ((axes[0], classes, BLUE), (axes[1], kept, ORANGE)):
+        if column is None:
+            continue
+        ax.plot(sweep["threshold"], sweep[column], color=color, linewidth=1.8, marker="o", markersize=3)
+        if threshold is not None:
+            ax.axvline(threshold, color=GREY, linestyle="--", linewidth=1.2, label=f"threshold {threshold:g}")
+            ax.legend(frameon=False, fontsize=8)
+        ax.set_xlabel("query–caption similarity threshold")
+        ax.set_ylabel(column.replace("_", " "))
+        _style(ax)
+    return _save(fig, path)

@@ -5,7 +5,8 @@ Reads only what the stages wrote (paths from ``laionet.core.layout``): every sta
 ``evaluate/intra/<a>--<b>/<model>/`` (``intra_a``, ``intra_b``, ``compare_bootstrap``, ``summary``);
 ``evaluate/recall-difference`` and ``evaluate/own-similarity`` (any table with ``delta``, ``lower``, ``upper``);
 ``evaluate/relations`` (any table with two numeric columns); shards and ``variants/<variant>/labels.parquet`` for
-image grids. A section whose tables are absent says "not computed in this run". Writes ``<out>/index.html``, the
+image grids; the Section 4 diagnostics under ``diagnose/`` (``laionet.report.section4``). A section whose tables are
+absent says "not computed in this run". Writes ``<out>/index.html``, the
 figures beside it, then the manifest (stage ``report``; rows = tables: in = found, out = read, dropped unreadable).
 """
 
@@ -31,7 +32,7 @@ from laionet.core.manifest import (
     write_text_atomic,
 )
 from laionet.images.shards import keys_by_tar, read_images
-from laionet.report import figures
+from laionet.report import figures, section4
 from laionet.report.page import (
     _ID_COLUMNS,
     _Context,
@@ -541,6 +542,14 @@ def run_report(
         ("own-similarity", "Image-to-own-synset similarity (Appendix C)",
          lambda: _differences(ctx, "own-similarity", "own-synset similarity"), "evaluate/own-similarity/"),
         ("relations", "Recall vs intra-class disparity (Fig. 7)", lambda: _relations(ctx), "evaluate/relations/"),
+        ("text-alone", "Text alone (Section 4.2, Fig. 9)", lambda: section4.text_alone(ctx),
+         "diagnose/text-alone/"),
+        ("selection-frequency", "Selection frequency (Section 4.1, Fig. 8)", lambda: section4.selection_frequency(ctx),
+         "diagnose/selection-frequency/"),
+        ("filtered", "Image+text-filtered variants (Appendix D)", lambda: section4.filtered_variants(ctx),
+         "diagnose/filtered/"),
+        ("nearest", "Nearest captions (Section 4.3, Figs. 10, 16)", lambda: section4.nearest_captions(ctx),
+         "diagnose/nearest/"),
         ("grids", "Sample images per class", lambda: _grids(ctx, grid_classes, grid_per_class), "no shards"),
     ]  # fmt: skip
     rendered, missing, failed = [], [], {}

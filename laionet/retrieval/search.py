@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
 
 from laionet.core.manifest import Manifest, Timer, config_hash, file_digest, join, write_manifest, write_parquet_atomic
 from laionet.core.stage import require_complete, require_file_input, stage_run
@@ -70,8 +71,12 @@ def run_nearest_captions(
     exclude_keys: bool = False,
     encoder_factory: Callable[[str], TextEncoder] | None = None,
     batch_size: int = 4096,
+    index_name: str = "index.parquet",
 ) -> Manifest:
     """The nearest-caption dataset of a labelled query set (see module docstring).
+
+    ``index_name``: the file name of the index (``laionet.parquet`` makes ``out_dir`` the ``selection/`` of a run
+    directory of its own, which the image stages then take as they take LAIONet's).
 
     Raises:
         UpstreamError: an incomplete embedding or index stage; ValueError: bad query table.
@@ -81,7 +86,14 @@ def run_nearest_captions(
     built = require_complete(index_dir, "caption-index", hint="re-run `laionet caption-index`")
     require_file_input(catalog_path, "catalog", hint="re-run `laionet catalog`")
     spec = canonical_spec(str(embedded.extra.get("encoder", embedded.config.get("encoder"))))
-    settings = {"threshold": threshold, "k": k, "nprobe": nprobe, "exclude_keys": exclude_keys, "encoder": spec}
+    settings = {
+        "threshold": threshold,
+        "k": k,
+        "nprobe": nprobe,
+        "exclude_keys": exclude_keys,
+        "encoder": spec,
+        "index_name": index_name,
+    }
     chash = config_hash({**settings, "queries": file_digest(queries), "embeddings": embedded.config_hash,
                          "index": built.config_hash, "catalog": file_digest(catalog_path)})  # fmt: skip
     with stage_run(out_dir, chash, STAGE) as done:
@@ -147,7 +159,7 @@ def run_nearest_captions(
         )
         sweep = pd.DataFrame([_sweep_row(pairs, t) for t in SWEEP])
         outputs = {
-            "index": join(out_dir, "index.parquet"),
+            "index": join(out_dir, index_name),
             "pairs": join(out_dir, "pairs.parquet"),
             "sweep": join(out_dir, "sweep.parquet"),
         }
@@ -165,7 +177,12 @@ def run_nearest_captions(
             rows_out=len(index_table),
             dropped=dropped,
             wall_time_s=timer.elapsed,
-            extra={"classes": int(index_table["wnid"].nunique()), "index_kind": built.extra.get("kind")},
+            extra={
+                "classes": int(index_table["wnid"].nunique()),
+                "index_kind": built.extra.get("kind"),
+                "threshold": threshold,
+                "query_classes": int(frame["wnid"].nunique()),
+            },
         )
         write_manifest(out_dir, manifest)
         return manifest
@@ -187,3 +204,39 @@ def _select(pairs: pd.DataFrame, threshold: float) -> tuple[pd.DataFrame, dict[s
 def _sweep_row(pairs: pd.DataFrame, threshold: float) -> dict[str, float]:
     kept, _ = _select(pairs, threshold)
     return {"threshold": threshold, "captions": len(kept), "classes": int(kept["wnid"].nunique())}
+
+
+def variant_queries(labels_path: str, index_path: str, out_path: str) -> str:
+    """A labelled query set from a variant of a run: its samples' captions (``text`` of the selection index) with
+    the variant's classes → ``out_path`` (``key``, ``text``, ``wnid``; the offline stand-in for ImageNet-Captions).
+
+    Raises:
+        UpstreamError: an incomplete variant or selection; ValueError: a label key missing from the index.
+    """
+    require_file_input(labels_path, "variants", hint="re-run `laionet variants` (or the evaluate flow)")
+    require_file_input(index_path, "select", hint="re-run `laionet select` (or the build flow)")
+    with fsspec.open(labels_path, "rb") as f:
+        labels = pq.read_table(f, columns=["key", "wnid"]).to_pandas()
+    with fsspec.open(index_path, "rb") as f:
+        texts = pq.read_table(f, columns=["key", "text"]).to_pandas().drop_duplicates("key")
+    frame = labels.merge(texts, on="key", how="left")
+    missing = frame["text"].isna()
+    if missing.any():
+        raise ValueError(f"{labels_path}: {int(missing.sum())} keys have no caption in {index_path}, e.g. "
+                         f"{frame.loc[missing, 'key'].iloc[0]!r}")  # fmt: skip
+    write_parquet_atomic(pa.Table.from_pandas(frame[["key", "text", "wnid"]], preserve_index=False), out_path)
+    return out_path
+
+
+def copy_catalog(catalog_path: str, run_dir: str) -> str:
+    """The catalog of the run whose ``selection/`` a search wrote, as ``<run_dir>/catalog.parquet`` (the image
+    stages read class names from it); rewritten only when its content differs."""
+    require_file_input(catalog_path, "catalog", hint="re-run `laionet catalog`")
+    target = join(run_dir, "catalog.parquet")
+    fs, real = url_to_fs(target)
+    if fs.exists(real) and file_digest(target) == file_digest(catalog_path):
+        return target
+    with fsspec.open(catalog_path, "rb") as f:
+        table = pq.read_table(f)
+    write_parquet_atomic(table, target)
+    return target
