@@ -307,3 +307,109 @@ def test_grouped_evaluation_on_local_ray(
         assert sorted(p.name for p in (tmp_path / "evaluate" / "_groups" / name).iterdir()) == [
             f"{g}-of-4" for g in range(4)
         ]
+
+
+# the compose service ------------------------------------------------------------------------------------------------
+
+DEPLOYMENTS = Path(__file__).resolve().parents[1] / "deployments"
+GPU_STAGES = {"build", "infer", "diagnose", "laion400m", "demo"}  # similarity, inference, text alone: on a GPU
+
+
+def _compose() -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load((DEPLOYMENTS / "docker-compose.yml").read_text())
+
+
+def test_compose_file_validates_where_docker_compose_exists() -> None:
+    import shutil
+    import subprocess
+
+    if (
+        shutil.which("docker") is None
+        or subprocess.run(["docker", "compose", "version"], capture_output=True).returncode
+    ):
+        pytest.skip("no `docker compose` here (the structural test below checks the file)")
+    for profile in ([], ["--profile", "ray"]):
+        done = subprocess.run(
+            ["docker", "compose", "-f", str(DEPLOYMENTS / "docker-compose.yml"), *profile, "config", "-q"],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+
+
+def test_compose_file_structure() -> None:
+    """Without a Docker engine: the services, the NVIDIA request of the GPU containers, workers polling the pool and
+    queues the deployments use, the server on PostgreSQL, one image built from deployments/Dockerfile."""
+    import yaml
+
+    compose = _compose()
+    services = compose["services"]
+    assert {"postgres", "prefect-server", "setup", "cpu-worker", "gpu-worker", "ray-head", "ray-gpu-node"} <= set(
+        services
+    )
+    deployments = yaml.safe_load((DEPLOYMENTS / "prefect.yaml").read_text())["deployments"]
+    pools = {d["work_pool"]["name"] for d in deployments}
+    queues = {d["name"]: d["work_pool"]["work_queue_name"] for d in deployments}
+    assert pools == {"gpu"} and {q for n, q in queues.items() if n in GPU_STAGES} == {"gpu"}
+    assert set(queues.values()) == {"gpu", "cpu"}
+    for name, queue in (("cpu-worker", "cpu"), ("gpu-worker", "gpu")):
+        command = services[name]["command"]
+        assert command[:3] == ["prefect", "worker", "start"], command
+        assert command[command.index("--pool") + 1] in pools and command[command.index("--work-queue") + 1] == queue
+        assert services[name]["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+        assert services[name]["depends_on"]["setup"]["condition"] == "service_completed_successfully"
+    for name in ("gpu-worker", "ray-gpu-node"):  # the NVIDIA runtime, every GPU of the host
+        gpu = services[name]
+        assert gpu["runtime"] == "nvidia"
+        (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"] and device["count"] == "all"
+    for name in ("cpu-worker", "setup", "prefect-server", "ray-head"):
+        assert "deploy" not in services[name] and "runtime" not in services[name]
+    assert services["cpu-worker"]["environment"]["LAIONET_GPUS"] == "0"
+    server = services["prefect-server"]
+    assert server["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
+    assert "@postgres:5432/" in server["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert server["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "prefect work-pool create gpu --type process" in services["setup"]["command"][-1]
+    assert "deploy --prefect-file deployments/prefect.yaml --all" in services["setup"]["command"][-1]
+    for name, service in services.items():  # one image, from the Dockerfile; mounted volumes declared; links exist
+        if name != "postgres":
+            assert service["build"] == {"context": "..", "dockerfile": "deployments/Dockerfile"}, name
+            assert service["image"] == "laionet-worker:latest"
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            assert source.startswith(("$", ".", "/")) or source in compose["volumes"], (name, volume)
+        assert set(service.get("depends_on") or []) <= set(services), name
+    for name in ("cpu-worker", "gpu-worker", "ray-head", "ray-gpu-node"):  # the same result store and caches
+        env = services[name]["environment"]
+        assert (env["PREFECT_LOCAL_STORAGE_PATH"], env["HF_HOME"], env["TORCH_HOME"]) == (
+            "/results",
+            "/cache/huggingface",
+            "/cache/torch",
+        )
+        assert "results:/results" in services[name]["volumes"] and "runs:/opt/laionet/runs" in services[name]["volumes"]
+    assert (
+        services["ray-head"]["profiles"] == ["ray"]
+        and "--ray-client-server-port=10001" in services["ray-head"]["command"]
+    )
+    dockerfile = (DEPLOYMENTS / "Dockerfile").read_text()
+    for needed in (
+        "FROM python:3.11",
+        "scripts/constraints.txt",
+        "COPY flows flows",
+        "COPY tasks tasks",
+        '-e ".[orchestration]"',
+        "laionet wordnet install",
+        "LAIONET_ROOT=/opt/laionet",
+    ):
+        assert needed in dockerfile, needed
+
+
+def test_deployments_job_variables() -> None:
+    import yaml
+
+    for deployment in yaml.safe_load((DEPLOYMENTS / "prefect.yaml").read_text())["deployments"]:
+        env = deployment["work_pool"]["job_variables"]["env"]
+        assert env == {"PREFECT_LOGGING_EXTRA_LOGGERS": "laionet", "LAIONET_TASK_RUNNER": "threads"}, deployment["name"]

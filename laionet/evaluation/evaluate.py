@@ -252,7 +252,7 @@ def _write_tables(out_dir: str, tables: dict[str, pd.DataFrame]) -> list[str]:
     return outputs
 
 
-def _read_parts(part_dirs: Sequence[str], stage: str) -> tuple[dict[str, pd.DataFrame], dict[str, object]]:
+def _read_parts(part_dirs: Sequence[str], stage: str) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
     """The groups' per-class tables, concatenated per kind, and the first part's ``extra["counts"]`` (every group
     counts the whole stage's inputs alike). Each part must be complete and one group of the same split."""
     from laionet.core.stage import require_complete
@@ -260,7 +260,7 @@ def _read_parts(part_dirs: Sequence[str], stage: str) -> tuple[dict[str, pd.Data
     if not part_dirs:
         raise ValueError(f"{stage}: no class-group parts to merge")
     frames: dict[str, list[pd.DataFrame]] = {}
-    counts: dict[str, object] = {}
+    counts: dict[str, Any] = {}
     seen = set()
     for part in part_dirs:
         manifest = require_complete(part, f"{stage}-group", hint=f"re-run the {stage} group task of {part}")
@@ -277,11 +277,11 @@ def _read_parts(part_dirs: Sequence[str], stage: str) -> tuple[dict[str, pd.Data
 
 def _part_manifest(
     stage: str,
-    config: dict[str, object],
+    config: dict[str, Any],
     outputs: list[str],
     inputs: list[str],
     rows: int,
-    counts: dict[str, object],
+    counts: dict[str, Any],
     timer: Timer,
 ) -> Manifest:
     return Manifest(
@@ -300,10 +300,10 @@ def _part_manifest(
 
 def _intra_inputs(
     embeddings_a: str, labels_a: str, embeddings_b: str, labels_b: str, flags_a: str | None, flags_b: str | None
-) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], dict[str, object]]:
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], dict[str, Any]]:
     emb_a, cls_a, unlabelled_a, flagged_a = _labelled(embeddings_a, labels_a, flags_a)
     emb_b, cls_b, unlabelled_b, flagged_b = _labelled(embeddings_b, labels_b, flags_b)
-    counts: dict[str, object] = {
+    counts: dict[str, Any] = {
         "rows_in": len(emb_a) + len(emb_b) + unlabelled_a + unlabelled_b + flagged_a + flagged_b,
         "rows_out": len(emb_a) + len(emb_b),
         "dropped": {"no_label": unlabelled_a + unlabelled_b, "flagged": flagged_a + flagged_b},
@@ -322,7 +322,7 @@ def _intra_config(
     n_boot: int,
     seed: int,
     min_pairs: int,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     return {
         "a": [embeddings_a, labels_a, flags_a],
         "b": [embeddings_b, labels_b, flags_b],
@@ -334,7 +334,7 @@ def _intra_config(
 
 
 def _intra_manifest(
-    out_dir: str, tables: dict[str, pd.DataFrame], config: dict[str, object], counts: dict[str, object], timer: Timer
+    out_dir: str, tables: dict[str, pd.DataFrame], config: dict[str, Any], counts: dict[str, Any], timer: Timer
 ) -> Manifest:
     outputs = _write_tables(out_dir, tables)
     a, b = config["a"], config["b"]
@@ -342,11 +342,11 @@ def _intra_manifest(
         stage="intra-class",
         config=config,
         config_hash=config_hash(config),
-        inputs=[p for p in (*a, *b) if p],  # type: ignore[misc]
+        inputs=[p for p in (*a, *b) if p],
         outputs=outputs,
-        rows_in=int(counts["rows_in"]),  # type: ignore[call-overload]
-        rows_out=int(counts["rows_out"]),  # type: ignore[call-overload]
-        dropped=dict(counts["dropped"]),  # type: ignore[call-overload]
+        rows_in=int(counts["rows_in"]),
+        rows_out=int(counts["rows_out"]),
+        dropped=dict(counts["dropped"]),
         wall_time_s=timer.elapsed,
         extra={"proportions": tables["summary"].to_dict("records")},
     )
@@ -466,6 +466,9 @@ def _verdict_label(table: pd.DataFrame) -> pd.Series:
     )
 
 
+Method = Literal["bootstrap", "newcombe"]
+
+
 def _recall_inputs(
     per_class_a: str, per_class_b: str, ks: Sequence[int] | None, method: str
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[int]]:
@@ -491,12 +494,12 @@ def _recall_inputs(
 
 
 def _recall_tables(
-    a: pd.DataFrame, b: pd.DataFrame, ks: Sequence[int], method: str, n_boot: int, seed: int, level: float
+    a: pd.DataFrame, b: pd.DataFrame, ks: Sequence[int], method: Method, n_boot: int, seed: int, level: float
 ) -> dict[str, pd.DataFrame]:
     """Per k, the per-class recall differences of the classes in ``a`` and ``b`` (seeded per class)."""
     tables = {}
     for k in ks:
-        table = recall_difference(a, b, k, n_boot=n_boot, seed=seed, level=level, method=method)  # type: ignore[arg-type]
+        table = recall_difference(a, b, k, n_boot=n_boot, seed=seed, level=level, method=method)
         table.insert(1, "k", k)
         table["verdict"] = _verdict_label(table)
         tables[f"recall_at_{k}"] = table
