@@ -121,19 +121,37 @@ class ErrorLog:
 
 
 class _Tracked:
-    """A read-only stream that counts its bytes and keeps the last 1024 (the end-of-archive check, on the stream)."""
+    """A read-only stream that counts its bytes and keeps the last 1024 (the end-of-archive check, on the stream), and
+    reads its source in chunks of ``chunk`` bytes (tarfile asks for 10 KB at a time: over HTTP each call would be a
+    round trip through fsspec's event loop)."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw, self.size, self.tail = raw, 0, b""
+    def __init__(self, raw: IO[bytes], chunk: int = 1 << 20) -> None:
+        self.raw, self.chunk, self.size, self.tail = raw, chunk, 0, b""
+        self._buffer, self._at = b"", 0
 
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
+    def _take(self, n: int) -> bytes:
+        if self._at >= len(self._buffer):
+            self._buffer, self._at = self.raw.read(max(n, self.chunk)), 0
+        data = self._buffer[self._at : self._at + n]
+        self._at += len(data)
+        return data
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0:
+            data = self._buffer[self._at :] + self.raw.read()
+            self._buffer, self._at = b"", 0
+        else:
+            parts = []
+            while n > 0 and (part := self._take(n)):
+                parts.append(part)
+                n -= len(part)
+            data = b"".join(parts)
         self.size += len(data)
         self.tail = data[-1024:] if len(data) >= 1024 else (self.tail + data)[-1024:]
         return data
 
     def drain(self) -> None:
-        while self.read(1 << 16):
+        while self.read(1 << 20):
             pass
 
     def ends_cleanly(self) -> bool:
