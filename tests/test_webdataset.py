@@ -218,6 +218,16 @@ def test_damage_is_recorded_with_shard_key_and_reason(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="truncated_shard"):  # no log given: a damaged shard raises, never passes quietly
         list(iter_raw(str(shards / "00002.tar")))
 
+    # a stage over webdataset's notation: pipe: commands, brace-expanded
+    from laionet.images.verify import run_verify
+
+    manifest = run_verify(f"pipe:cat {shards}/{{00000..00002}}.tar", str(tmp_path / "verify"))
+    quarantine = pd.read_parquet(tmp_path / "verify" / "quarantine.parquet")
+    assert manifest.inputs == [f"pipe:cat {shards}/0000{i}.tar" for i in range(3)]
+    assert ("*", "truncated_shard") in set(zip(quarantine["key"], quarantine["reason"], strict=True))
+    assert ("part-0/5", "undecodable_image") in set(zip(quarantine["key"], quarantine["reason"], strict=True))
+    assert manifest.rows_in == manifest.rows_out + sum(manifest.dropped.values())
+
 
 def test_cls_and_info_json_read_by_plain_webdataset(tmp_path: Path) -> None:
     """An ingested reference set read as a webdataset user would: ``cls`` is the ImageNet-1k index of the wnid; a

@@ -36,6 +36,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -451,6 +452,14 @@ class ShardWriter:
             self.abort(exc)
 
 
+def shard_size(url: str) -> int | None:
+    """The size of a shard file (None for a ``pipe:`` command, which has none until it runs)."""
+    if url.startswith("pipe:"):
+        return None
+    fs, real = url_to_fs(url)
+    return int(fs.size(real))
+
+
 def info_path(shards_dir: str) -> str:
     from laionet.core.manifest import join
 
@@ -568,12 +577,18 @@ def verify_shard(path: str, errors: ErrorLog | None = None) -> tuple[list[str], 
     return good, bad
 
 
+_BRACES = re.compile(r"\{[^{}]*(\.\.|,)[^{}]*\}")  # webdataset's brace notation: {00000..00099} or {a,b}
+
+
 def list_shards(shards: str, missing_ok: bool = False) -> list[str]:
-    """The ``.tar`` shards of a directory or a glob, sorted.
+    """The ``.tar`` shards of a directory or a glob, sorted; or the URLs of webdataset's notation, in its order.
 
     A directory written by a stage (download, ingest) is listed from its manifest — exactly the shards of its
     current input, never a leftover of an earlier one — and must be complete; a directory without a manifest or
-    marker (shards made elsewhere) and a glob are listed as they are.
+    marker (shards made elsewhere) and a glob are listed as they are. A ``pipe:`` command or a URL with braces
+    (``https://host/shards/{00000..00099}.tar``, ``pipe:curl -s https://host/{00000..00009}.tar``; ``::`` joins
+    several) is expanded as ``webdataset.WebDataset`` expands it, without checking that each exists: a missing one is
+    read as a damaged shard.
 
     Raises:
         FileNotFoundError: when there are none (unless ``missing_ok``); ``UpstreamError`` (a FileNotFoundError) for a
@@ -582,6 +597,13 @@ def list_shards(shards: str, missing_ok: bool = False) -> list[str]:
     from laionet.core.manifest import incomplete_marker, join, read_manifest
     from laionet.core.stage import UpstreamError
 
+    if shards.startswith("pipe:") or _BRACES.search(shards) or "::" in shards:
+        from webdataset.shardlists import expand_urls
+
+        urls = [str(u) for u in expand_urls(shards)]
+        if not urls and not missing_ok:
+            raise FileNotFoundError(f"no shards in {shards!r}")
+        return urls
     fs, real = url_to_fs(shards)
     if not any(c in real for c in "*?[") and fs.isdir(real):
         manifest = read_manifest(shards)

@@ -2,7 +2,8 @@
 and quarantine bad samples with their reason.
 
 Reads ``<shards>/*.tar`` (+ the per-shard ``.parquet`` listings when present) through webdataset, one sample in
-memory at a time (the shard directory may be local or any fsspec URL, ``http(s)://`` included: shards are streamed);
+memory at a time (local, any fsspec URL — ``http(s)://`` included: shards are streamed — or webdataset's notation,
+``pipe:`` commands and brace ranges: ``shards.list_shards``);
 writes ``<out>/quarantine.parquet`` (``shard``, ``key``, ``reason``: ``truncated_shard`` with key ``*``,
 ``undecodable_image``, ``no_image``, ``no_metadata``, ``bad_metadata``, ``missing_from_tar``) and the manifest (samples
 in = good + quarantined by reason). Nothing is deleted: downstream stages skip the quarantined keys.
@@ -14,12 +15,11 @@ import logging
 
 import pandas as pd
 import pyarrow as pa
-from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
 from laionet.core.manifest import Manifest, Timer, config_hash, join, write_manifest, write_parquet_atomic
 from laionet.core.stage import stage_rebuild
-from laionet.images.shards import ErrorLog, list_shards, verify_shard
+from laionet.images.shards import ErrorLog, list_shards, shard_size, verify_shard
 
 _log = logging.getLogger("laionet.verify")
 
@@ -34,7 +34,6 @@ def run_verify(shards_dir: str, out_dir: str) -> Manifest:
 
 
 def _verify(shards_dir: str, shards: list[str], out_dir: str, timer: Timer) -> Manifest:
-    fs = url_to_fs(shards_dir)[0]
     rows: list[dict[str, str]] = []
     good_total = 0
     for shard in tqdm(shards, desc="verify", unit="shard", disable=None):
@@ -52,7 +51,7 @@ def _verify(shards_dir: str, shards: list[str], out_dir: str, timer: Timer) -> M
     manifest = Manifest(
         stage="verify",
         config={"shards": shards_dir},
-        config_hash=config_hash({"shards": shards_dir, "files": [(s, fs.size(s)) for s in shards]}),
+        config_hash=config_hash({"shards": shards_dir, "files": [(s, shard_size(s)) for s in shards]}),
         inputs=shards,
         outputs=[join(out_dir, "quarantine.parquet")],
         rows_in=good_total + len(per_sample),
