@@ -12,6 +12,9 @@ A GPU task calls ``gpu_slot(device)`` around its driver call and passes the devi
   = the GPU Ray assigned). Slots are per server, devices per machine: on a cluster Ray, not the slots, places tasks;
 * on a machine without a GPU (N = 0) nothing changes: the device is yielded as given and no slot is taken.
 
+Slots are limits of the Prefect server, devices belong to a machine: where several GPU machines share one server, give
+each its own names with ``LAIONET_NODE`` (slots ``gpu-<node>-<i>``), else their tasks would share ``gpu-0`` … .
+
 The ``gpu`` tag of the GPU tasks stays (``prefect concurrency-limit create gpu N`` caps GPU tasks overall); the
 device slots are what pins each task to its own device.
 """
@@ -25,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 
 ENV_VAR = "LAIONET_GPUS"
+NODE_VAR = "LAIONET_NODE"
 PREFIX = "gpu-"
 POLL_S = 2.0  # seconds between two rounds of slot requests while every device is busy
 _log = logging.getLogger("laionet.tasks.devices")
@@ -46,8 +50,11 @@ def gpu_count() -> int:
 
 
 def slot_names(count: int) -> list[str]:
-    """The global concurrency limits of ``count`` devices: ``gpu-0`` … ``gpu-<count-1>``."""
-    return [f"{PREFIX}{i}" for i in range(count)]
+    """The global concurrency limits of ``count`` devices: ``gpu-0`` … ``gpu-<count-1>``, or ``gpu-<node>-<i>`` with
+    ``$LAIONET_NODE`` set."""
+    node = os.environ.get(NODE_VAR, "").strip()
+    prefix = f"{PREFIX}{node}-" if node else PREFIX
+    return [f"{prefix}{i}" for i in range(count)]
 
 
 def ensure_slots(count: int) -> None:

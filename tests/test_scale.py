@@ -32,6 +32,11 @@ def test_no_gpu_no_slot(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LAIONET_GPUS", "two")
     with pytest.raises(ValueError, match="LAIONET_GPUS"):
         gpu_count()
+    from tasks.devices import slot_names
+
+    assert slot_names(2) == ["gpu-0", "gpu-1"]
+    monkeypatch.setenv("LAIONET_NODE", "box-a")  # several GPU machines on one server: slots of their own
+    assert slot_names(2) == ["gpu-box-a-0", "gpu-box-a-1"]
 
 
 @pytest.mark.prefect
@@ -49,6 +54,7 @@ def test_parallel_gpu_tasks_hold_different_devices(
     from tasks._common import resolve
 
     monkeypatch.setenv("LAIONET_GPUS", "2")
+    monkeypatch.delenv("LAIONET_NODE", raising=False)
     monkeypatch.setattr(tasks.devices, "POLL_S", 0.3)
     calls: list[tuple[str, float, float]] = []
     lock = threading.Lock()
