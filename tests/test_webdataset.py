@@ -230,8 +230,9 @@ def test_damage_is_recorded_with_shard_key_and_reason(tmp_path: Path) -> None:
 
 
 def test_cls_and_info_json_read_by_plain_webdataset(tmp_path: Path) -> None:
-    """An ingested reference set read as a webdataset user would: ``cls`` is the ImageNet-1k index of the wnid; a
-    sample of a wnid outside ImageNet-1k has no ``cls``; ``_info.json`` has the classes, counts and timm's split."""
+    """An ingested reference set read as a webdataset user would, and by timm's webdataset reader: ``cls`` is the
+    ImageNet-1k index of the wnid; a sample of a wnid outside ImageNet-1k has no ``cls``; ``_info.json`` has the
+    classes, counts and timm's split."""
     import webdataset as wds
 
     from laionet.images.references import ingest
@@ -258,6 +259,10 @@ def test_cls_and_info_json_read_by_plain_webdataset(tmp_path: Path) -> None:
     for image, cls, meta in pairs:
         assert image.mode == "RGB" and isinstance(cls, int) and info["classes"][cls] == meta["wnid"]
     assert [cls for _, cls, _ in pairs] == [0, 1, 291, 291, 0]
+    from timm.data import create_dataset  # timm's webdataset reader: _info.json's split, the cls member
+
+    dataset = create_dataset("wds/laionet", root=str(out), split="validation", is_training=False, batch_size=1)
+    assert len(dataset) == 5 and [target for _, target in dataset] == [0, 1, 291, 291, 0]
 
     # outside ImageNet-1k: no cls (the json keeps the wnid and the run's own class index), counted in _info.json
     from laionet.images.shards import write_shard_info
