@@ -185,7 +185,6 @@ def nearest_captions_flow(
     made = variants.submit(shards_dir(sub), join(sub, "variants", "laionet"),
                            quarantine=join(sub, "verify", "quarantine.parquet"))  # fmt: skip
     futures["nearest-variant"] = made
-    futures["nearest-acquire"] = acquired
     main_ocr = join(run_dir, "ocr") if config.ocr else None
     for b in nc.compare:
         b_dataset = b if b in config.references else "laionet"
@@ -195,4 +194,4 @@ def nearest_captions_flow(
             intra_dir(run_dir, NEAREST, b, emb), config.intra_cap, config.n_boot, config.seed, ocr_dir_a=ocr,
             ocr_dir_b=main_ocr if b_dataset == "laionet" else None, wait_for=[made],
         )  # fmt: skip
-    return resolve(futures)
+    return {**resolve(futures), **{f"nearest-{stage}": manifest for stage, manifest in acquired.items()}}

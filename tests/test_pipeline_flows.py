@@ -178,3 +178,65 @@ def test_evaluate_and_report_flows_after_inference(prefect_harness: Path, tiny_r
     again = final_task_states(evaluate(run_dir, preset, return_state=True), 8)  # 2 variants, 3 accuracies, intra, ...
     assert sum(len(states) for states in again.values()) == 8
     assert {s for states in again.values() for s in states} == {"Cached"}
+
+
+def test_nearest_captions_through_acquire_infer_and_intra_class(prefect_harness: Path, tiny_run, tmp_path) -> None:
+    """Section 4.3 in the diagnose flow on the tiny run: a corpus of captions (with image URLs) is embedded with the
+    offline text encoder and indexed; the nearest caption of each query is downloaded, verified and inferred as a
+    run directory of its own, and its intra-class similarity compared with LAIONet's; the report shows it; a second
+    run is Cached throughout."""
+    from flows.acquire import acquire
+    from flows.diagnose import diagnose, nearest_captions_flow
+    from flows.evaluate import evaluate
+    from flows.infer import infer_flow
+    from flows.report import report_flow
+    from tests.conftest import write_corpus_part
+
+    run_dir, preset_path, images = tiny_run
+    corpus_texts = ["a cup of coffee on a saucer", "a tabby cat looking up", "an old camera on a tripod",
+                    "a rocket on its launch pad", "a street map of a small town"]  # fmt: skip
+    files = ["coffee.png", "chelsea.png", "camera.png", "rocket.jpg", "missing.png"]
+    write_corpus_part(tmp_path / "corpus" / "p0.parquet", corpus_texts, URL=[MIRROR + f for f in files])
+    queries = pd.DataFrame({"key": ["q0", "q1", "q2"], "text": ["a coffee cup", "a cat", "a camera on a tripod"],
+                            "wnid": ["n07920052", "n02123159", "n04485082"]})  # fmt: skip
+    queries.to_parquet(tmp_path / "queries.parquet")
+    preset = json.loads(Path(preset_path).read_text())
+    preset["diagnose"] = {"text_alone": False, "nearest": {
+        "queries": str(tmp_path / "queries.parquet"), "corpus": str(tmp_path / "corpus"), "threshold": 0.3,
+        "compare": ["laionet"], "index": {"recall_queries": 5}}}  # fmt: skip
+    Path(preset_path).write_text(json.dumps(preset))
+    with ImageServer(images) as base:
+        mirror = {MIRROR: base + "/"}
+        assert acquire(run_dir, preset_path, rewrite_urls=mirror, return_state=True).is_completed()
+        assert infer_flow(run_dir, preset_path, return_state=True).is_completed()
+        assert evaluate(run_dir, preset_path, return_state=True).is_completed()
+        state = diagnose(run_dir, preset_path, rewrite_urls=mirror, return_state=True)
+        assert state.is_completed(), state
+        manifests = state.result()
+        nearest = Path(run_dir) / "diagnose" / "nearest"
+        search = read_manifest(str(nearest / "run" / "selection"))
+        assert search is not None and search.rows_in == 3
+        picked = pd.read_parquet(nearest / "run" / "selection" / "laionet.parquet")
+        assert (
+            dict(zip(picked["text"], picked["wnid"], strict=True))
+            == {t: w for t, w in zip(corpus_texts[:3], queries["wnid"], strict=True) if t in set(picked["text"])}
+            and len(picked) >= 2
+        )  # the nearest captions, labelled with their query's class
+        shards = read_manifest(str(nearest / "run" / "shards"))
+        assert shards is not None and shards.rows_out == len(picked)  # downloaded like LAIONet
+        assert (nearest / "run" / "catalog.parquet").exists()
+        emb = preset["embedding_model"]
+        assert list((nearest / "run" / "inference" / "laionet").iterdir())  # inferred with the embedding model
+        intra = Path(run_dir) / "evaluate" / "intra" / "nearest-captions--laionet" / emb.replace(":", "-")
+        assert "intra:nearest-captions--laionet" in manifests
+        assert manifests["nearest-captions"]["rows_out"] == len(picked)
+        assert report_flow(run_dir, preset_path, return_state=True).is_completed()
+        html = (Path(run_dir) / "report" / "index.html").read_text()
+        assert '<section id="nearest">' in html and "nearest captions vs laionet" in html
+        assert intra.parent.exists() or any((Path(run_dir) / "evaluate" / "intra").glob("nearest-captions--*"))
+        again = nearest_captions_flow(run_dir, preset_path, rewrite_urls=mirror, return_state=True)
+    assert again.is_completed()
+    states = final_task_states(again, 8)  # 6 tasks and the acquire and infer subflows
+    assert {"caption-embeddings", "caption-index", "nearest-captions", "variants", "intra-class"} <= set(states)
+    subflows = {"acquire", "infer", "run-catalog"}  # (a subflow's wrapper is Completed; the copy is not cached)
+    assert {s for name, ss in states.items() for s in ss if name not in subflows} == {"Cached"}, states
