@@ -17,7 +17,19 @@ import pytest
 import laionet
 
 ROOT = Path(laionet.__file__).parent
-STAGE_PACKAGES = ("core", "text", "selection", "images", "inference", "evaluation", "report", "cli")
+STAGE_PACKAGES = (
+    "core",
+    "text",
+    "selection",
+    "images",
+    "inference",
+    "evaluation",
+    "diagnostics",
+    "retrieval",
+    "report",
+    "export",
+    "cli",
+)
 # libraries that no module may load at import time (each is imported inside the function that needs it)
 HEAVY = ("open_clip", "timm", "sentence_transformers", "img2dataset", "matplotlib", "rapidocr_onnxruntime", "prefect")
 # the only modules that need torch at import time: the inference engine and its decoding (torch tensors throughout)

@@ -414,3 +414,20 @@ def test_every_third_party_import_is_a_declared_dependency() -> None:
         if not any(_canonical(d) in declared for d in owners[m])
     }
     assert not undeclared, f"imports whose distribution pyproject.toml does not declare: {undeclared}"
+
+
+def test_inference_over_pipe_shards(tmp_path: Path) -> None:
+    """webdataset's ``pipe:`` URLs (a command that prints the tar) reach inference too: the part records identify such
+    a shard by its command, so a second run resumes every part."""
+    from laionet.core.stage import input_identity
+    from laionet.inference.engine import InferConfig, run_inference
+
+    shards = _shard_dir(tmp_path)
+    spec = f"timm:test_resnet@{_test_resnet_weights(tmp_path / 'w.pth')}"
+    local = run_inference(str(shards), [spec], str(tmp_path / "inf-local"), config=InferConfig(workers=0))[spec]
+    piped = f"pipe:cat {shards}/{{00000..00002}}.tar"
+    assert input_identity(f"pipe:cat {shards}/00000.tar") == {"command": f"cat {shards}/00000.tar"}
+    first = run_inference(piped, [spec], str(tmp_path / "inf-pipe"), config=InferConfig(workers=0))[spec]
+    assert (first.rows_in, first.rows_out, first.dropped) == (local.rows_in, local.rows_out, local.dropped)
+    again = run_inference(piped, [spec], str(tmp_path / "inf-pipe"), config=InferConfig(workers=0))[spec]
+    assert again.config_hash == first.config_hash and again.rows_out == first.rows_out

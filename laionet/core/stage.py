@@ -319,7 +319,10 @@ def _marker_exists(target: str) -> bool:
 
 def input_identity(path: str) -> dict[str, Any]:
     """What identifies the content of an input file without reading it: size and modification time (fsspec's info;
-    object stores give an ETag or a generation instead)."""
+    object stores give an ETag or a generation instead). A webdataset ``pipe:`` command has no file to look at: its
+    identity is the command itself (change the command, or what it names, to make a stage redo its part)."""
+    if path.startswith("pipe:"):
+        return {"command": path[len("pipe:") :]}
     fs, real = url_to_fs(path)
     info = fs.info(real)
     identity: dict[str, Any] = {"size": int(info.get("size") or 0)}
