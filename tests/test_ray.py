@@ -32,6 +32,8 @@ def test_task_runner_specs(prefect_harness: Path, monkeypatch: pytest.MonkeyPatc
     from tasks.runners import ENV_VAR, REPO_ROOT, task_runner, with_task_runner
 
     monkeypatch.delenv(ENV_VAR, raising=False)
+    from flows.build import build  # imported (its default runner read from the environment) before the env changes
+
     assert type(task_runner()) is ThreadPoolTaskRunner
     assert task_runner("threads:3")._max_workers == 3
     processes = task_runner("processes:2")
@@ -54,8 +56,6 @@ def test_task_runner_specs(prefect_harness: Path, monkeypatch: pytest.MonkeyPatc
     for bad in ["dask", "threads:0", "threads:x", "ray:", "ray://", "Ray"]:
         with pytest.raises(ValueError, match="accepted forms: 'threads'"):
             task_runner(bad)
-
-    from flows.build import build
 
     monkeypatch.setenv(ENV_VAR, "threads:2")
     configured = with_task_runner(build)
