@@ -5,6 +5,7 @@ records the device it was given, and Ray is started with ``num_gpus=1`` on a mac
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from pathlib import Path
@@ -197,8 +198,9 @@ def _stage_args(a: dict[str, str], b: dict[str, str]) -> dict[str, tuple[Any, ..
     }
 
 
-def assert_same_output(single: str, merged: str) -> None:
-    """Every table of two stage outputs identical (values, dtypes, order), and the manifests alike but for time."""
+def assert_same_output(single: str, merged: str, moved: tuple[str, str] | None = None) -> None:
+    """Every table of two stage outputs identical (values, dtypes, order), and the manifests alike but for time (and
+    for the run directory, ``moved``: (that of ``single``, that of ``merged``))."""
     import pandas as pd
 
     from laionet.core.manifest import read_manifest
@@ -209,7 +211,10 @@ def assert_same_output(single: str, merged: str) -> None:
     for path in one.outputs:
         pd.testing.assert_frame_equal(pd.read_parquet(path), pd.read_parquet(Path(merged) / Path(path).name))
     fields = ("stage", "config", "config_hash", "rows_in", "rows_out", "dropped", "extra")
-    assert {f: getattr(one, f) for f in fields} == {f: getattr(two, f) for f in fields}
+    if moved:  # two run directories: the same config but for their paths (so not the same config hash)
+        fields = fields[:2] + fields[3:]
+    mine = json.loads(json.dumps({f: getattr(one, f) for f in fields}).replace(*moved or ("", "")))
+    assert mine == {f: getattr(two, f) for f in fields}
 
 
 @pytest.mark.parametrize("groups", [1, 3, 4])
@@ -260,59 +265,82 @@ def test_merge_refuses_an_incomplete_split(two_variants: tuple[dict[str, str], d
         ev.run_recall_difference_group(*args, dirs[2], 3, 3)
 
 
+def _run_dir(root: Path) -> Path:
+    """A run directory the evaluate flow can read: the shards' listings of LAIONet and one reference (``ref``), the
+    quarantine table, one model's predictions (``topk``, ``own_score``) and embeddings per dataset, class shares."""
+    import numpy as np
+    import pandas as pd
+
+    from laionet.core.layout import inference_dir
+
+    run = root / "run"
+    for dataset, sizes, seed in (("laionet", A_SIZES, 1), ("ref", B_SIZES, 2)):
+        rng = np.random.default_rng(seed)
+        cls = np.repeat(list(sizes), list(sizes.values()))
+        keys = [f"{dataset}/{i}" for i in range(len(cls))]
+        shards = run / ("shards" if dataset == "laionet" else f"references/{dataset}")
+        shards.mkdir(parents=True)
+        (shards / "00000.tar").write_bytes(b"")
+        pd.DataFrame({"key": keys, "wnid": [f"n{c:08d}" for c in cls], "class_index": cls,
+                      "status": "success"}).to_parquet(shards / "00000.parquet")  # fmt: skip
+        emb = rng.normal(size=(10, 8))[cls] + rng.normal(size=(len(cls), 8))
+        for name in ("efficientnet_lite0", "clip"):  # the classifier and embedding model; the zero-shot model
+            model = Path(inference_dir(str(run), dataset, name))
+            model.mkdir(parents=True)
+            np.save(model / "00000.npy", (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float16))
+            pd.DataFrame({"key": keys}).to_parquet(model / "00000.keys.parquet")
+            topk = [[int(c) if rng.random() < 0.6 else 99, *rng.integers(0, 10, 4).tolist()] for c in cls]
+            pd.DataFrame({"key": keys, "topk": topk, "own_score": rng.uniform(0.1, 0.4, len(keys))}).to_parquet(
+                model / "00000.predictions.parquet"
+            )
+    (run / "verify").mkdir()
+    pd.DataFrame({"shard": pd.Series([], dtype=str), "key": pd.Series([], dtype=str),
+                  "reason": pd.Series([], dtype=str)}).to_parquet(run / "verify" / "quarantine.parquet")  # fmt: skip
+    (run / "selection").mkdir()
+    shares = pd.DataFrame(
+        {"class_index": list(A_SIZES), "share": np.array(list(A_SIZES.values())) / sum(A_SIZES.values())}
+    )
+    shares.to_parquet(run / "selection" / "class_frequency.parquet")
+    return run
+
+
 @pytest.mark.prefect
-def test_grouped_evaluation_on_local_ray(
+def test_evaluate_flow_with_class_groups_on_local_ray(
     prefect_harness: Path,
     ray_temp_dir: str,  # noqa: F811
-    two_variants: tuple[dict[str, str], dict[str, str]],
     tmp_path: Path,
 ) -> None:
-    """The evaluate flow's class-group fan-out (``flows.evaluate.submit_by_class_group``) with class_groups=4 on a local
-    Ray instance: 4 group tasks and a merge task per stage, in Ray workers; the merged outputs are the single pass's."""
-    from prefect import flow
+    """The evaluate flow with ``class_groups=4`` on a local Ray instance (4 group tasks and a merge task per intra-class
+    comparison, recall difference and Appendix C, in Ray workers) writes the tables of the same flow with
+    ``class_groups=1`` in threads, table for table."""
+    import shutil
 
-    import tasks.evaluate as te
-    from flows.evaluate import submit_by_class_group
-    from laionet.evaluation import evaluate as ev
-    from tasks._common import resolve
+    from flows.evaluate import evaluate
+    from laionet.core.config import Preset
     from tasks.runners import task_runner
 
-    a, b = two_variants
-    evaluate_dir = str(tmp_path / "evaluate")
+    single_run = _run_dir(tmp_path / "single")
+    grouped_run = tmp_path / "grouped" / "run"
+    shutil.copytree(single_run, grouped_run)
+    preset = {"name": "scale", "image_filter": None, "top_k": None, "ocr": False, "zero_shot": "clip",
+              "references": {"ref": {"kind": "imagenet-val", "paths": {}}}, "compare": [("laionet", "ref")],
+              "n_boot": 60, "intra_cap": 5}  # fmt: skip
+    single = evaluate(str(single_run), Preset(**preset, class_groups=1))
     runner = task_runner("ray", ray_init={"num_cpus": 2, "include_dashboard": False,
                                           "object_store_memory": 100 * 1024**2, "_temp_dir": ray_temp_dir})  # fmt: skip
-    stages = {
-        "intra": (te.intra_class, te.intra_class_group, te.intra_class_merge,
-                  (a["model"], a["labels"], b["model"], b["labels"]), {"cap": 5, "n_boot": 60}),
-        "own": (te.own_similarity, te.own_similarity_group, te.own_similarity_merge,
-                (a["model"], a["labels"], b["model"], b["labels"]), {"n_boot": 60}),
-        "recall": (te.recall_difference, te.recall_difference_group, te.recall_difference_merge,
-                   (a["accuracy"], b["accuracy"]), {}),
-    }  # fmt: skip
-
-    @flow(task_runner=runner)
-    def grouped_evaluation() -> dict[str, Any]:
-        parts: dict[str, Any] = {}
-        merged = {
-            name: submit_by_class_group(
-                single, group, merge, f"{evaluate_dir}/{name}", evaluate_dir, 4, args, dict(options), parts
-            )
-            for name, (single, group, merge, args, options) in stages.items()
-        }
-        assert len(parts) == 12
-        return resolve({**parts, **merged})
-
-    results = grouped_evaluation()
-    assert {results[name]["stage"] for name in stages} == {"intra-class", "own-similarity", "recall-difference"}
-    args = _stage_args(a, b)
-    ev.run_intra_class(*args["intra"], str(tmp_path / "single" / "intra"), cap=5, n_boot=60)
-    ev.run_own_similarity(*args["own"], str(tmp_path / "single" / "own"), n_boot=60)
-    ev.run_recall_difference(*args["recall"], str(tmp_path / "single" / "recall"))
-    for name in stages:
-        assert_same_output(str(tmp_path / "single" / name), f"{evaluate_dir}/{name}")
-        assert sorted(p.name for p in (tmp_path / "evaluate" / "_groups" / name).iterdir()) == [
-            f"{g}-of-4" for g in range(4)
-        ]
+    grouped = evaluate.with_options(task_runner=runner)(str(grouped_run), Preset(**preset, class_groups=4))
+    assert set(single) == set(grouped) and {"intra:laionet--ref", "own-similarity:laionet--ref"} <= set(grouped)
+    moved = (str(single_run), str(grouped_run))
+    for key in single:  # every stage output: the grouped ones, and those downstream of them (relations)
+        out = single[key]["outputs"][0].rsplit("/", 1)[0]
+        assert_same_output(out, out.replace(*moved), moved)
+    root = grouped_run / "evaluate" / "_groups"
+    parts = sorted(str(p.relative_to(root)) for p in root.glob("*/*/*/*"))
+    clip = "clip"  # stage outputs are named after the preset's model name (inference after its canonical spec)
+    expected = [("intra", "efficientnet_lite0"), ("own-similarity", clip), ("recall-difference", "efficientnet_lite0"),
+                ("recall-difference", clip)]  # fmt: skip
+    assert parts == sorted(f"{kind}/laionet--ref/{model}/{g}-of-4" for kind, model in expected for g in range(4))
+    assert not (single_run / "evaluate" / "_groups").exists()
 
 
 # the compose service ------------------------------------------------------------------------------------------------
