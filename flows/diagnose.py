@@ -25,7 +25,9 @@ from flows.infer import infer_flow
 from laionet.core.config import Preset, load_preset
 from laionet.core.layout import accuracy_dir, inference_dir, intra_dir, shards_dir, variant_labels
 from laionet.core.manifest import join
+from laionet.selection.similarity import similarity_dir
 from tasks._common import flow_name, resolve
+from tasks.build import select
 from tasks.diagnose import filtered_variants, matched_captions, selection_frequency, text_alone
 from tasks.evaluate import accuracy, intra_class, variants
 from tasks.retrieval import caption_embeddings, caption_index, nearest_captions, run_catalog, variant_queries
@@ -62,6 +64,7 @@ def diagnose(run_dir: str, preset: Preset | str = "demo", rewrite_urls: dict[str
         )
         futures["text-alone"] = text_alone.submit(captions, catalog, join(out, "text-alone"), config.encoder)
 
+    banded: dict[str, Any] = {}  # the candidate band's manifests (subflows)
     comparisons: list[dict[str, Any]] = []
     intra_futures = []
     pooled: dict[str, list[str]] = {}
@@ -115,9 +118,16 @@ def diagnose(run_dir: str, preset: Preset | str = "demo", rewrite_urls: dict[str
 
     if (d.text_thresholds or d.text_quantiles) and (config.zero_shot or config.image_filter):
         scorer = config.zero_shot or (config.image_filter.model if config.image_filter else "")
+        data = run_dir  # the run directory whose images and inference the variants are carved from
+        candidates = d.candidates or join(run_dir, "selection", "laionet.parquet")
+        if d.candidate_band is not None:  # text thresholds below the selection's: a candidate band of its own
+            banded = {f"band-{k}": v for k, v in candidate_band_flow(run_dir, config, rewrite_urls).items()}
+            data = band_dir(run_dir)
+            candidates = join(data, "selection", "laionet.parquet")
+        data_ocr = join(data, "ocr") if config.ocr else None
         summary = filtered_variants.submit(
-            d.candidates or join(run_dir, "selection", "laionet.parquet"), inference_dir(run_dir, "laionet", scorer),
-            join(run_dir, "variants"), join(out, "filtered"), d.text_thresholds, d.text_quantiles, d.filtered_target,
+            candidates, inference_dir(data, "laionet", scorer), join(run_dir, "variants"), join(out, "filtered"),
+            d.text_thresholds, d.text_quantiles, d.filtered_target,
         )  # fmt: skip
         futures["filtered-variants"] = summary
         names = summary.result()["extra"]["variants"]
@@ -126,19 +136,49 @@ def diagnose(run_dir: str, preset: Preset | str = "demo", rewrite_urls: dict[str
         for v in names:  # each variant evaluated like LAIONet: accuracy, intra-class against the compared dataset
             for m in scored:
                 futures[f"accuracy:{v}:{m}"] = accuracy.submit(
-                    inference_dir(run_dir, "laionet", m), variant_labels(run_dir, v), accuracy_dir(run_dir, v, m),
-                    weights=join(run_dir, "selection", "class_frequency.parquet"), ocr_dir=ocr, n_boot=config.n_boot,
-                    seed=config.seed,
+                    inference_dir(data, "laionet", m), variant_labels(run_dir, v), accuracy_dir(run_dir, v, m),
+                    weights=join(run_dir, "selection", "class_frequency.parquet"), ocr_dir=data_ocr,
+                    n_boot=config.n_boot, seed=config.seed,
                 )  # fmt: skip
             futures[f"intra:{v}--{b}"] = intra_class.submit(
-                inference_dir(run_dir, "laionet", emb), variant_labels(run_dir, v),
+                inference_dir(data, "laionet", emb), variant_labels(run_dir, v),
                 inference_dir(run_dir, b if b in config.references else "laionet", emb), variant_labels(run_dir, b),
-                intra_dir(run_dir, v, b, emb), config.intra_cap, config.n_boot, config.seed, ocr_dir_a=ocr,
+                intra_dir(run_dir, v, b, emb), config.intra_cap, config.n_boot, config.seed, ocr_dir_a=data_ocr,
                 ocr_dir_b=ocr if b.startswith("laionet") else None,
             )  # fmt: skip
-    done = resolve(futures)  # every future; a failure names the task run that failed
+    done = {**banded, **resolve(futures)}  # every future; a failure names the task run that failed
     if d.nearest is not None:  # 4.3, after the rest: its downloads and inference are the longest part
         done.update(nearest_captions_flow(run_dir, config, rewrite_urls))
+    return done
+
+
+def band_dir(run_dir: str) -> str:
+    """The run directory of the filtered variants' candidate band."""
+    return join(run_dir, "diagnose", "candidates")
+
+
+@flow(name="candidate-band", flow_run_name=flow_name("candidate-band"), task_runner=task_runner())
+def candidate_band_flow(
+    run_dir: str, preset: Preset | str = "demo", rewrite_urls: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The candidates of the image+text-filtered variants when their text thresholds go below the selection's: the
+    run's matches and similarities selected again at ``Diagnose.candidate_band`` (no top-k) into a run directory of
+    its own (``diagnose/candidates``), downloaded, verified, OCR-filtered and inferred with every model like LAIONet."""
+    config = load_preset(preset)
+    band = config.diagnose.candidate_band if config.diagnose else None
+    if band is None:
+        return {}
+    sub = band_dir(run_dir)
+    catalog = join(run_dir, "catalog.parquet")
+    sim_dir = similarity_dir(join(run_dir, "similarity"), config.encoder)
+    futures = {
+        "select": select.submit(join(run_dir, "matches"), sim_dir, catalog, join(sub, "selection"), band, top_k=None),
+        "catalog": run_catalog.submit(catalog, sub),
+    }
+    done = resolve(futures)
+    sub_preset = config.model_copy(update={"name": f"{config.name}-candidates", "references": {}, "diagnose": None})
+    done.update({f"acquire-{k}": v for k, v in acquire(sub, sub_preset, rewrite_urls=rewrite_urls).items()})
+    done.update({f"infer-{k}": v for k, v in infer_flow(sub, sub_preset).items()})
     return done
 
 

@@ -240,3 +240,51 @@ def test_nearest_captions_through_acquire_infer_and_intra_class(prefect_harness:
     assert {"caption-embeddings", "caption-index", "nearest-captions", "variants", "intra-class"} <= set(states)
     subflows = {"acquire", "infer", "run-catalog"}  # (a subflow's wrapper is Completed; the copy is not cached)
     assert {s for name, ss in states.items() for s in ss if name not in subflows} == {"Cached"}, states
+
+
+def test_filtered_variants_from_a_candidate_band_below_the_selection(prefect_harness: Path, tiny_run, tmp_path) -> None:
+    """Text thresholds below the selection's need candidates the selection dropped: the diagnose flow selects the
+    run's matches again at the band's threshold into a run directory of its own, downloads and infers it, and carves
+    the equal-size variants from it; their accuracy and intra-class comparison read the band's inference."""
+    from flows.acquire import acquire
+    from flows.build import build
+    from flows.diagnose import band_dir, diagnose
+    from flows.evaluate import evaluate
+    from flows.infer import infer_flow
+    from tests.conftest import write_corpus_part
+
+    run_dir, preset_path, images = tiny_run
+    captions = ["an espresso in a white cup", "a tiger cat staring at you", "a camera on a tripod",
+                "espresso before the rocket launch"]  # fmt: skip
+    files = ["coffee.png", "chelsea.png", "camera.png", "rocket.jpg"]
+    write_corpus_part(tmp_path / "corpus" / "p0.parquet", captions, URL=[MIRROR + f for f in files])
+    classes = str(tmp_path / "classes.txt")  # the tiny run's classes (espresso, tabby, tripod)
+    build(run_dir, classes=classes, corpus=str(tmp_path / "corpus"), threshold=-1.0, top_k=None)
+    sims = pd.read_parquet(Path(run_dir) / "selection" / "laionet.parquet")["text_similarity"]
+    assert len(sims) == 4  # every caption matches one class
+    top = float(sims.max()) - 1e-4  # select again (only `select` reruns): the selection keeps the best caption only
+    built = build(run_dir, classes=classes, corpus=str(tmp_path / "corpus"), threshold=top, top_k=None)
+    assert built["select"]["rows_out"] == 1
+    preset = json.loads(Path(preset_path).read_text())
+    preset["diagnose"] = {"text_alone": False, "text_thresholds": [-0.5, 0.0], "candidate_band": -1.0}
+    Path(preset_path).write_text(json.dumps(preset))
+    with ImageServer(images) as base:
+        mirror = {MIRROR: base + "/"}
+        assert acquire(run_dir, preset_path, rewrite_urls=mirror, return_state=True).is_completed()
+        assert infer_flow(run_dir, preset_path, return_state=True).is_completed()
+        assert evaluate(run_dir, preset_path, return_state=True).is_completed()
+        state = diagnose(run_dir, preset_path, rewrite_urls=mirror, return_state=True)
+    assert state.is_completed(), state
+    band = Path(band_dir(run_dir))
+    band_index = pd.read_parquet(band / "selection" / "laionet.parquet")
+    assert len(band_index) == 4 and band_index["text_similarity"].gt(-1.0).all()  # every single-class match
+    downloaded = read_manifest(str(band / "shards"))
+    assert downloaded is not None and downloaded.rows_out == 4  # all downloaded into the band's own shards
+    summary = pd.read_parquet(Path(run_dir) / "diagnose" / "filtered" / "summary.parquet")
+    assert len(summary) == 2
+    for name in summary["variant"]:
+        labels = pd.read_parquet(Path(run_dir) / "variants" / name / "labels.parquet")
+        assert len(labels) and set(labels["key"]) <= set(band_index["key"])
+        acc = read_manifest(str(Path(run_dir) / "evaluate" / "accuracy" / name / "efficientnet_lite0"))
+        assert acc is not None and acc.rows_out == len(labels)  # scored from the band's own predictions
+        assert any(str(band) in i for i in acc.inputs), acc.inputs

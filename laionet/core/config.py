@@ -98,6 +98,12 @@ class Diagnose(BaseModel):
     )
     filtered_target: int | None = Field(None, description="samples per filtered variant (default: the strictest's)")
     nearest: NearestCaptions | None = Field(None, description="4.3 nearest-caption dataset; None: not run")
+    candidate_band: float | None = Field(
+        None,
+        description="image+text-filtered variants with text thresholds below the selection's (the paper's 0.72-0.81 "
+        "under 0.82): the text threshold of a candidate band selected, downloaded and inferred as a run of its own "
+        "(diagnose/candidates); None: the variants are carved from `candidates`",
+    )
     candidates: str | None = Field(
         None,
         description="the candidate index of the filtered variants (default: the run's selection/laionet.parquet, "
@@ -206,6 +212,9 @@ PRESETS: dict[str, Preset] = {
         shard_batches=8,
         diagnose=Diagnose(
             captions="data/imagenet-captions/imagenet_captions.json",
+            # the authors' image+text-filtered variants (≈ 535k samples each in theirs; here the strictest's size)
+            text_thresholds=[0.72, 0.76, 0.79, 0.81],
+            candidate_band=0.72,
             nearest=NearestCaptions(
                 queries="data/imagenet-captions/imagenet_captions.json",
                 embeddings="data/laion400m-embeddings",  # LAION's released text_emb/ + metadata/ (no re-encoding)
