@@ -107,7 +107,10 @@ def gpu_slot(device: str = "auto", poll_s: float | None = None) -> Iterator[str]
         for i, name in enumerate(slot_names(count)):
             with ExitStack() as stack:
                 try:
-                    stack.enter_context(concurrency(name, occupy=1, max_retries=0, strict=True))
+                    # a lease the task renews while it runs; a failed renewal (the API briefly unreachable) does not
+                    # kill an hour of inference (the slot may then be freed early, when its lease expires)
+                    slot = concurrency(name, occupy=1, max_retries=0, strict=True, raise_on_lease_renewal_failure=False)
+                    stack.enter_context(slot)
                 except Exception as exc:
                     if _locked(exc):
                         continue
