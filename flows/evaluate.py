@@ -1,5 +1,6 @@
 """The evaluate flow: label sets, accuracies, intra-class comparisons, recall differences, own-synset similarity and
-relations for a run, fanned out per (variant, model) and per compared pair.
+relations for a run, fanned out per (variant, model) and per compared pair, and per class group of the per-class
+statistics (``Preset.class_groups``: ``laionet.evaluation.groups``).
 
 Variants (``Preset.compare`` names them): ``laionet`` (the text-only selection: every downloaded, non-quarantined
 sample), ``laionet-image`` (those of them the preset's image filter agrees with), and each reference dataset.
@@ -46,7 +47,6 @@ from tasks.evaluate import (
 from tasks.runners import task_runner
 
 
-# the task runner: LAIONET_TASK_RUNNER = threads, processes, ray, ray:// (tasks/runners.py)
 def submit_by_class_group(
     single: Any,
     group_task: Any,
@@ -72,6 +72,7 @@ def submit_by_class_group(
     return merge_task.submit(*args, out_dir, dirs, **options, wait_for=started)
 
 
+# the task runner: LAIONET_TASK_RUNNER = threads, processes, ray, ray:// (tasks/runners.py)
 @flow(name="evaluate", flow_run_name=flow_name("evaluate"), task_runner=task_runner())
 def evaluate(run_dir: str, preset: Preset | str = "demo") -> dict[str, Any]:
     """Every metric of the preset's comparisons; returns the manifests by stage and target. With
