@@ -317,21 +317,29 @@ def caption_p_by_bin(bins: pd.DataFrame, sufficient: float | None, path: str) ->
 
 def proportions_against(proportions: pd.DataFrame, x_label: str, path: str) -> str:
     """Fig. 8b/8c: per compared pair side (A lower, B lower), the share of classes significantly lower against x,
-    with its 95 % interval. ``proportions``: ``a``, ``b``, ``x``, ``side``, ``share``, ``lower``, ``upper``."""
+    with its 95 % interval; the sides are drawn a little apart so equal values stay visible. ``proportions``: ``a``,
+    ``b``, ``x``, ``side``, ``share``, ``lower``, ``upper``."""
+    import textwrap
+
     fig = _figure()
     ax = fig.subplots()
     colors = [BLUE, RED, ORANGE, GREY, "#2ca02c", "#9467bd"]
-    groups = proportions.groupby(["side", "a" if proportions["a"].nunique() <= proportions["b"].nunique() else "b"])
+    markers = ["o", "s", "^", "D", "v", "P"]
+    fixed = "b" if proportions["a"].nunique() >= proportions["b"].nunique() else "a"  # the side that names a line
+    span = float(proportions["x"].max() - proportions["x"].min()) or 1.0
+    groups = list(proportions.groupby(["side", fixed]))
     for i, ((side, name), frame) in enumerate(groups):
         frame = frame.sort_values("x")
         share = frame["share"].to_numpy(float)
         err = [share - frame["lower"].to_numpy(float), frame["upper"].to_numpy(float) - share]
-        which = "A" if side == "a_lower" else "B"
-        label = f"{which} significantly lower ({name})"
-        ax.errorbar(frame["x"].to_numpy(float), share, yerr=err, color=colors[i % len(colors)], marker="o",
-                    markersize=3.5, linewidth=1.2, capsize=2, label=label)  # fmt: skip
-    ax.set_xlabel(x_label)
+        x = frame["x"].to_numpy(float) + (i - (len(groups) - 1) / 2) * 0.012 * span
+        lower, other = ("A", "B") if side == "a_lower" else ("B", "A")
+        label = f"{lower} significantly lower than {other}" + (f" ({fixed.upper()} = {name})" if name else "")
+        ax.errorbar(x, share, yerr=err, color=colors[i % len(colors)], marker=markers[i % len(markers)],
+                    markersize=4, linewidth=1.2, capsize=2, label=label)  # fmt: skip
+    ax.set_xlabel("\n".join(textwrap.wrap(x_label, 80)))
     ax.set_ylabel("share of classes")
+    ax.set_ylim(-0.03, 1.03)
     ax.legend(frameon=False, fontsize=7)
     _style(ax)
     return _save(fig, path)

@@ -195,6 +195,9 @@ def nearest_captions(ctx: _Context) -> str | None:
         parts.append(f"<h3>nearest captions vs {_esc(b)} <small>image encoder {_esc(model)}</small></h3>")
         parts.append(_table(["test", "classes compared", "nearest captions significantly lower",
                              "nearest captions significantly higher"], rows, {1, 2, 3}))  # fmt: skip
+        if int(summary["classes"].max()) == 0 if len(summary) else True:
+            parts.append("<p class=note>No class has enough images in both sets to compare (a class needs ≥ 7 "
+                         "within-class pairs in each).</p>")  # fmt: skip
         boot = ctx.read(f"{model_dir}/compare_bootstrap.parquet")
         if boot is not None and not boot.empty:
             alt = (f"Per-class intra-class similarity of the nearest-caption images minus {b}, sorted, bootstrap 95 % "
