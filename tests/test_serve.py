@@ -1,5 +1,6 @@
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,7 @@ def test_image_server_renders_svg_and_refuses_escapes(tmp_path) -> None:
     )
     (tmp_path / "b.svg").write_text("<svg not really")
     (tmp_path / "c.txt").write_text("plain")
-    with ImageServer(tmp_path, svg_width=40) as base:
+    with ImageServer(tmp_path, svg_width=40, cache_dir=tmp_path / "cache") as base:
         with urllib.request.urlopen(f"{base}/a.svg") as response:
             assert response.headers["Content-Type"] == "image/png"
             assert response.read()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -22,3 +23,55 @@ def test_image_server_renders_svg_and_refuses_escapes(tmp_path) -> None:
             with pytest.raises(urllib.error.HTTPError) as err:
                 urllib.request.urlopen(f"{base}{path}")
             assert err.value.code == code
+
+
+def _count_renders(monkeypatch) -> list[str]:
+    import cairosvg
+
+    calls: list[str] = []
+    real = cairosvg.svg2png
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("url", ""))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cairosvg, "svg2png", counting)
+    return calls
+
+
+def test_each_svg_is_rendered_once_across_servers(tmp_path, monkeypatch) -> None:
+    root, cache = tmp_path / "root", tmp_path / "cache"
+    root.mkdir()
+    svg = '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="5"><rect width="10" height="{h}"/></svg>'
+    (root / "a.svg").write_text(svg.format(h=5))
+    (root / "b.svg").write_text("<svg not really")
+    calls = _count_renders(monkeypatch)
+    bodies = []
+    for _ in range(2):  # two runs: two server instances on the same cache
+        with ImageServer(root, svg_width=40, cache_dir=cache) as base:
+            for _ in range(2):
+                with urllib.request.urlopen(f"{base}/a.svg") as response:
+                    bodies.append(response.read())
+                with pytest.raises(urllib.error.HTTPError) as err:
+                    urllib.request.urlopen(f"{base}/b.svg")
+                assert err.value.code == 500
+    assert len(set(bodies)) == 1 and bodies[0][:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(Path(c).name for c in calls) == ["a.svg", "b.svg"]  # a broken SVG is not tried again either
+    with ImageServer(root, svg_width=80, cache_dir=cache) as base:  # another render size is another PNG
+        urllib.request.urlopen(f"{base}/a.svg").read()
+    (root / "a.svg").write_text(svg.format(h=4) + "\n")  # an edited SVG is rendered again
+    with ImageServer(root, svg_width=40, cache_dir=cache) as base:
+        urllib.request.urlopen(f"{base}/a.svg").read()
+    assert sorted(Path(c).name for c in calls) == ["a.svg", "a.svg", "a.svg", "b.svg"]
+
+
+def test_concurrent_requests_render_once(tmp_path, monkeypatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    (tmp_path / "a.svg").write_text(
+        '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="5"><rect width="10" height="5"/></svg>'
+    )
+    calls = _count_renders(monkeypatch)
+    with ImageServer(tmp_path, svg_width=40, cache_dir=tmp_path / "cache") as base, ThreadPoolExecutor(8) as pool:
+        bodies = list(pool.map(lambda _: urllib.request.urlopen(f"{base}/a.svg").read(), range(16)))
+    assert len(calls) == 1 and len(set(bodies)) == 1
