@@ -18,7 +18,7 @@ from laionet.selection.similarity import similarity_dir
 from laionet.text.normalize import Mode
 from tasks._common import resolve
 from tasks.build import catalog, lemma_map, match, openclipart_corpus, select, similarity
-from tasks.runners import task_runner
+from tasks.runners import gpu_options, task_runner
 
 
 # the task runner: LAIONET_TASK_RUNNER = threads, processes, ray, ray:// (tasks/runners.py)
@@ -65,7 +65,8 @@ def build(
     matches_dir = join(run_dir, "matches")
     match_future = match.submit(corpus, matches_dir, lemma_path, mode, max_parts=max_parts, wait_for=upstream)
     sim_dir = similarity_dir(join(run_dir, "similarity"), encoder)
-    similarity_future = similarity.submit(matches_dir, catalog_path, sim_dir, encoder, wait_for=[match_future])
+    with gpu_options():  # on a Ray cluster with GPUs: one GPU for the text encoder (tasks/runners.py)
+        similarity_future = similarity.submit(matches_dir, catalog_path, sim_dir, encoder, wait_for=[match_future])
     select_future = select.submit(
         matches_dir,
         sim_dir,

@@ -31,7 +31,7 @@ from tasks.build import select
 from tasks.diagnose import filtered_variants, matched_captions, selection_frequency, text_alone
 from tasks.evaluate import accuracy, intra_class, variants
 from tasks.retrieval import caption_embeddings, caption_index, nearest_captions, run_catalog, variant_queries
-from tasks.runners import task_runner
+from tasks.runners import gpu_options, task_runner
 
 NEAREST = "nearest-captions"  # the nearest-caption dataset's name in evaluate/intra/<name>--<b>/
 
@@ -62,7 +62,8 @@ def diagnose(run_dir: str, preset: Preset | str = "demo", rewrite_urls: dict[str
         captions = d.captions or matched_captions.submit(
             join(run_dir, "matches"), join(out, "matched_captions.parquet")
         )
-        futures["text-alone"] = text_alone.submit(captions, catalog, join(out, "text-alone"), config.encoder)
+        with gpu_options():  # on a Ray cluster with GPUs: one GPU for the text encoder (tasks/runners.py)
+            futures["text-alone"] = text_alone.submit(captions, catalog, join(out, "text-alone"), config.encoder)
 
     banded: dict[str, Any] = {}  # the candidate band's manifests (subflows)
     comparisons: list[dict[str, Any]] = []
@@ -202,15 +203,17 @@ def nearest_captions_flow(
     else:
         emb_dir = join(root, "embeddings")
         corpus = nc.corpus or config.corpus or join(run_dir, "corpus")
-        embedded = caption_embeddings.submit(corpus, emb_dir, config.encoder, config.max_parts)
+        with gpu_options():
+            embedded = caption_embeddings.submit(corpus, emb_dir, config.encoder, config.max_parts)
     index_dir = join(root, "index")
     indexed = caption_index.submit(emb_dir, index_dir, nc.index, wait_for=[embedded] if embedded else [])
     queries = nc.queries or variant_queries.submit(
         variant_labels(run_dir, nc.stand_in), join(run_dir, "selection", "laionet.parquet"),
         join(root, "queries.parquet"),
     )  # fmt: skip
-    searched = nearest_captions.submit(queries, emb_dir, index_dir, catalog, join(sub, "selection"), nc.threshold,
-                                       nc.k, nc.exclude_query_keys, wait_for=[indexed])  # fmt: skip
+    with gpu_options():
+        searched = nearest_captions.submit(queries, emb_dir, index_dir, catalog, join(sub, "selection"), nc.threshold,
+                                           nc.k, nc.exclude_query_keys, wait_for=[indexed])  # fmt: skip
     futures: dict[str, Any] = {"nearest-captions": searched, "nearest-catalog": run_catalog.submit(catalog, sub)}
     resolve(futures)  # the search and the catalog before the subflows read them
     # the nearest-caption images: the same download, verify, OCR and inference as LAIONet's, with the embedding model

@@ -26,6 +26,7 @@ from laionet.text.match import MatchConfig, run_match
 from laionet.text.normalize import Mode
 from laionet.text.openclipart import DEFAULT_BASE_URL, DEFAULT_ROOT, build_openclipart_corpus
 from tasks._common import IO_RETRIES, publish, run_name, stage_cache
+from tasks.devices import gpu_slot
 
 Manifest = dict[str, Any]
 
@@ -111,8 +112,10 @@ def similarity(
     """Text-to-synset similarity of every (caption, matched class) pair of a match stage under ``encoder`` →
     ``out_dir`` (one directory per encoder: ``laionet.selection.similarity.similarity_dir``). ``device`` and
     ``batch_size`` only change how fast it runs and are left out of the cache key."""
-    config = SimilarityConfig(encoder=encoder, device=device, batch_size=batch_size, precision=precision)
-    return publish(run_similarity(matches_dir, catalog_path, out_dir, config), out_dir)
+    with gpu_slot(device) as chosen:  # cuda:<i> of the device slot it holds (tasks/devices.py)
+        config = SimilarityConfig(encoder=encoder, device=chosen, batch_size=batch_size, precision=precision)
+        manifest = run_similarity(matches_dir, catalog_path, out_dir, config)
+    return publish(manifest, out_dir)
 
 
 @task(

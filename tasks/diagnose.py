@@ -9,6 +9,7 @@ from prefect import task
 
 from laionet.core.manifest import join
 from tasks._common import below, publish, run_name, stage_cache
+from tasks.devices import gpu_slot
 
 Manifest = dict[str, Any]
 
@@ -31,14 +32,19 @@ def matched_captions(match_dir: str, out_path: str) -> str:
     name="text-alone",
     task_run_name=run_name(below("out_dir", 1)),
     tags=["stage:text-alone", "gpu"],
-    cache_policy=stage_cache("out_dir"),
+    cache_policy=stage_cache("out_dir", exclude=("device",)),
     persist_result=True,
 )
-def text_alone(captions: str, catalog_path: str, out_dir: str, encoder: str) -> Manifest:
-    """Section 4.2: each caption's similarity to its own synset and the share of other classes more similar."""
+def text_alone(captions: str, catalog_path: str, out_dir: str, encoder: str, device: str = "auto") -> Manifest:
+    """Section 4.2: each caption's similarity to its own synset and the share of other classes more similar (on the
+    device of the slot it holds; the device is not part of the cache key)."""
     from laionet.diagnostics.text_alone import run_text_alone
+    from laionet.selection.encoders import create_text_encoder
 
-    return publish(run_text_alone(captions, catalog_path, out_dir, encoder=encoder), out_dir)
+    with gpu_slot(device) as chosen:
+        manifest = run_text_alone(captions, catalog_path, out_dir, encoder=encoder,
+                                  encoder_factory=lambda spec: create_text_encoder(spec, device=chosen))  # fmt: skip
+    return publish(manifest, out_dir)
 
 
 @task(

@@ -4,11 +4,13 @@ settings in, the manifest (or the written path) out; cached across runs."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from prefect import task
 
 from tasks._common import below, publish, run_name, stage_cache
+from tasks.devices import gpu_slot
 
 Manifest = dict[str, Any]
 
@@ -17,15 +19,21 @@ Manifest = dict[str, Any]
     name="caption-embeddings",
     task_run_name=run_name("encoder"),
     tags=["stage:caption-embeddings", "gpu"],
-    cache_policy=stage_cache("out_dir"),
+    cache_policy=stage_cache("out_dir", exclude=("device",)),
     persist_result=True,
 )
-def caption_embeddings(corpus: str, out_dir: str, encoder: str, max_parts: int | None = None) -> Manifest:
+def caption_embeddings(
+    corpus: str, out_dir: str, encoder: str, max_parts: int | None = None, device: str = "auto"
+) -> Manifest:
     """Every distinct caption of the corpus embedded with ``encoder``, in clip-retrieval's layout (resumable per
-    part)."""
+    part), on the device of the slot it holds."""
     from laionet.retrieval.embed import EmbedConfig, run_caption_embeddings
+    from laionet.selection.encoders import create_text_encoder
 
-    manifest = run_caption_embeddings(corpus, out_dir, EmbedConfig(encoder=encoder), max_parts=max_parts)
+    with gpu_slot(device) as chosen:
+        factory = partial(create_text_encoder, device=chosen)
+        manifest = run_caption_embeddings(corpus, out_dir, EmbedConfig(encoder=encoder), max_parts=max_parts,
+                                          encoder_factory=factory)  # fmt: skip
     return publish(manifest, out_dir)
 
 
@@ -62,7 +70,7 @@ def variant_queries(labels_path: str, index_path: str, out_path: str) -> str:
     name="nearest-captions",
     task_run_name=run_name(below("out_dir", 2)),
     tags=["stage:nearest-captions", "gpu"],
-    cache_policy=stage_cache("out_dir"),
+    cache_policy=stage_cache("out_dir", exclude=("device",)),
     persist_result=True,
 )
 def nearest_captions(
@@ -74,14 +82,19 @@ def nearest_captions(
     threshold: float = 0.7,
     k: int = 10,
     exclude_keys: bool = False,
+    device: str = "auto",
 ) -> Manifest:
     """The nearest corpus caption of every query above ``threshold``, written as ``<out_dir>/laionet.parquet`` — the
     ``selection/`` of a run directory of its own (``out_dir``'s parent), so the acquire and infer flows take it as
     they take LAIONet."""
     from laionet.retrieval.search import run_nearest_captions
+    from laionet.selection.encoders import create_text_encoder
 
-    manifest = run_nearest_captions(queries, emb_dir, index_dir, catalog_path, out_dir, threshold=threshold, k=k,
-                                    exclude_keys=exclude_keys, index_name="laionet.parquet")  # fmt: skip
+    with gpu_slot(device) as chosen:
+        factory = partial(create_text_encoder, device=chosen)
+        manifest = run_nearest_captions(queries, emb_dir, index_dir, catalog_path, out_dir, threshold=threshold, k=k,
+                                        exclude_keys=exclude_keys, index_name="laionet.parquet",
+                                        encoder_factory=factory)  # fmt: skip
     return publish(manifest, out_dir)
 
 

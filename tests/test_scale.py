@@ -87,6 +87,53 @@ def test_parallel_gpu_tasks_hold_different_devices(
             assert (limit.limit, limit.active_slots) == (1, 0)
 
 
+def test_text_encoder_tasks_take_a_device_slot_too(
+    prefect_harness: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU tasks of the text encoders — similarity, text alone (4.2), caption embeddings and the nearest-caption
+    search (4.3) — run on the device of the slot they hold, not on GPU 0 by default: each gets ``cuda:<i>``."""
+    from prefect import flow
+
+    import laionet.selection.encoders
+    import tasks.build
+    import tasks.devices
+    from laionet.core.manifest import Manifest
+    from tasks import diagnose as diagnose_tasks
+    from tasks import retrieval as retrieval_tasks
+
+    monkeypatch.setenv("LAIONET_GPUS", "1")
+    monkeypatch.delenv("LAIONET_NODE", raising=False)
+    devices: dict[str, str] = {}
+    manifest = Manifest(stage="x", config={}, config_hash="0", rows_in=0, rows_out=0)
+
+    def factory_device(name: str) -> Any:
+        def driver(*args: Any, **kwargs: Any) -> Manifest:
+            if "encoder_factory" in kwargs:  # the task builds the encoder on its device: the (fake) encoder is it
+                devices[name] = kwargs["encoder_factory"]("st:x")
+            else:
+                devices[name] = args[3].device  # SimilarityConfig
+            return manifest
+
+        return driver
+
+    monkeypatch.setattr(laionet.selection.encoders, "create_text_encoder", lambda spec, device="auto", **kw: device)
+    monkeypatch.setattr(tasks.build, "run_similarity", factory_device("similarity"))
+    monkeypatch.setattr("laionet.diagnostics.text_alone.run_text_alone", factory_device("text-alone"))
+    monkeypatch.setattr("laionet.retrieval.embed.run_caption_embeddings", factory_device("caption-embeddings"))
+    monkeypatch.setattr("laionet.retrieval.search.run_nearest_captions", factory_device("nearest-captions"))
+
+    @flow
+    def encoders(out: str) -> None:
+        tasks.build.similarity(out, out, f"{out}/sim", "minilm")
+        diagnose_tasks.text_alone(out, out, f"{out}/text", "minilm")
+        retrieval_tasks.caption_embeddings(out, f"{out}/emb", "minilm")
+        retrieval_tasks.nearest_captions(out, out, out, out, f"{out}/near/selection")
+
+    encoders(str(tmp_path))
+    assert devices == {name: "cuda:0" for name in ("similarity", "text-alone", "caption-embeddings",
+                                                   "nearest-captions")}  # fmt: skip
+
+
 # GPU requests on Ray ------------------------------------------------------------------------------------------------
 
 
