@@ -3,9 +3,15 @@
 Download: ``--images`` generated 256x256 JPEGs served over 127.0.0.1 (each response delayed by ``--latency``, as a
 web server's would be), fetched by the download stage
 (img2dataset, processes x threads, resize, re-encode, final shards) vs a plain sequential loop (urllib + PIL resize +
-JPEG encode) on ``--baseline`` of them. OCR: RapidOCR on ``--ocr`` images. Prints images/s and the ratio.
+JPEG encode) on ``--baseline`` of them. OCR: RapidOCR on ``--ocr`` images (``benchmarks/bench_ocr.py`` compares its
+engines). Prints images/s and the ratio.
 
-    .venv/bin/python benchmarks/bench_download.py [--images 2000] [--baseline 200] [--ocr 20]
+The demo's server (``--svgs``): the first ``--svgs`` openclipart SVGs fetched through ``ImageServer`` twice, each time
+from a new server instance on one (new, empty) PNG cache — the first serve renders each SVG with cairosvg, the second
+(a re-run of the demo) reads the cache — against rendering per request (the server before the cache), all with
+``--svg-threads`` concurrent requests. ``--only-svgs`` skips the rest.
+
+    .venv/bin/python benchmarks/bench_download.py [--images 2000] [--baseline 200] [--ocr 20] [--svgs 200]
 """
 
 from __future__ import annotations
@@ -65,13 +71,71 @@ def baseline(urls: list[str]) -> float:
     return len(urls) / (time.perf_counter() - t)
 
 
+def _fetch_all(urls: list[str], threads: int) -> tuple[float, int]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def get(url: str) -> int:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                return len(response.read())
+        except OSError:
+            return 0
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        sizes = list(pool.map(get, urls))
+    return time.perf_counter() - t, sum(1 for size in sizes if size)
+
+
+def bench_svgs(count: int, threads: int, root: Path) -> None:
+    """First and second serve of ``count`` SVGs through the demo's server, and rendering per request."""
+    from laionet.images import serve
+
+    svgs = sorted(root.rglob("*.svg"))[:count]
+    if not svgs:
+        print(f"no SVGs under {root} (Debian package openclipart-svg): skipped")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "cache"
+        urls = [f"/{p.relative_to(root)}" for p in svgs]
+        rows = []
+        for label in ("first serve (renders, fills the cache)", "second serve (new server, same cache)"):
+            server = serve.ImageServer(root, cache_dir=cache)
+            with server as base:
+                seconds, ok = _fetch_all([base + u for u in urls], threads)
+            rows.append((label, seconds, ok, server.cache.renders))
+        per_request = serve.SvgCache.get
+        serve.SvgCache.get = lambda self, path, width: serve.render_svg(path, width)  # type: ignore[method-assign]
+        try:
+            with serve.ImageServer(root, cache_dir=cache) as base:
+                seconds, ok = _fetch_all([base + u for u in urls], threads)
+            rows.append(("rendering per request (no cache)", seconds, ok, len(urls)))
+        finally:
+            serve.SvgCache.get = per_request  # type: ignore[method-assign]
+    print(
+        f"demo server: {len(svgs)} openclipart SVGs, {threads} concurrent requests, load average "
+        f"{os.getloadavg()[0]:.1f}"
+    )
+    for label, seconds, ok, renders in rows:
+        print(f"  {label:<40} {seconds:7.2f} s  {ok / seconds:8.1f} images/s  ({ok} served, {renders} renders)")
+    print(f"  second serve vs rendering per request: {rows[2][1] / rows[1][1]:.1f}x faster")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--baseline", type=int, default=200)
     parser.add_argument("--ocr", type=int, default=20)
     parser.add_argument("--latency", type=float, default=0.05, help="seconds the server waits before answering")
+    parser.add_argument("--svgs", type=int, default=200, help="openclipart SVGs served twice (0: skip)")
+    parser.add_argument("--svg-threads", type=int, default=16)
+    parser.add_argument("--svg-root", default="/usr/share/openclipart/svg")
+    parser.add_argument("--only-svgs", action="store_true")
     args = parser.parse_args()
+    if args.svgs:
+        bench_svgs(args.svgs, args.svg_threads, Path(args.svg_root))
+    if args.only_svgs:
+        return
     payloads = [_jpeg(i) for i in range(50)]
     base = serve(payloads, args.latency)
     urls = [f"{base}/{i}.jpg" for i in range(args.images)]

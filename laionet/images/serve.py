@@ -78,7 +78,8 @@ class SvgCache:
                 return png.read_bytes()
             if err.is_file():
                 raise ValueError(f"{path} could not be rendered: {err.read_text()}")
-            self.renders += 1
+            with self._guard:
+                self.renders += 1
             try:
                 data = render_svg(path, width)
             except Exception as exc:  # a broken SVG: remembered, so it is not tried again on every request

@@ -1,0 +1,232 @@
+"""OCR throughput and decisions: the fast engine against the library's full pipeline, side by side in one run.
+
+Two image sets: the demo's clip art (the shards of a finished demo run, ``--shards``, with its catalog's class names)
+and generated text images (``--generated`` of them: class names and other words drawn with PIL on plain, gradient,
+noisy and clip-art-like backgrounds, small text included, a fifth without text). Each set is read by both engines in
+alternating chunks (so a load that comes and goes on a shared machine falls on both), and the script prints each
+engine's images/s, the ratio, and how many images get the same flag (the paper's rule: the class name shows in the
+recognised text) and the same text.
+
+    .venv/bin/python benchmarks/bench_ocr.py [--shards runs/demo/shards] [--generated 120] [--chunk 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from laionet.images.ocr import DET_SIDE, RapidOcrEngine, shows_name
+
+CLASS_NAMES = [
+    "golden retriever",
+    "lion",
+    "tabby",
+    "goldfish",
+    "pizza",
+    "banana",
+    "tiger shark",
+    "umbrella",
+    "bagel",
+    "teddy",
+    "violin",
+    "jellyfish",
+    "espresso",
+    "school bus",
+    "pretzel",
+    "lemon",
+    "ambulance",
+    "cowboy hat",
+    "strawberry",
+    "broccoli",
+    "zebra",
+    "pelican",
+    "tractor",
+    "mailbox",
+    "candle",
+    "backpack",
+    "castle",
+    "volcano",
+]
+OTHER_WORDS = [
+    "summer sale",
+    "best price",
+    "free shipping",
+    "hello world",
+    "made in italy",
+    "new",
+    "open",
+    "limited edition",
+    "www.example.com",
+    "2019",
+    "happy birthday",
+    "organic",
+    "premium quality",
+    "stock photo",
+    "no 7",
+    "love",
+    "coffee shop",
+    "la dolce vita",
+    "size xl",
+    "click here",
+    "menu",
+    "100% cotton",
+]
+_FONTS = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf",
+]
+
+
+def _font(rng: random.Random, size: int) -> Any:
+    fonts = [f for f in _FONTS if Path(f).is_file()]
+    if fonts and rng.random() < 0.75:
+        return ImageFont.truetype(rng.choice(fonts), size)
+    return ImageFont.load_default(size=size)
+
+
+def _background(rng: random.Random, width: int, height: int) -> Image.Image:
+    kind = rng.choice(["plain", "gradient", "noise", "shapes"])
+    base = tuple(rng.randrange(256) for _ in range(3))
+    image = Image.new("RGB", (width, height), base)
+    draw = ImageDraw.Draw(image)
+    if kind == "gradient":
+        other = tuple(rng.randrange(256) for _ in range(3))
+        for y in range(height):
+            t = y / max(1, height - 1)
+            draw.line([(0, y), (width, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(base, other, strict=True)))
+    elif kind == "noise":
+        noise = Image.effect_noise((width, height), rng.uniform(20, 60)).convert("RGB")
+        image = Image.blend(image, noise, 0.35)
+    elif kind == "shapes":
+        for _ in range(rng.randrange(3, 9)):
+            x0, y0 = rng.randrange(width), rng.randrange(height)
+            box = [x0, y0, x0 + rng.randrange(20, width // 2 + 21), y0 + rng.randrange(20, height // 2 + 21)]
+            colour = tuple(rng.randrange(256) for _ in range(3))
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour, outline="black")
+    return image
+
+
+def text_images(count: int, seed: int = 0) -> list[tuple[Image.Image, str]]:
+    """``count`` (image, class name) pairs: the name drawn in about half, other words or no text in the rest."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        width, height = rng.choice([(224, 224), (256, 256), (448, 448), (448, 634), (512, 343), (640, 480)])
+        image = _background(rng, width, height)
+        name = rng.choice(CLASS_NAMES)
+        kind = ("name", "other", "none", "name", "other")[i % 5]
+        if kind != "none":
+            words = name if kind == "name" else rng.choice(OTHER_WORDS)
+            words = rng.choice([words, words.upper(), words.title(), f"the {words}", f"{words} {rng.randrange(99)}"])
+            size = rng.choice([10, 12, 14, 18, 24, 32, 48, 64])
+            font = _font(rng, size)
+            draw = ImageDraw.Draw(image)
+            left, top, right, bottom = draw.textbbox((0, 0), words, font=font)
+            x = rng.randrange(0, max(1, width - (right - left)))
+            y = rng.randrange(0, max(1, height - (bottom - top)))
+            mean = sum(image.resize((1, 1)).getpixel((0, 0))) / 3
+            fill = (0, 0, 0) if mean > 110 else (255, 255, 255)
+            draw.text((x - left, y - top), words, fill=fill, font=font)
+            if rng.random() < 0.2:
+                image = image.filter(ImageFilter.GaussianBlur(0.8))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=rng.choice([70, 85, 95]))  # read back as the shards hold images
+        out.append((Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"), name))
+    return out
+
+
+def demo_images(shards_dir: str, catalog_path: str | None) -> list[tuple[Image.Image, str]]:
+    """The images of a demo run's shards with their class names (from the run's catalog)."""
+    import json
+
+    from laionet.images.shards import iter_raw, list_shards
+    from laionet.text.catalog import read_catalog
+
+    catalog = read_catalog(catalog_path or str(Path(shards_dir).parent / "catalog.parquet"))
+    names = dict(zip(catalog["wnid"], catalog["name"], strict=True))
+    out = []
+    for shard in list_shards(shards_dir):
+        for _, sample in iter_raw(shard):
+            if "jpg" in sample:
+                wnid = json.loads(sample["json"]).get("wnid") if "json" in sample else None
+                out.append((Image.open(io.BytesIO(sample["jpg"])).convert("RGB"), names.get(str(wnid), "")))
+    return out
+
+
+def compare(
+    label: str, images: list[tuple[Image.Image, str]], engines: dict[str, RapidOcrEngine], chunk: int
+) -> dict[str, Any]:
+    """Both engines over ``images`` in alternating chunks; print and return images/s and agreement."""
+    texts: dict[str, list[str]] = {name: [] for name in engines}
+    seconds = dict.fromkeys(engines, 0.0)
+    for start in range(0, len(images), chunk):
+        batch = [image for image, _ in images[start : start + chunk]]
+        order = list(engines) if (start // chunk) % 2 == 0 else list(reversed(engines))
+        for name in order:
+            t = time.perf_counter()
+            texts[name].extend(engines[name].read_many(batch))
+            seconds[name] += time.perf_counter() - t
+    old, new = list(engines)
+    flags = {n: [bool(c and shows_name(c, t)) for (_, c), t in zip(images, texts[n], strict=True)] for n in engines}
+    same_flag = sum(a == b for a, b in zip(flags[old], flags[new], strict=True))
+    same_text = sum(a == b for a, b in zip(texts[old], texts[new], strict=True))
+    rate = {n: len(images) / seconds[n] for n in engines}
+    n = len(images)
+    print(f"{label}: {n} images")
+    for name in engines:
+        print(f"  {name:<34} {rate[name]:7.2f} images/s   flagged {sum(flags[name]):4d}")
+    print(
+        f"  ratio {rate[new] / rate[old]:.2f}x; same flag {same_flag}/{n} ({100 * same_flag / n:.1f} %), "
+        f"same text {same_text}/{n} ({100 * same_text / n:.1f} %)"
+    )
+    for (_, name), a, b, fa, fb in zip(images, texts[old], texts[new], flags[old], flags[new], strict=True):
+        if fa != fb:
+            print(f"    flag differs ({name!r}): {old} {a!r} vs {new} {b!r}")
+    return {"rate": rate, "same_flag": same_flag, "same_text": same_text, "n": n}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shards", default="runs/demo/shards", help="a demo run's shards (skipped when missing)")
+    parser.add_argument("--catalog", default=None, help="its catalog (default: <shards>/../catalog.parquet)")
+    parser.add_argument("--limit", type=int, default=0, help="read at most this many demo images (0: all)")
+    parser.add_argument("--generated", type=int, default=120)
+    parser.add_argument("--chunk", type=int, default=10, help="images per turn of each engine")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="the fast engine's threads")
+    parser.add_argument("--det-side", type=int, default=DET_SIDE)
+    args = parser.parse_args()
+    t = time.perf_counter()
+    engines = {
+        "full (RapidOCR(), library defaults)": RapidOcrEngine(engine="full"),
+        f"fast (det {args.det_side}, {args.threads} threads)": RapidOcrEngine(
+            engine="fast", threads=args.threads, det_side=args.det_side
+        ),
+    }
+    print(
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start; engines built in "
+        f"{time.perf_counter() - t:.1f} s"
+    )
+    warm = text_images(2, seed=99)
+    for engine in engines.values():
+        engine.read_many([image for image, _ in warm])
+    if Path(args.shards).is_dir():
+        demo = demo_images(args.shards, args.catalog)
+        compare(f"demo clip art ({args.shards})", demo[: args.limit or None], engines, args.chunk)
+    else:
+        print(f"no demo shards at {args.shards}: run `make demo` or pass --shards")
+    if args.generated:
+        compare("generated text images (seed 0)", text_images(args.generated), engines, args.chunk)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()
