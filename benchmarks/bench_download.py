@@ -44,7 +44,7 @@ def _jpeg(i: int) -> bytes:
 
 def serve(payloads: list[bytes], latency: float) -> str:
     class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:
+        def log_message(self, *args: object) -> None:
             pass
 
         def do_GET(self) -> None:

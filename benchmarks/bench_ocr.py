@@ -131,9 +131,10 @@ def text_images(count: int, seed: int = 0) -> list[tuple[Image.Image, str]]:
             font = _font(rng, size)
             draw = ImageDraw.Draw(image)
             left, top, right, bottom = draw.textbbox((0, 0), words, font=font)
-            x = rng.randrange(0, max(1, width - (right - left)))
-            y = rng.randrange(0, max(1, height - (bottom - top)))
-            mean = sum(image.resize((1, 1)).getpixel((0, 0))) / 3
+            x = rng.randrange(0, max(1, width - int(right - left)))
+            y = rng.randrange(0, max(1, height - int(bottom - top)))
+            pixel = image.resize((1, 1)).getpixel((0, 0))
+            mean = sum(pixel) / 3 if isinstance(pixel, tuple) else float(pixel or 0)
             fill = (0, 0, 0) if mean > 110 else (255, 255, 255)
             draw.text((x - left, y - top), words, fill=fill, font=font)
             if rng.random() < 0.2:

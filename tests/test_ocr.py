@@ -1,6 +1,11 @@
+import io
+from pathlib import Path
+
 import pandas as pd
+import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+from laionet.images import ocr
 from laionet.images.ocr import RapidOcrEngine, run_ocr, shows_name
 from laionet.images.shards import ShardWriter, encode_rgb_jpeg
 from laionet.text.catalog import run_catalog
@@ -9,8 +14,6 @@ GOLDEN, LION = "n02099601", "n02129165"
 
 
 def _picture(text: str | None, colour=(230, 230, 230)) -> bytes:
-    import io
-
     image = Image.new("RGB", (360, 140), colour)
     if text:
         ImageDraw.Draw(image).text((12, 40), text, fill="black", font=ImageFont.load_default(size=38))
@@ -49,3 +52,157 @@ def test_rendered_class_names_are_flagged_by_the_real_ocr(tmp_path) -> None:
     assert manifest.extra["flagged"] == 2 and manifest.rows_in == 4
     again = run_ocr(str(tmp_path / "shards"), catalog, str(tmp_path / "ocr"), factory)
     assert len(engines) == 1 and again.extra == manifest.extra  # shards done are not read again
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the fast engine decides as the library's full pipeline does, and costs less
+
+
+def _text_set() -> list[tuple[Image.Image, str]]:
+    """A few dozen (image, class name) pairs: class names in several sizes and cases, other words, small text,
+    no text; plain, noisy and busy backgrounds; square and oblong images."""
+    import io
+    import random
+
+    rng = random.Random(7)
+    names = ["golden retriever", "lion", "lemon", "pizza", "school bus", "violin", "tabby", "jellyfish"]
+    others = ["summer sale", "free shipping", "hello", "made in italy", "best price 2019", "open"]
+    out = []
+    for i in range(30):
+        width, height = [(224, 224), (448, 448), (448, 320), (320, 448), (256, 256)][i % 5]
+        image = Image.new("RGB", (width, height), tuple(rng.randrange(150, 256) for _ in range(3)))
+        draw = ImageDraw.Draw(image)
+        if i % 3 == 2:  # busy background: shapes
+            for _ in range(4):
+                x, y = rng.randrange(width), rng.randrange(height)
+                draw.ellipse([x, y, x + rng.randrange(20, 90), y + rng.randrange(20, 90)], fill=(90, 140, 200))
+        name = names[i % len(names)]
+        kind = ["name", "other", "none", "name", "small", "other"][i % 6]
+        if kind != "none":
+            words = {"name": name, "small": name, "other": rng.choice(others)}[kind]
+            words = rng.choice([words, words.upper(), words.title()])
+            size = 13 if kind == "small" else rng.choice([18, 24, 32, 44])
+            draw.text(
+                (rng.randrange(4, 20), rng.randrange(4, height // 2)),
+                words,
+                fill="black",
+                font=ImageFont.load_default(size=size),
+            )
+        if i % 4 == 1:
+            image = Image.blend(image, Image.effect_noise((width, height), 40).convert("RGB"), 0.2)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        out.append((Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"), name))
+    return out
+
+
+def test_fast_engine_flags_what_the_full_pipeline_flags() -> None:
+    images = _text_set()
+    full = RapidOcrEngine(engine="full").read_many([image for image, _ in images])
+    fast = RapidOcrEngine(engine="fast").read_many([image for image, _ in images])
+    flags_full = [shows_name(name, text) for (_, name), text in zip(images, full, strict=True)]
+    flags_fast = [shows_name(name, text) for (_, name), text in zip(images, fast, strict=True)]
+    assert sum(flags_full) >= 8 and not all(flags_full)  # the set has both kinds, small text included
+    assert flags_fast == flags_full, [(n, a, b) for (_, n), a, b in zip(images, full, fast, strict=True) if a != b]
+
+
+class _Counting:
+    def __init__(self, inner) -> None:
+        self.inner, self.calls = inner, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner(*args, **kwargs)
+
+
+def test_images_without_a_detected_box_skip_recognition() -> None:
+    engine = RapidOcrEngine()
+    engine._rec, engine._cls = _Counting(engine._rec), _Counting(engine._cls)  # type: ignore[assignment]
+    blank = [Image.new("RGB", (300, 200), colour) for colour in [(255, 255, 255), (20, 90, 30), (200, 40, 40)]]
+    assert engine.read_many(blank) == ["", "", ""]
+    assert engine.calls["det"] == 3 and engine._rec.calls == 0 and engine._cls.calls == 0
+    written = Image.open(io.BytesIO(_picture("Golden Retriever"))).convert("RGB")
+    assert "golden retriever" in engine.read(written).lower() and engine._rec.calls == 1
+
+
+def test_thread_settings_reach_every_session(monkeypatch) -> None:
+    for threads in (1, 2):
+        engine = RapidOcrEngine(threads=threads)
+        for wrapper in engine.sessions():
+            options = wrapper.session.get_session_options()
+            assert (options.intra_op_num_threads, options.inter_op_num_threads) == (threads, 1)
+            assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2})
+    assert RapidOcrEngine().threads == 3  # the cores this process may run on
+    with pytest.raises(ValueError, match="unknown OCR engine"):
+        RapidOcrEngine(engine="nope")
+
+
+def test_run_ocr_builds_its_engine_with_the_threads_given(tmp_path, monkeypatch) -> None:
+    catalog, shards = _tiny_stage(tmp_path, shards=1)
+    built = []
+
+    class Recording(InkOcr):
+        def __init__(self, **kwargs) -> None:
+            built.append(kwargs)
+
+    monkeypatch.setattr(ocr, "RapidOcrEngine", Recording)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    run_ocr(shards, catalog, str(tmp_path / "a"))
+    run_ocr(shards, catalog, str(tmp_path / "b"), threads=1)
+    assert built == [{"threads": 4}, {"threads": 1}]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# per-shard fan-out
+
+
+class InkOcr:
+    """A stand-in engine (picklable, for worker processes): the 'text' is the class name the image's colour encodes."""
+
+    def read(self, image) -> str:
+        return {0: "golden retriever", 1: "lion"}.get(image.getpixel((0, 0))[0] // 100, "nothing")
+
+
+def _tiny_stage(tmp_path, shards: int = 5) -> tuple[str, str]:
+    classes = tmp_path / "classes.txt"
+    classes.write_text(f"{GOLDEN}\n{LION}\n")
+    catalog = str(tmp_path / "catalog.parquet")
+    run_catalog(str(classes), catalog)
+    writer = ShardWriter(str(tmp_path / "shards"), per_shard=3)
+    for i in range(3 * shards - 1):
+        wnid = (GOLDEN, LION)[i % 2]
+        colour = ((i % 3) * 100 + 20, 60, 60)  # 0: golden retriever, 1: lion, 2: no name
+        writer.write(f"k{i}", _picture(None, colour), "", {"wnid": wnid, "class_index": i % 2})
+    writer.close()
+    return catalog, str(tmp_path / "shards")
+
+
+def _records(out: Path) -> dict[str, dict]:
+    import json
+
+    return {
+        p.name: {
+            k: (v.replace(str(out), "OUT") if isinstance(v, str) else v) for k, v in json.loads(p.read_text()).items()
+        }
+        for p in sorted((out / "_parts").iterdir())
+    }
+
+
+def test_workers_write_the_serial_runs_outputs_and_records(tmp_path) -> None:
+    catalog, shards = _tiny_stage(tmp_path)
+    serial = run_ocr(shards, catalog, str(tmp_path / "serial"), InkOcr)
+    done = []
+    parallel = run_ocr(
+        shards, catalog, str(tmp_path / "parallel"), InkOcr, workers=2, progress=lambda i, n: done.append((i, n))
+    )
+    assert serial.extra == parallel.extra and serial.extra["flagged"] == 6 and serial.rows_in == parallel.rows_in == 14
+    assert serial.dropped == parallel.dropped and serial.inputs == parallel.inputs
+    assert [Path(p).name for p in serial.outputs] == [Path(p).name for p in parallel.outputs]
+    for a, b in zip(serial.outputs, parallel.outputs, strict=True):
+        pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b))
+    assert _records(tmp_path / "serial") == _records(tmp_path / "parallel") and len(_records(tmp_path / "serial")) == 5
+    assert done[-1] == (5, 5) and [i for i, _ in done] == sorted(i for i, _ in done)
+    (tmp_path / "parallel" / "_manifest.json").unlink()  # resume: only what is missing is redone
+    again = run_ocr(shards, catalog, str(tmp_path / "parallel"), InkOcr, workers=2)
+    assert again.extra == serial.extra and _records(tmp_path / "parallel") == _records(tmp_path / "serial")
