@@ -210,3 +210,27 @@ def test_a_killed_download_resumes_without_refetching_finished_shards(tmp_path) 
     assert all(hits[f"/{k.removeprefix('k')}.jpg"] == 1 for k in finished_keys)  # not fetched again
     assert not list(out.rglob("*.tmp-*"))
     assert sorted(k for s in manifest.outputs for k, _, _ in iter_samples(s)) == sorted(index["key"])
+
+
+def test_download_on_rays_distributor_gives_the_multiprocessing_result(tmp_path, server) -> None:
+    """img2dataset's `ray` distributor (shards as Ray tasks; here a local Ray instance started for the download, as on
+    a cluster at `ray_address`): the same samples, counts and guard (the opt-out refused) as the default one."""
+    base, _ = server
+    names = ["rgb.jpg", "gray.png", "noai.jpg", "missing.jpg", "palette.png"]
+    n = len(names)
+    index = pd.DataFrame({"key": [f"k{i}" for i in range(n)], "url": [f"{base}/{x}" for x in names], "text": names,
+                          "wnid": ["n02129165"] * n, "class_index": [291] * n})  # fmt: skip
+    index.to_parquet(tmp_path / "index.parquet")
+    common = dict(processes=1, threads=2, timeout=2, samples_per_shard=2, image_size=32, retries=0, attempts=1,
+                  allow_host=["127.0.0.1"])  # fmt: skip
+    import glob
+
+    sessions = set(glob.glob("/tmp/ray/session_2*"))  # Ray's session directories (its default temp dir)
+    result = {}
+    for distributor in ("multiprocessing", "ray"):
+        config = DownloadConfig(distributor=distributor, **common)
+        manifest = run_download(str(tmp_path / "index.parquet"), str(tmp_path / distributor), config)
+        keys = sorted(key for shard in manifest.outputs for key, _, _ in iter_samples(shard))
+        result[distributor] = (manifest.rows_out, manifest.dropped, keys)
+    assert result["ray"] == result["multiprocessing"] == (3, {"opt_out": 1, "http_404": 1}, ["k0", "k1", "k4"])
+    assert set(glob.glob("/tmp/ray/session_2*")) - sessions, "the ray distributor started a Ray instance"

@@ -39,7 +39,8 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import fsspec
 import pandas as pd
@@ -88,6 +89,15 @@ class DownloadConfig(BaseModel):
     )
     max_bytes: int = Field(20_000_000, gt=0, description="largest response body; larger ones are counted too_large")
     max_pixels: int = Field(MAX_IMAGE_PIXELS, gt=0, description="largest image (w × h) decoded: too_many_pixels")
+    distributor: Literal["multiprocessing", "pyspark", "ray"] = Field(
+        "multiprocessing",
+        description="img2dataset's distributor: its processes on this machine, a Spark session, or Ray tasks on the "
+        "cluster at `ray_address` (every node needs this package installed)",
+    )
+    subjob_size: int = Field(1000, gt=0, description="img2dataset: shards per distributed sub-job (pyspark)")
+    ray_address: str | None = Field(
+        None, description="distributor ray: the cluster ('auto', 'ray://host:10001'); None: a local Ray instance"
+    )
 
     @field_validator("allow_host")
     @classmethod
@@ -153,13 +163,16 @@ def _attempt(index: pd.DataFrame, folder: str, config: DownloadConfig, mirrors: 
         incremental_mode="incremental",
         disallowed_header_directives=OPT_OUT_DIRECTIVES if config.respect_opt_out else [],
         user_agent_token=config.user_agent_token,
+        distributor=config.distributor,
+        subjob_size=config.subjob_size,
     )
     guard = _Guard(Policy.of([*config.allow_host, *mirrors]), config.max_bytes, config.max_pixels)
     # img2dataset runs in a spawned child process, from any thread: it installs a SIGINT handler, which Python allows
     # only in the main thread (a Prefect task runs in a worker thread), and the child, which runs nothing else, loads
     # it without torch (see _rebuild_guarded), so the caller never holds img2dataset's memory. Its failure comes back
     # classified (ChildError: transient → the task retries, configuration → it does not).
-    run_in_child(_img2dataset_download, {"guard": guard, "isolated": True, **kwargs}, f"img2dataset into {folder}")
+    call = {"guard": guard, "isolated": True, "ray_address": config.ray_address, **kwargs}
+    run_in_child(_img2dataset_download, call, f"img2dataset into {folder} ({config.distributor})")
 
 
 @dataclass(frozen=True)
@@ -171,12 +184,23 @@ class _Guard:
     max_pixels: int
 
 
-def _img2dataset_download(guard: _Guard, isolated: bool = False, **kwargs: Any) -> None:
+def _img2dataset_download(guard: _Guard, isolated: bool = False, ray_address: str | None = None, **kwargs: Any) -> None:
     """``img2dataset.download(**kwargs)`` with the Downloader it builds wrapped in ``_GuardedDownloader`` and OpenCV's
     pixel limit in the environment its worker processes start with. ``isolated``: this process runs nothing else, so
-    torch is kept from loading (see ``_rebuild_guarded``)."""
+    torch is kept from loading (see ``_rebuild_guarded``). With the ``ray`` distributor, Ray is joined at
+    ``ray_address`` (or started locally, with this package's root on its workers' path) before img2dataset sends its
+    shards there as Ray tasks."""
     import importlib
     import sys
+
+    if kwargs.get("distributor") == "ray":
+        import ray
+
+        if not ray.is_initialized():
+            root = str(Path(__file__).resolve().parents[2])
+            env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}}
+            ray.init(address=ray_address, runtime_env=None if ray_address else env, include_dashboard=False,
+                     log_to_driver=False)  # fmt: skip
 
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     if isolated and "img2dataset" not in sys.modules:
