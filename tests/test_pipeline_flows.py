@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -288,3 +289,55 @@ def test_filtered_variants_from_a_candidate_band_below_the_selection(prefect_har
         acc = read_manifest(str(Path(run_dir) / "evaluate" / "accuracy" / name / "efficientnet_lite0"))
         assert acc is not None and acc.rows_out == len(labels)  # scored from the band's own predictions
         assert any(str(band) in i for i in acc.inputs), acc.inputs
+
+
+def test_selection_frequency_with_imagenetv2_versions(prefect_harness: Path, tiny_run, tmp_path) -> None:
+    """Section 4.1 as the paper runs it: two ImageNetV2-format versions ingested as reference datasets with their
+    MTurk selection frequencies; the diagnose flow compares LAIONet with each and pools the two versions' pair
+    similarities (Fig. 8a); the report draws the section against the real x (no stand-in note)."""
+    from PIL import Image
+
+    from flows.acquire import acquire
+    from flows.diagnose import diagnose
+    from flows.evaluate import evaluate
+    from flows.infer import infer_flow
+    from flows.report import report_flow
+
+    run_dir, preset_path, images = tiny_run
+    info = tmp_path / "class_info.json"
+    info.write_text(json.dumps([{"cid": 967, "wnid": "n07920052"}, {"cid": 282, "wnid": "n02123159"}]))
+    rng = np.random.default_rng(0)
+    references = {}
+    for version, spread in (("v2-a", 40), ("v2-b", 120)):
+        root = tmp_path / version
+        for cid in (967, 282):
+            (root / str(cid)).mkdir(parents=True)
+            for i in range(6):
+                pixels = np.clip(rng.normal(60 + cid % 7 * 20, spread, (24, 24, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / str(cid) / f"{i}.jpeg")
+        references[version] = {"kind": "imagenetv2", "paths": {"root": str(root), "class_info": str(info)}}
+    preset = json.loads(Path(preset_path).read_text())
+    preset["references"] = references
+    preset["diagnose"] = {"text_alone": False, "selection_frequency": {"v2-a": 0.85, "v2-b": 0.73},
+                          "selection_frequency_reference": None}  # fmt: skip
+    Path(preset_path).write_text(json.dumps(preset))
+    with ImageServer(images) as base:
+        assert acquire(run_dir, preset_path, rewrite_urls={MIRROR: base + "/"}, return_state=True).is_completed()
+    assert infer_flow(run_dir, preset_path, return_state=True).is_completed()
+    assert evaluate(run_dir, preset_path, return_state=True).is_completed()
+    state = diagnose(run_dir, preset_path, return_state=True)
+    assert state.is_completed(), state
+    out = Path(run_dir) / "diagnose" / "selection-frequency"
+    props = pd.read_parquet(out / "proportions.parquet")
+    assert set(zip(props["a"], props["b"], props["x"], strict=True)) == {("laionet", "v2-a", 0.85),
+                                                                         ("laionet", "v2-b", 0.73)}  # fmt: skip
+    assert set(props["side"]) == {"a_lower", "b_lower"} and len(props) == 2 * 2 * props["method"].nunique()
+    pooled = pd.read_parquet(out / "pooled.parquet")
+    assert set(pooled["dataset"]) == {"v2-a", "v2-b"}  # the least and the most selective version (Fig. 8a)
+    sizes = pooled.groupby("dataset").size()
+    assert sizes["v2-a"] == sizes["v2-b"] > 0  # each class drawn to the same size in both
+    assert report_flow(run_dir, preset_path, return_state=True).is_completed()
+    html = (Path(run_dir) / "report" / "index.html").read_text()
+    section = html.split('<section id="selection-frequency">')[1].split("</section>")[0]
+    assert "average MTurk selection frequency" in section and "Stand-in" not in section
+    assert "fig_selection_frequency_pooled.png" in section
