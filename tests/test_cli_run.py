@@ -139,3 +139,19 @@ def test_results_are_one_line_per_manifest_and_the_report_path(capsys: pytest.Ca
     assert [line.split()[0] for line in lines] == ["build/select", "report"]
     assert "rows in=9 out=6 dropped: nsfw=1, multi_label=2" in lines[0]
     assert module._find_stage(result, "report") == report and module._find_stage(result, "ocr") is None
+
+
+def test_stage_flows_get_the_resolved_preset_and_diagnose_the_mirror() -> None:
+    """`--stage` runs pass what reproduce passes its subflows: the resolved preset (so `--max-parts` reaches every
+    stage, e.g. the caption embeddings of 4.3), and the URL rewrite to diagnose too (its nearest-caption set and
+    candidate band are downloaded)."""
+    from laionet.cli.run import _stage_arguments
+    from laionet.core.config import load_preset
+
+    config = load_preset("demo", max_parts=1)
+    mirror = {"http://a/": "http://127.0.0.1:1/"}
+    for stage in ("acquire", "infer", "evaluate", "diagnose", "report"):
+        arguments = _stage_arguments(stage, "demo", config, 5, mirror)
+        assert arguments["preset"].max_parts == 1, stage
+    assert _stage_arguments("diagnose", "demo", config, None, mirror)["rewrite_urls"] == mirror
+    assert _stage_arguments("acquire", "demo", config, 5, mirror)["image_limit"] == 5

@@ -153,7 +153,7 @@ def run(
     flows = _import_flows()
 
     with contextlib.ExitStack() as stack:
-        if serve and config.corpus is None and (not stage or "acquire" in chosen):
+        if serve and config.corpus is None and (not stage or {"acquire", "diagnose"} & set(chosen)):
             from laionet.images.serve import ImageServer
             from laionet.text.openclipart import DEFAULT_BASE_URL, DEFAULT_ROOT
 
@@ -198,9 +198,12 @@ def _stage_arguments(
         return {"classes": config.classes, "mode": config.mode, "corpus": config.corpus,
                 "corpus_limit": config.corpus_limit, "encoder": config.encoder, "threshold": config.threshold,
                 "top_k": config.top_k, "max_parts": config.max_parts}  # fmt: skip
+    # the resolved preset (max_parts included), as reproduce passes it to its subflows
     if name == "acquire":
-        return {"preset": preset, "rewrite_urls": rewrites or None, "image_limit": image_limit}
-    return {"preset": preset}
+        return {"preset": config, "rewrite_urls": rewrites or None, "image_limit": image_limit}
+    if name == "diagnose":  # its nearest-caption set and candidate band are downloaded too
+        return {"preset": config, "rewrite_urls": rewrites or None}
+    return {"preset": config}
 
 
 @app.command()
