@@ -7,7 +7,8 @@ alternating chunks (so a load that comes and goes on a shared machine falls on b
 engine's images/s, the ratio, and how many images get the same flag (the paper's rule: the class name shows in the
 recognised text) and the same text.
 
-    .venv/bin/python benchmarks/bench_ocr.py [--shards runs/demo/shards] [--generated 120] [--chunk 10]
+    .venv/bin/python benchmarks/bench_ocr.py [--shards runs/demo/shards] [--generated 120] [--chunk 10] \\
+        [--fast 736 --fast 640:2@1 ...]
 """
 
 from __future__ import annotations
@@ -166,7 +167,8 @@ def demo_images(shards_dir: str, catalog_path: str | None) -> list[tuple[Image.I
 def compare(
     label: str, images: list[tuple[Image.Image, str]], engines: dict[str, RapidOcrEngine], chunk: int
 ) -> dict[str, Any]:
-    """Both engines over ``images`` in alternating chunks; print and return images/s and agreement."""
+    """All engines over ``images`` in turns of ``chunk`` images (the order reversed every other turn); print and
+    return each one's images/s and its agreement with the first (the reference)."""
     texts: dict[str, list[str]] = {name: [] for name in engines}
     seconds = dict.fromkeys(engines, 0.0)
     for start in range(0, len(images), chunk):
@@ -176,23 +178,38 @@ def compare(
             t = time.perf_counter()
             texts[name].extend(engines[name].read_many(batch))
             seconds[name] += time.perf_counter() - t
-    old, new = list(engines)
-    flags = {n: [bool(c and shows_name(c, t)) for (_, c), t in zip(images, texts[n], strict=True)] for n in engines}
-    same_flag = sum(a == b for a, b in zip(flags[old], flags[new], strict=True))
-    same_text = sum(a == b for a, b in zip(texts[old], texts[new], strict=True))
-    rate = {n: len(images) / seconds[n] for n in engines}
+    ref = next(iter(engines))
+    flags = {e: [bool(c and shows_name(c, t)) for (_, c), t in zip(images, texts[e], strict=True)] for e in engines}
+    rate = {e: len(images) / seconds[e] for e in engines}
     n = len(images)
-    print(f"{label}: {n} images")
+    print(f"{label}: {n} images, load average {os.getloadavg()[0]:.1f}")
+    result: dict[str, Any] = {"n": n, "rate": rate}
     for name in engines:
-        print(f"  {name:<34} {rate[name]:7.2f} images/s   flagged {sum(flags[name]):4d}")
-    print(
-        f"  ratio {rate[new] / rate[old]:.2f}x; same flag {same_flag}/{n} ({100 * same_flag / n:.1f} %), "
-        f"same text {same_text}/{n} ({100 * same_text / n:.1f} %)"
+        same_flag = sum(a == b for a, b in zip(flags[ref], flags[name], strict=True))
+        same_text = sum(a == b for a, b in zip(texts[ref], texts[name], strict=True))
+        result[name] = {"same_flag": same_flag, "same_text": same_text}
+        print(
+            f"  {name:<44} {rate[name]:6.2f} images/s  {rate[name] / rate[ref]:5.2f}x  flagged {sum(flags[name]):3d}  "
+            f"same flag {100 * same_flag / n:5.1f} %  same text {100 * same_text / n:5.1f} %"
+        )
+        for (_, cls), a, b, fa, fb in zip(images, texts[ref], texts[name], flags[ref], flags[name], strict=True):
+            if fa != fb:
+                print(f"      flag differs ({cls!r}): {a!r} vs {b!r}")
+    return result
+
+
+def _fast(spec: str) -> tuple[str, RapidOcrEngine]:
+    """``SIDE[:UPSCALE][@THREADS]`` → a labelled fast engine."""
+    spec, _, threads = spec.partition("@")
+    side, _, upscale = spec.partition(":")
+    engine = RapidOcrEngine(
+        engine="fast",
+        threads=int(threads) if threads else None,
+        det_side=int(side),
+        det_upscale=float(upscale) if upscale else None,
     )
-    for (_, name), a, b, fa, fb in zip(images, texts[old], texts[new], flags[old], flags[new], strict=True):
-        if fa != fb:
-            print(f"    flag differs ({name!r}): {old} {a!r} vs {new} {b!r}")
-    return {"rate": rate, "same_flag": same_flag, "same_text": same_text, "n": n}
+    cap = f", upscale <= {engine.det_upscale:g}" if engine.det_upscale else ""
+    return f"fast (det {engine.det_side}{cap}, {engine.threads} threads)", engine
 
 
 def main() -> None:
@@ -202,16 +219,15 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="read at most this many demo images (0: all)")
     parser.add_argument("--generated", type=int, default=120)
     parser.add_argument("--chunk", type=int, default=10, help="images per turn of each engine")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="the fast engine's threads")
-    parser.add_argument("--det-side", type=int, default=DET_SIDE)
+    parser.add_argument(
+        "--fast",
+        action="append",
+        help=f"a fast engine to compare, SIDE[:UPSCALE][@THREADS] (repeatable; default {DET_SIDE}: the defaults)",
+    )
     args = parser.parse_args()
     t = time.perf_counter()
-    engines = {
-        "full (RapidOCR(), library defaults)": RapidOcrEngine(engine="full"),
-        f"fast (det {args.det_side}, {args.threads} threads)": RapidOcrEngine(
-            engine="fast", threads=args.threads, det_side=args.det_side
-        ),
-    }
+    engines = {"full (RapidOCR(), library defaults)": RapidOcrEngine(engine="full")}
+    engines.update(_fast(spec) for spec in args.fast or [str(DET_SIDE)])
     print(
         f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start; engines built in "
         f"{time.perf_counter() - t:.1f} s"

@@ -5,8 +5,10 @@ writes ``<out>/<shard stem>.parquet`` with ``key``, ``wnid``, ``flagged`` and th
 shard (resumable), and the manifest. Rule
 (REFERENCE.md): recognise the image's text, lower-case it and join it; flag the sample iff the class's WordNet head
 name, punctuation-normalised and space-padded, occurs in the punctuation-normalised, space-padded text.
-The OCR engine is pluggable (``OcrEngine``); the offline default is RapidOCR (PP-OCRv4 detection + recognition
-ONNX models shipped inside the ``rapidocr-onnxruntime`` wheel).
+The OCR engine is pluggable (``OcrEngine``; one with ``read_many`` gets a shard's images in batches); the offline
+default is RapidOCR (PP-OCRv4 detection + recognition ONNX models shipped inside the ``rapidocr-onnxruntime`` wheel),
+run by ``RapidOcrEngine``'s fast engine (``engine="full"`` is the library's own pipeline, kept as the reference that
+``benchmarks/bench_ocr.py`` and the tests compare it with). ``workers`` > 1 OCRs shards in parallel processes.
 """
 
 from __future__ import annotations
@@ -78,10 +80,12 @@ class RapidOcrEngine:
         threads: int | None = None,
         det_side: int = DET_SIDE,
         batch: int = 1,
+        det_upscale: float | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"unknown OCR engine {engine!r}; expected one of {ENGINES}")
         self.max_side, self.engine, self.threads, self.det_side, self.batch = max_side, engine, threads, det_side, batch
+        self.det_upscale = det_upscale
         self.calls = {"det": 0, "cls": 0, "rec": 0}  # model runs (batches), for tests and benchmarks
         if engine == "full":
             from rapidocr_onnxruntime import RapidOCR
@@ -102,7 +106,7 @@ class RapidOcrEngine:
             glob["min_height"],
             glob["width_height_ratio"],
         )
-        self._min_side = glob["min_side_len"]
+        self._min_side, self._max_side = glob["min_side_len"], glob["max_side_len"]
         self._det = TextDetector(config["Det"])
         self._cls = TextClassifier(config["Cls"])
         self._rec = TextRecognizer(config["Rec"])
@@ -141,11 +145,14 @@ class RapidOcrEngine:
         return " ".join(str(item[1]) for item in result or [])
 
     def _prepared(self, image: Any) -> Any:
-        """The library's own preparation: the short side up to ``min_side_len``, thin images letterboxed."""
+        """The library's own preparation (``RapidOCR.preprocess`` and ``maybe_add_letterbox``): the long side down to
+        ``max_side_len``, the short side up to ``min_side_len``, thin images letterboxed."""
         import numpy as np
-        from rapidocr_onnxruntime.utils import add_round_letterbox, increase_min_side
+        from rapidocr_onnxruntime.utils import add_round_letterbox, increase_min_side, reduce_max_side
 
         img = self._shrunk(image)
+        if max(img.shape[:2]) > self._max_side:
+            img, _, _ = reduce_max_side(img, self._max_side)
         if min(img.shape[:2]) < self._min_side:
             img, _, _ = increase_min_side(img, self._min_side)
         h, w = img.shape[:2]
@@ -160,6 +167,8 @@ class RapidOcrEngine:
 
         h, w = img.shape[:2]
         ratio = self.det_side / max(h, w)
+        if self.det_upscale is not None:
+            ratio = min(ratio, self.det_upscale)
         size = (max(32, round(w * ratio / 32) * 32), max(32, round(h * ratio / 32) * 32))
         resized = cv2.resize(img, size).astype(np.float32)
         return ((resized / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)
