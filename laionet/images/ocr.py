@@ -99,7 +99,7 @@ class RapidOcrEngine:
         from rapidocr_onnxruntime.utils import read_yaml, update_model_path
 
         config = update_model_path(read_yaml(DEFAULT_CFG_PATH))
-        self.threads = threads = max(1, threads or len(os.sched_getaffinity(0)))
+        self.threads = threads = max(1, threads or _cores())
         glob = config["Global"]
         self._text_score, self._min_height, self._ratio = (
             glob["text_score"],
@@ -204,6 +204,12 @@ class RapidOcrEngine:
         return texts
 
 
+def _cores() -> int:
+    """The cores this process may run on (all of the machine's where the OS cannot say)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
 def _cpu_session(model_path: str, threads: int) -> Any:
     """An ONNX Runtime CPU session for a machine shared with other work: ``threads`` intra-op threads that sleep
     instead of spinning when idle (spinning threads took the core from the other process's work: on 2 loaded cores
@@ -300,7 +306,7 @@ def run_ocr(
                 records[shard] = record
         workers = max(1, min(workers, len(todo)))
         if engine_factory is None:
-            cores = threads or max(1, len(os.sched_getaffinity(0)) // workers)
+            cores = threads or max(1, _cores() // workers)
             engine_factory = functools.partial(RapidOcrEngine, threads=cores)
 
         def finish(shard: str, record: dict[str, Any]) -> None:
