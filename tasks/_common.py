@@ -246,12 +246,22 @@ def resolve(futures: Mapping[K, PrefectFuture[Any]]) -> dict[K, Any]:
     return {key: future.result() for key, future in futures.items()}
 
 
-def _task_run_name(future: PrefectFuture[Any]) -> str:
+def _task_run_name(future: PrefectFuture[Any], wait_s: float = 5.0) -> str:
+    """The task run's name as the API has it. A run is created under Prefect's default name (``<task>-<3 hex>``) and
+    renamed from its ``task_run_name`` a moment later (an event): on a busy server the first read can still see the
+    default, so the name is read again, for at most ``wait_s``, until it is one of ours (``… · <run dir>``)."""
+    import time
+
     from prefect.client.orchestration import get_client
 
     try:
         with get_client(sync_client=True) as client:
-            return str(client.read_task_run(future.task_run_id).name)
+            deadline = time.monotonic() + wait_s
+            name = str(client.read_task_run(future.task_run_id).name)
+            while " · " not in name and time.monotonic() < deadline:
+                time.sleep(0.25)
+                name = str(client.read_task_run(future.task_run_id).name)
+            return name
     except Exception:  # the API is unreachable: the id still identifies it
         return str(future.task_run_id)
 

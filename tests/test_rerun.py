@@ -440,3 +440,25 @@ def test_a_key_repeated_in_another_part_keeps_its_first_matched_row(world, tmp_p
     (tmp_path / "m" / "_manifest.json").unlink()  # resumed: both parts reused, same counts
     again = run_match(str(tmp_path / "c"), str(tmp_path / "m"), world["lemma_map"], config)
     assert again.extra["parts_skipped"] == 2 and again.dropped == manifest.dropped
+
+
+def test_a_killed_similarity_run_that_only_reencoded_the_synsets_leaves_no_trace(world, tmp_path) -> None:
+    """A run of another encoder killed after re-encoding the synset texts (``_synsets.*``) but before any part: every
+    part record is still this configuration's, so the re-run resumes them all — and must still leave its own synset
+    cache, byte for byte what an uninterrupted run leaves (the kill harness hit this at random)."""
+    import shutil
+
+    def run(encoder: str, out: Path) -> None:
+        run_similarity(world["matches"], world["catalog"], str(out), SimilarityConfig(encoder=f"st:{encoder}"),
+                       lambda cfg: HashEncoder(encoder))  # fmt: skip
+
+    run("a", tmp_path / "a")
+    run("b", tmp_path / "out")
+    expected = _snapshot(tmp_path, "out")
+    # the killed run of `a`: it took the directory (manifest gone, marker written) and re-encoded the synsets
+    (tmp_path / "out" / "_manifest.json").unlink()
+    (tmp_path / "out" / "_INCOMPLETE").write_text("{}")
+    for name in ("_synsets.npy", "_synsets.json"):
+        shutil.copy(tmp_path / "a" / name, tmp_path / "out" / name)
+    run("b", tmp_path / "out")
+    assert _snapshot(tmp_path, "out") == expected

@@ -154,8 +154,26 @@ def _load_synset_embeddings(path: str, n_classes: int) -> np.ndarray:
     return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
 
-def _synset_embeddings(out_dir: str, catalog: Any, encoder: TextEncoder) -> np.ndarray:
-    """Encode the catalog's synset texts once per encoder (cached in ``_synsets.npy`` with its wnids)."""
+def _synsets_current(out_dir: str, part_hash: str) -> bool:
+    """Whether ``_synsets.npy`` is this configuration's (its json names the part hash it was encoded for)."""
+    meta = join(out_dir, "_synsets.json")
+    fs, real = url_to_fs(meta)
+    if not fs.exists(real):
+        return False
+    with fsspec.open(meta, "r") as f:
+        return bool(json.load(f).get("part_hash") == part_hash)
+
+
+def _remove_synsets(out_dir: str) -> None:
+    for name in ("_synsets.json", "_synsets.npy"):  # the json first: without it the npy is never trusted
+        fs, real = url_to_fs(join(out_dir, name))
+        if fs.exists(real):
+            fs.rm(real)
+
+
+def _synset_embeddings(out_dir: str, catalog: Any, encoder: TextEncoder, part_hash: str) -> np.ndarray:
+    """Encode the catalog's synset texts once per configuration (cached in ``_synsets.npy``; ``_synsets.json``, written
+    after it, names the encoder, the wnids and texts, and the part hash they were encoded for)."""
     path, meta = join(out_dir, "_synsets.npy"), join(out_dir, "_synsets.json")
     fs, real = url_to_fs(meta)
     wnids = catalog["wnid"].tolist()
@@ -163,13 +181,14 @@ def _synset_embeddings(out_dir: str, catalog: Any, encoder: TextEncoder) -> np.n
     if fs.exists(real):
         with fsspec.open(meta, "r") as f:
             info = json.load(f)
-        if info.get("wnids") == wnids and info.get("texts") == texts and info.get("encoder") == encoder.spec:
+        if (info.get("wnids") == wnids and info.get("texts") == texts and info.get("encoder") == encoder.spec
+                and info.get("part_hash") == part_hash):  # fmt: skip
             with fsspec.open(path, "rb") as f:
                 return np.asarray(np.load(f), dtype=np.float32)
     emb = encoder.encode(texts)
     with atomic_path(path) as tmp, fsspec.open(tmp, "wb") as f:  # the json written after it marks it valid
         np.save(f, emb)
-    write_json_atomic(meta, {"encoder": encoder.spec, "wnids": wnids, "texts": texts})
+    write_json_atomic(meta, {"encoder": encoder.spec, "wnids": wnids, "texts": texts, "part_hash": part_hash})
     return emb
 
 
@@ -232,7 +251,7 @@ def run_similarity(
                 synset_emb = _load_synset_embeddings(config.synset_embeddings, len(catalog))
             else:
                 assert encoder is not None
-                synset_emb = _synset_embeddings(out_dir, catalog, encoder)
+                synset_emb = _synset_embeddings(out_dir, catalog, encoder, part_hash)
             gathered = (
                 gather(todo, shards, out_dir, config.metadata_url_col, config.metadata_text_col) if shards else {}
             )
@@ -275,6 +294,12 @@ def run_similarity(
                     records[part] = {"part": part, **record}
                     bar.update(max(0, table.num_rows - encoded[0]))  # duplicates were encoded once
 
+        if config.synset_embeddings:  # precomputed: a cache another configuration left is not this run's output
+            _remove_synsets(out_dir)
+        elif not todo and not _synsets_current(out_dir, part_hash):
+            # every part resumed, but the synset cache is another configuration's (a run of it was killed after
+            # re-encoding the synsets, before any part): the outputs must be exactly this configuration's
+            _synset_embeddings(out_dir, catalog, encoder_factory(config), part_hash)
         ordered = [records[p] for p in matches.outputs]
         manifest = Manifest(
             stage=STAGE,
