@@ -55,6 +55,7 @@ def acquire(
             join(run_dir, "catalog.parquet"),
             join(run_dir, "ocr"),
             join(run_dir, "verify", "quarantine.parquet"),
+            config.ocr_workers,
             wait_for=[verified],
         )
         if config.ocr

@@ -94,15 +94,17 @@ def verify(shards_dir: str, out_dir: str) -> Manifest:
     name="ocr",
     task_run_name=run_name(),
     tags=["stage:ocr"],
-    cache_policy=stage_cache("out_dir"),
+    cache_policy=stage_cache("out_dir", exclude=("workers",)),
     persist_result=True,
     timeout_seconds=OCR_TIMEOUT_S,
     **IO_RETRIES,
 )
-def ocr(shards_dir: str, catalog_path: str, out_dir: str, quarantine: str | None = None) -> Manifest:
-    """Flag samples whose image shows their class name as text (evaluation excludes them)."""
+def ocr(shards_dir: str, catalog_path: str, out_dir: str, quarantine: str | None = None, workers: int = 1) -> Manifest:
+    """Flag samples whose image shows their class name as text (evaluation excludes them); ``workers`` shards at once,
+    one process each (how fast only: not part of the cache key)."""
     progress = progress_artifact(f"OCR over the shards of {shards_dir}")
-    return publish(run_ocr(shards_dir, catalog_path, out_dir, progress=progress, quarantine=quarantine), out_dir)
+    manifest = run_ocr(shards_dir, catalog_path, out_dir, progress=progress, quarantine=quarantine, workers=workers)
+    return publish(manifest, out_dir)
 
 
 @task(name="download-index", task_run_name=run_name(), tags=["stage:download"])

@@ -206,3 +206,29 @@ def test_workers_write_the_serial_runs_outputs_and_records(tmp_path) -> None:
     (tmp_path / "parallel" / "_manifest.json").unlink()  # resume: only what is missing is redone
     again = run_ocr(shards, catalog, str(tmp_path / "parallel"), InkOcr, workers=2)
     assert again.extra == serial.extra and _records(tmp_path / "parallel") == _records(tmp_path / "serial")
+
+
+def test_ocr_command_and_task_take_workers(tmp_path, monkeypatch) -> None:
+    """`laionet ocr --workers N` and the acquire flow's `ocr` task (Preset.ocr_workers) reach run_ocr's process
+    fan-out; the task leaves the worker count out of its cache key (it changes how fast, not what)."""
+    from typer.testing import CliRunner
+
+    import laionet.images.ocr as ocr_module
+    import tasks.acquire
+    from laionet.cli import app
+    from laionet.core.config import Preset
+    from laionet.core.manifest import Manifest
+
+    seen: list[int] = []
+
+    def fake(*args, workers: int = 1, **kwargs) -> Manifest:
+        seen.append(workers)
+        return Manifest(stage="ocr", config={}, config_hash="0", rows_in=0, rows_out=0, extra={"flagged": 0})
+
+    monkeypatch.setattr(ocr_module, "run_ocr", fake)
+    for argv, expected in ((["--workers", "3"], 3), ([], 1), (["--workers", "1"], 1)):
+        result = CliRunner().invoke(app, ["ocr", "--shards", "s", "--catalog", "c", "--out", str(tmp_path), *argv])
+        assert result.exit_code == 0, result.output
+        assert seen[-1] == expected
+    assert "workers" in tasks.acquire.ocr.cache_policy.exclude
+    assert Preset(name="x", ocr_workers=4).ocr_workers == 4

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from laionet.cli.common import echo_manifest, fail
+from laionet.cli.common import WORKERS_HELP, echo_manifest, fail
 
 app = typer.Typer()
 
@@ -118,12 +118,15 @@ def ocr(
     shards: Annotated[str, typer.Option(help="Directory of .tar shards.")],
     catalog: Annotated[str, typer.Option(help="Catalog parquet (class head names).")],
     out: Annotated[str, typer.Option(help="Output directory: one flags parquet per shard + manifest.")],
+    workers: Annotated[
+        int, typer.Option(help=f"{WORKERS_HELP}: shards OCR'd at once, one per process (1: as 0).", min=0)
+    ] = 0,
 ) -> None:
     """Flag samples whose image shows their class name as text (RapidOCR, offline); evaluation excludes them."""
     from laionet.images.ocr import run_ocr
 
     try:
-        manifest = run_ocr(shards, catalog, out)
+        manifest = run_ocr(shards, catalog, out, workers=max(1, workers))
     except FileNotFoundError as exc:
         fail(str(exc))
     echo_manifest(manifest)
