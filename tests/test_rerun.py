@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from laionet.core.manifest import read_manifest, write_manifest
+from laionet.core.manifest import Manifest, read_manifest, write_manifest
 from laionet.core.stage import StageBusyError, UpstreamError, stage_lock
 from laionet.evaluation.evaluate import run_accuracy
 from laionet.evaluation.variants import run_variants
@@ -461,4 +461,27 @@ def test_a_killed_similarity_run_that_only_reencoded_the_synsets_leaves_no_trace
     for name in ("_synsets.npy", "_synsets.json"):
         shutil.copy(tmp_path / "a" / name, tmp_path / "out" / name)
     run("b", tmp_path / "out")
+    assert _snapshot(tmp_path, "out") == expected
+
+
+def test_a_part_rewritten_by_a_killed_run_of_another_config_is_redone(world, tmp_path) -> None:
+    """A run of config b rewrites a part's output, then dies before writing that part's record: config a's record of
+    the part is still there and names a's config, but no longer vouches for the file (its size and mtime changed),
+    so a's re-run redoes the part instead of keeping b's content (the kill harness hit this in the infer stage)."""
+    import shutil
+
+    def run(encoder: str, out: Path) -> Manifest:
+        return run_similarity(world["matches"], world["catalog"], str(out), SimilarityConfig(encoder=f"st:{encoder}"),
+                              lambda cfg: HashEncoder(encoder))  # fmt: skip
+
+    run("b", tmp_path / "b")
+    run("a", tmp_path / "out")
+    expected = _snapshot(tmp_path, "out")
+    part = sorted((tmp_path / "out").glob("p*.parquet"))[0]
+    (tmp_path / "out" / "_manifest.json").unlink()  # the killed run of b: it took the directory …
+    (tmp_path / "out" / "_INCOMPLETE").write_text("{}")
+    time.sleep(0.01)
+    shutil.copy(tmp_path / "b" / part.name, part)  # … and rewrote one part before its record
+    again = run("a", tmp_path / "out")
+    assert again.extra["parts_skipped"] == len(again.outputs) - 1  # only the rewritten part was redone
     assert _snapshot(tmp_path, "out") == expected

@@ -218,10 +218,33 @@ def part_stem(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".parquet")
 
 
+def _output_identity(paths: list[str]) -> dict[str, Any] | None:
+    """Size and modification time of each output file (None if one is missing): a part's outputs as its record saw
+    them. A run of another configuration that rewrites an output (and is killed before its own record) changes
+    them, so the stale record no longer vouches for the file."""
+    found: dict[str, Any] = {}
+    for path in paths:
+        fs, real = url_to_fs(path)
+        try:
+            info = fs.info(real)
+        except FileNotFoundError:
+            return None
+        found[path] = [int(info.get("size") or 0), str(info.get("mtime") or info.get("LastModified") or "")]
+    return found
+
+
+def _record_outputs(record: dict[str, Any]) -> list[str]:
+    outputs = [str(o) for o in record.get("outputs") or []]
+    return outputs or ([str(record["output"])] if record.get("output") else [])
+
+
 def write_part_record(out_dir: str, part: str, record: dict[str, Any]) -> None:
     """Record that one input part is done (write its output first): ``<out_dir>/_parts/<stem>.json``. The record
-    should carry ``config_hash`` and the input's ``identity`` (``laionet.core.stage.input_identity``)."""
-    write_json_atomic(join(out_dir, "_parts", f"{part_stem(part)}.json"), {"part": part, **record})
+    should carry ``config_hash`` and the input's ``identity`` (``laionet.core.stage.input_identity``); it is stamped
+    with its outputs' size and mtime (``output_identity``), which ``read_part_record`` checks."""
+    stamped = {k: v for k, v in record.items() if k != "output_identity"}
+    stamped["output_identity"] = _output_identity(_record_outputs(stamped))
+    write_json_atomic(join(out_dir, "_parts", f"{part_stem(part)}.json"), {"part": part, **stamped})
 
 
 def read_part_record(
@@ -244,6 +267,9 @@ def read_part_record(
     if record.get("config_hash") != part_hash or record.get("part") != part or not out_fs.exists(out_real):
         return None
     if identity is not None and record.get("identity") != identity:
+        return None
+    stamp = record.get("output_identity")
+    if stamp is not None and _output_identity(list(stamp)) != stamp:  # an output rewritten since (another config)
         return None
     return record
 

@@ -112,8 +112,17 @@ def _identity(batch: Any) -> Any:
     return batch
 
 
+def worker_context() -> str | None:
+    """How DataLoader workers start: forked (the default, fastest), unless this process has loaded gRPC or Ray (a Ray
+    worker, or a process that ran a local Ray instance): their at-fork handlers kill a forked child ("DataLoader
+    worker exited unexpectedly"), so the workers then start from a forkserver."""
+    import sys
+
+    return "forkserver" if any(name in sys.modules for name in ("grpc", "ray")) else None
+
+
 def make_loader(stream: ShardStream, workers: int, pin: bool) -> Any:
-    kwargs: dict[str, Any] = {"prefetch_factor": 4} if workers else {}
+    kwargs: dict[str, Any] = {"prefetch_factor": 4, "multiprocessing_context": worker_context()} if workers else {}
     return torch.utils.data.DataLoader(
         stream, batch_size=None, num_workers=workers, pin_memory=pin, collate_fn=_identity, **kwargs
     )
