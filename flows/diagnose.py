@@ -59,11 +59,14 @@ def diagnose(run_dir: str, preset: Preset | str = "demo", rewrite_urls: dict[str
     futures: dict[str, Any] = {}
 
     if d.text_alone:  # 4.2
-        captions = d.captions or matched_captions.submit(
-            join(run_dir, "matches"), join(out, "matched_captions.parquet")
-        )
+        captions, made_captions = d.captions, []
+        if captions is None:  # the stand-in: the run's single-class matched captions
+            captions = join(out, "matched_captions.parquet")
+            made_captions = [matched_captions.submit(join(run_dir, "matches"), captions)]
+            futures["matched-captions"] = made_captions[0]
         with gpu_options():  # on a Ray cluster with GPUs: one GPU for the text encoder (tasks/runners.py)
-            futures["text-alone"] = text_alone.submit(captions, catalog, join(out, "text-alone"), config.encoder)
+            futures["text-alone"] = text_alone.submit(captions, catalog, join(out, "text-alone"), config.encoder,
+                                                      wait_for=made_captions)  # fmt: skip
 
     banded: dict[str, Any] = {}  # the candidate band's manifests (subflows)
     comparisons: list[dict[str, Any]] = []
@@ -207,14 +210,18 @@ def nearest_captions_flow(
             embedded = caption_embeddings.submit(corpus, emb_dir, config.encoder, config.max_parts)
     index_dir = join(root, "index")
     indexed = caption_index.submit(emb_dir, index_dir, nc.index, wait_for=[embedded] if embedded else [])
-    queries = nc.queries or variant_queries.submit(
-        variant_labels(run_dir, nc.stand_in), join(run_dir, "selection", "laionet.parquet"),
-        join(root, "queries.parquet"),
-    )  # fmt: skip
+    queries, upstream = nc.queries, [indexed]
+    futures: dict[str, Any] = {}
+    if queries is None:  # the stand-in: the captions of a variant of this run
+        queries = join(root, "queries.parquet")
+        futures["nearest-queries"] = variant_queries.submit(
+            variant_labels(run_dir, nc.stand_in), join(run_dir, "selection", "laionet.parquet"), queries
+        )
+        upstream.append(futures["nearest-queries"])
     with gpu_options():
         searched = nearest_captions.submit(queries, emb_dir, index_dir, catalog, join(sub, "selection"), nc.threshold,
-                                           nc.k, nc.exclude_query_keys, wait_for=[indexed])  # fmt: skip
-    futures: dict[str, Any] = {"nearest-captions": searched, "nearest-catalog": run_catalog.submit(catalog, sub)}
+                                           nc.k, nc.exclude_query_keys, wait_for=upstream)  # fmt: skip
+    futures.update({"nearest-captions": searched, "nearest-catalog": run_catalog.submit(catalog, sub)})
     resolve(futures)  # the search and the catalog before the subflows read them
     # the nearest-caption images: the same download, verify, OCR and inference as LAIONet's, with the embedding model
     # only and no reference datasets (those are the main run's)

@@ -21,11 +21,11 @@ Manifest = dict[str, Any]
     cache_policy=stage_cache("out_path"),
     persist_result=True,
 )
-def matched_captions(match_dir: str, out_path: str) -> str:
+def matched_captions(match_dir: str, out_path: str) -> Manifest:
     """The stand-in labelled caption set: the run's single-class matched captions (key, text, wnid)."""
     from laionet.diagnostics.text_alone import matched_captions as build
 
-    return build(match_dir, out_path)
+    return publish(build(match_dir, out_path), out_path)
 
 
 @task(

@@ -59,11 +59,11 @@ def caption_index(emb_dir: str, out_dir: str, settings: dict[str, Any] | None = 
     cache_policy=stage_cache("out_path"),
     persist_result=True,
 )
-def variant_queries(labels_path: str, index_path: str, out_path: str) -> str:
+def variant_queries(labels_path: str, index_path: str, out_path: str) -> Manifest:
     """The stand-in query set: a variant's samples with their captions (key, text, wnid)."""
     from laionet.retrieval.search import variant_queries as build
 
-    return build(labels_path, index_path, out_path)
+    return publish(build(labels_path, index_path, out_path), out_path)
 
 
 @task(

@@ -485,3 +485,27 @@ def test_a_part_rewritten_by_a_killed_run_of_another_config_is_redone(world, tmp
     again = run("a", tmp_path / "out")
     assert again.extra["parts_skipped"] == len(again.outputs) - 1  # only the rewritten part was redone
     assert _snapshot(tmp_path, "out") == expected
+
+
+def test_the_diagnose_flows_file_stages_write_manifests_and_resume(world, tmp_path) -> None:
+    """The stand-in caption and query sets are stages of their own: a manifest beside the file (so the task cache can
+    vouch for it and a re-run returns the complete output untouched), an interrupted one visibly incomplete."""
+    from laionet.core.stage import require_file_input
+    from laionet.diagnostics.text_alone import matched_captions
+    from laionet.retrieval.search import variant_queries
+
+    out = str(tmp_path / "captions.parquet")
+    first = matched_captions(world["matches"], out)
+    assert first.outputs == [out] and first.rows_in == first.rows_out + first.dropped["multi_class"]
+    assert require_file_input(out, "matched-captions") == first  # listed by its manifest: complete
+    mtime = (tmp_path / "captions.parquet").stat().st_mtime_ns
+    assert matched_captions(world["matches"], out) == first
+    assert (tmp_path / "captions.parquet").stat().st_mtime_ns == mtime  # untouched
+
+    index = tmp_path / "index.parquet"
+    pd.DataFrame({"key": ["k1", "k2"], "text": ["a lion", "a lemon"]}).to_parquet(index)
+    labels = tmp_path / "labels.parquet"
+    pd.DataFrame({"key": ["k2"], "wnid": [LEMON]}).to_parquet(labels)
+    queries = variant_queries(str(labels), str(index), str(tmp_path / "q.parquet"))
+    assert queries.rows_out == 1 and pd.read_parquet(tmp_path / "q.parquet")["text"].tolist() == ["a lemon"]
+    assert variant_queries(str(labels), str(index), str(tmp_path / "q.parquet")) == queries

@@ -233,18 +233,31 @@ def run_text_alone(
         return manifest
 
 
-def matched_captions(match_dir: str, out_path: str) -> str:
+def matched_captions(match_dir: str, out_path: str) -> Manifest:
     """The demo's labelled caption set: every caption of a match stage that matched exactly one class, labelled with
-    that class → a parquet (``key``, ``text``, ``wnid``) at ``out_path``; returns ``out_path``."""
+    that class → a parquet (``key``, ``text``, ``wnid``) at ``out_path`` with its manifest beside it (a stage of its
+    own: locked, visibly incomplete until the manifest, redone when the match stage changes)."""
     from laionet.core.stage import require_complete
 
-    manifest = require_complete(match_dir, "match", hint="re-run `laionet match`")
-    frames = []
-    for part in manifest.outputs:
-        with fsspec.open(part, "rb") as f:
-            frames.append(pq.read_table(f, columns=["key", "text", "wnids"]).to_pandas())
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["key", "text", "wnids"])
-    single = frame[frame["wnids"].map(len) == 1]
-    table = pd.DataFrame({"key": single["key"], "text": single["text"], "wnid": single["wnids"].map(lambda w: w[0])})
-    write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False), out_path)
-    return out_path
+    timer = Timer()
+    matches = require_complete(match_dir, "match", hint="re-run `laionet match`")
+    chash = config_hash({"matches": matches.config_hash, "parts": matches.outputs})
+    with stage_run(out_path, chash, "matched-captions") as done:
+        if done:
+            return done
+        frames = []
+        for part in matches.outputs:
+            with fsspec.open(part, "rb") as f:
+                frames.append(pq.read_table(f, columns=["key", "text", "wnids"]).to_pandas())
+        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["key", "text", "wnids"])
+        single = frame[frame["wnids"].map(len) == 1]
+        table = pd.DataFrame({"key": single["key"], "text": single["text"],
+                              "wnid": single["wnids"].map(lambda w: w[0])})  # fmt: skip
+        write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False), out_path)
+        manifest = Manifest(
+            stage="matched-captions", config={"matches": match_dir}, config_hash=chash, inputs=matches.outputs,
+            outputs=[out_path], rows_in=len(frame), rows_out=len(table),
+            dropped={"multi_class": len(frame) - len(table)}, wall_time_s=timer.elapsed,
+        )  # fmt: skip
+        write_manifest(out_path, manifest)
+        return manifest

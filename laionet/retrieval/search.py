@@ -206,26 +206,38 @@ def _sweep_row(pairs: pd.DataFrame, threshold: float) -> dict[str, float]:
     return {"threshold": threshold, "captions": len(kept), "classes": int(kept["wnid"].nunique())}
 
 
-def variant_queries(labels_path: str, index_path: str, out_path: str) -> str:
+def variant_queries(labels_path: str, index_path: str, out_path: str) -> Manifest:
     """A labelled query set from a variant of a run: its samples' captions (``text`` of the selection index) with
-    the variant's classes → ``out_path`` (``key``, ``text``, ``wnid``; the offline stand-in for ImageNet-Captions).
+    the variant's classes → ``out_path`` (``key``, ``text``, ``wnid``; the offline stand-in for ImageNet-Captions), its
+    manifest beside it (redone when the variant or the index changes).
 
     Raises:
         UpstreamError: an incomplete variant or selection; ValueError: a label key missing from the index.
     """
+    timer = Timer()
     require_file_input(labels_path, "variants", hint="re-run `laionet variants` (or the evaluate flow)")
     require_file_input(index_path, "select", hint="re-run `laionet select` (or the build flow)")
-    with fsspec.open(labels_path, "rb") as f:
-        labels = pq.read_table(f, columns=["key", "wnid"]).to_pandas()
-    with fsspec.open(index_path, "rb") as f:
-        texts = pq.read_table(f, columns=["key", "text"]).to_pandas().drop_duplicates("key")
-    frame = labels.merge(texts, on="key", how="left")
-    missing = frame["text"].isna()
-    if missing.any():
-        raise ValueError(f"{labels_path}: {int(missing.sum())} keys have no caption in {index_path}, e.g. "
-                         f"{frame.loc[missing, 'key'].iloc[0]!r}")  # fmt: skip
-    write_parquet_atomic(pa.Table.from_pandas(frame[["key", "text", "wnid"]], preserve_index=False), out_path)
-    return out_path
+    chash = config_hash({"labels": file_digest(labels_path), "index": file_digest(index_path)})
+    with stage_run(out_path, chash, "nearest-queries") as done:
+        if done:
+            return done
+        with fsspec.open(labels_path, "rb") as f:
+            labels = pq.read_table(f, columns=["key", "wnid"]).to_pandas()
+        with fsspec.open(index_path, "rb") as f:
+            texts = pq.read_table(f, columns=["key", "text"]).to_pandas().drop_duplicates("key")
+        frame = labels.merge(texts, on="key", how="left")
+        missing = frame["text"].isna()
+        if missing.any():
+            raise ValueError(f"{labels_path}: {int(missing.sum())} keys have no caption in {index_path}, e.g. "
+                             f"{frame.loc[missing, 'key'].iloc[0]!r}")  # fmt: skip
+        write_parquet_atomic(pa.Table.from_pandas(frame[["key", "text", "wnid"]], preserve_index=False), out_path)
+        manifest = Manifest(
+            stage="nearest-queries", config={"labels": labels_path, "index": index_path}, config_hash=chash,
+            inputs=[labels_path, index_path], outputs=[out_path], rows_in=len(frame), rows_out=len(frame),
+            wall_time_s=timer.elapsed,
+        )  # fmt: skip
+        write_manifest(out_path, manifest)
+        return manifest
 
 
 def copy_catalog(catalog_path: str, run_dir: str) -> str:
