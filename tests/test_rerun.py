@@ -253,11 +253,13 @@ def test_killed_runs_then_reruns_give_exactly_an_uninterrupted_run(stage: str, w
         child.start()
         child.join(timeout=rng.uniform(0, durations[doomed]))
         if child.is_alive():
-            os.kill(child.pid, signal.SIGKILL)
+            # Process.kill, not os.kill: a forkserver child can end and be reaped between the two calls
+            child.kill()
+        child.join()
+        if child.exitcode == -signal.SIGKILL:
             killed_before_end += 1
         else:  # it finished first (children fork from a warmer parent and get faster): aim earlier next time
             durations[doomed] = (durations[doomed] + time.perf_counter() - start) / 2
-        child.join()
         config = rng.choice("ab")
         run(world, config, str(tmp_path / target))  # the re-run, in this process (the stale lock is taken over)
         assert _snapshot(tmp_path, target) == expected[config], f"{stage}: killed {doomed} run, then {config}"
@@ -374,7 +376,7 @@ def test_a_dead_owners_lock_is_taken_over(tmp_path) -> None:
         time.sleep(0.01)
     with pytest.raises(StageBusyError), stage_lock(str(tmp_path / "out")):
         pass
-    os.kill(child.pid, signal.SIGKILL)
+    child.kill()
     child.join()
     with stage_lock(str(tmp_path / "out")):
         pass

@@ -99,7 +99,7 @@ def test_embedding_stage_resumes_after_kills_to_the_same_files(tmp_path) -> None
         child.start()
         child.join(timeout=rng.uniform(0.0, 0.6))
         if child.is_alive():
-            os.kill(child.pid, signal.SIGKILL)
+            child.kill()  # not os.kill: a forkserver child can end and be reaped in between
         child.join()
     manifest = run_caption_embeddings(
         corpus, str(out), EmbedConfig(encoder="st:hash", chunk=5), encoder_factory=HashEncoder
