@@ -14,8 +14,9 @@ from prefect import flow
 from laionet.core.config import Preset, load_preset
 from laionet.core.layout import shards_dir
 from laionet.core.manifest import join
+from laionet.images.shards import shard_groups
 from tasks._common import flow_name, resolve
-from tasks.acquire import download, download_index, ingest_reference, ocr, verify
+from tasks.acquire import download, download_index, ingest_reference, ocr, ocr_shards, verify
 from tasks.runners import task_runner
 
 
@@ -49,19 +50,24 @@ def acquire(
         for name, ref in config.references.items()
     }
     verified = verify.submit(out, join(run_dir, "verify"), wait_for=[downloaded])
-    flagged = (
-        ocr.submit(  # after verify: quarantined samples are skipped, a truncated shard never reaches OCR unseen
-            out,
-            join(run_dir, "catalog.parquet"),
-            join(run_dir, "ocr"),
-            join(run_dir, "verify", "quarantine.parquet"),
-            config.ocr_workers,
-            wait_for=[verified],
-        )
-        if config.ocr
-        else None
+    catalog, ocr_dir, quarantine = (
+        join(run_dir, "catalog.parquet"),
+        join(run_dir, "ocr"),
+        join(run_dir, "verify", "quarantine.parquet"),
     )
+    groups: list[Any] = []
+    flagged = None
+    if config.ocr:  # after verify: quarantined samples are skipped, a truncated shard never reaches OCR unseen
+        if config.shard_batches > 1:  # one task per shard group (the shards exist once verify is done)
+            verified.wait()
+            if verified.state.is_completed():
+                groups = [
+                    ocr_shards.submit(out, catalog, ocr_dir, group, quarantine, config.ocr_workers)
+                    for group in shard_groups(out, config.shard_batches)
+                ]
+        flagged = ocr.submit(out, catalog, ocr_dir, quarantine, config.ocr_workers, wait_for=[verified, *groups])
     futures: dict[str, Any] = {"download": downloaded, "verify": verified}
+    futures.update({f"ocr:{i}": group for i, group in enumerate(groups)})  # a failed group is named as the cause
     if flagged is not None:
         futures["ocr"] = flagged
     futures.update({f"ingest:{name}": future for name, future in references.items()})

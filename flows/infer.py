@@ -1,7 +1,8 @@
 """The infer flow: every image model of the preset over the shards of every dataset of the run.
 
 Per dataset: ``preset.shard_batches`` ``infer-shards`` tasks (one streaming pass each over a group of shards, all
-models at once), then one ``infer`` task that writes the manifests. Outputs: ``run_dir/inference/<dataset>/<model>/``.
+models at once; none when it is 1), then one ``infer`` task that writes the manifests.
+Outputs: ``run_dir/inference/<dataset>/<model>/``.
 """
 
 from __future__ import annotations
@@ -36,10 +37,14 @@ def infer_flow(run_dir: str, preset: Preset | str = "demo") -> dict[str, Any]:
         quarantine = join(run_dir, "verify", "quarantine.parquet") if dataset == "laionet" else None
         out_root = join(run_dir, "inference", dataset)
         with gpu_options():  # on a Ray cluster with GPUs: one GPU per task (tasks/runners.py)
-            groups = [
-                infer_shards.submit(source, models, out_root, group, catalog, quarantine, config.infer)
-                for group in shard_groups(source, config.shard_batches)
-            ]
+            groups = (  # with one group, the `infer` task does the whole pass itself (one task run fewer)
+                [
+                    infer_shards.submit(source, models, out_root, group, catalog, quarantine, config.infer)
+                    for group in shard_groups(source, config.shard_batches)
+                ]
+                if config.shard_batches > 1
+                else []
+            )
             finals[dataset] = infer.submit(source, models, out_root, catalog, quarantine, config.infer, wait_for=groups)
         started.update({(dataset, i): group for i, group in enumerate(groups)})
     # every future: a failed shard group is named as the cause, not the `infer` task it kept from running

@@ -19,10 +19,11 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 
 from laionet.images.download import DownloadConfig, prepare_index, run_download
-from laionet.images.ocr import run_ocr
+from laionet.images.ocr import run_ocr, run_ocr_shards
 from laionet.images.references import ingest
 from laionet.images.verify import run_verify
 from tasks._common import IO_RETRIES, is_transient, progress_artifact, publish, run_name, stage_cache
+from tasks.infer import shard_span
 
 Manifest = dict[str, Any]
 
@@ -105,6 +106,30 @@ def ocr(shards_dir: str, catalog_path: str, out_dir: str, quarantine: str | None
     progress = progress_artifact(f"OCR over the shards of {shards_dir}")
     manifest = run_ocr(shards_dir, catalog_path, out_dir, progress=progress, quarantine=quarantine, workers=workers)
     return publish(manifest, out_dir)
+
+
+@task(
+    name="ocr-shards",
+    task_run_name=run_name(shard_span),
+    tags=["stage:ocr"],
+    timeout_seconds=OCR_TIMEOUT_S,
+    **IO_RETRIES,
+)
+def ocr_shards(
+    shards_dir: str,
+    catalog_path: str,
+    out_dir: str,
+    shards: list[str],
+    quarantine: str | None = None,
+    workers: int = 1,
+) -> int:
+    """OCR one group of the shards of ``shards_dir`` (part records only; the ``ocr`` task writes the manifest once
+    every group is done); returns the number of shards OCR'd (0: all were done). A retry redoes only what a crash
+    left."""
+    progress = progress_artifact(f"OCR over {len(shards)} shards of {shards_dir}")
+    return run_ocr_shards(
+        shards_dir, catalog_path, out_dir, shards, progress=progress, quarantine=quarantine, workers=workers
+    )
 
 
 @task(name="download-index", task_run_name=run_name(), tags=["stage:download"])

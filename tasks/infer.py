@@ -16,7 +16,7 @@ from typing import Any
 from prefect import task
 
 from laionet.core.manifest import read_manifest
-from laionet.images.shards import list_shards
+from laionet.images.shards import shard_groups
 from laionet.inference.engine import InferConfig, run_inference
 from tasks._common import IO_RETRIES, below, progress_artifact, publish, run_name, stage_cache
 from tasks.devices import gpu_slot
@@ -24,14 +24,10 @@ from tasks.devices import gpu_slot
 Manifest = dict[str, Any]
 
 
-def shard_groups(shards_dir: str, groups: int) -> list[list[str]]:
-    """The shards of a directory split into at most ``groups`` contiguous groups."""
-    shards = list_shards(shards_dir)
-    size = -(-len(shards) // max(1, groups))
-    return [shards[i : i + size] for i in range(0, len(shards), size)]
+__all__ = ["infer", "infer_shards", "shard_groups", "shard_span"]
 
 
-def _shard_span(params: dict[str, Any]) -> str:
+def shard_span(params: dict[str, Any]) -> str:
     """``00004-00007 (4 shards)``: the first and last shard of a group."""
     stems = [str(s).rstrip("/").rsplit("/", 1)[-1].split(".")[0] for s in params.get("shards") or []]
     return f"{stems[0]}-{stems[-1]} ({len(stems)} shards)" if stems else "(no shards)"
@@ -39,7 +35,7 @@ def _shard_span(params: dict[str, Any]) -> str:
 
 @task(
     name="infer-shards",
-    task_run_name=run_name(below("out_root", 1), _shard_span),
+    task_run_name=run_name(below("out_root", 1), shard_span),
     tags=["stage:infer", "gpu"],
     **IO_RETRIES,
 )

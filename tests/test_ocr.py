@@ -234,3 +234,36 @@ def test_ocr_command_and_task_take_workers(tmp_path, monkeypatch) -> None:
         assert seen[-1] == expected
     assert "workers" in tasks.acquire.ocr.cache_policy.exclude
     assert Preset(name="x", ocr_workers=4).ocr_workers == 4
+
+
+def test_shard_groups_then_a_final_call_give_the_serial_run(tmp_path) -> None:
+    """A fanned-out OCR (flow: one `ocr-shards` task per shard group, then `ocr`): each group writes its shards'
+    flags and part records only, the output stays visibly incomplete, and the final call builds no engine and writes
+    the manifest of the serial run."""
+    from laionet.core.manifest import read_manifest
+    from laionet.core.stage import incomplete_marker
+    from laionet.images.ocr import run_ocr_shards
+    from laionet.images.shards import list_shards, shard_groups
+
+    catalog, shards = _tiny_stage(tmp_path)
+    serial = run_ocr(shards, catalog, str(tmp_path / "serial"), InkOcr)
+    out = tmp_path / "fanned"
+    groups = shard_groups(shards, 2)
+    assert [len(g) for g in groups] == [3, 2] and sum(groups, []) == list_shards(shards)
+    assert run_ocr_shards(shards, catalog, str(out), groups[1], InkOcr) == 2
+    assert read_manifest(str(out)) is None and Path(incomplete_marker(str(out))).exists()
+    assert len(_records(out)) == 2
+    stems = [Path(s).name.removesuffix(".tar") for s in groups[0]]  # stems name shards as well as paths do
+    assert run_ocr_shards(shards, catalog, str(out), stems, InkOcr) == 3
+    assert run_ocr_shards(shards, catalog, str(out), groups[0], InkOcr) == 0  # a retried group: nothing left
+
+    def no_engine() -> InkOcr:
+        raise AssertionError("the final call found every shard done and must not build an engine")
+
+    final = run_ocr(shards, catalog, str(out), no_engine)
+    assert final.extra == serial.extra and final.rows_in == serial.rows_in == 14 and final.dropped == serial.dropped
+    assert _records(out) == _records(tmp_path / "serial")
+    assert not Path(incomplete_marker(str(out))).exists()
+    with pytest.raises(ValueError, match="not among its 5 shards"):
+        run_ocr_shards(shards, catalog, str(out), ["99999"], InkOcr)
+

@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from laionet.core.config import load_preset
 from laionet.images.child import ChildError, is_transient, run_in_child
 
 # --- the retry rule ------------------------------------------------------------------------------------------------
@@ -173,14 +174,15 @@ def test_flow_failure_names_the_failed_shard_group(
 
     run = tmp_path / "run"
     (run / "shards").mkdir(parents=True)
-    for i in range(2):
+    for i in range(4):
         (run / "shards" / f"{i:05d}.tar").write_bytes(b"")
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise pa.ArrowInvalid(f"{run}/verify/quarantine.parquet: not a readable parquet file")
 
     monkeypatch.setattr(tasks.infer, "run_inference", broken)
-    state = infer_flow(str(run), "demo", return_state=True)
+    preset = load_preset("demo").model_copy(update={"shard_batches": 2})  # one task per shard group
+    state = infer_flow(str(run), preset, return_state=True)
     assert state.is_failed()
     assert "UnfinishedRun" not in state.message
     assert f"task run 'infer-shards laionet 00000-00001 (2 shards) · {run}' failed" in state.message, state.message

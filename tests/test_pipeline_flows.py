@@ -82,9 +82,11 @@ def test_acquire_and_infer_flows_then_everything_cached(prefect_harness: Path, t
     assert (download["rows_in"], download["rows_out"]) == (5, 4)
     assert download["dropped"] == {"http_404": 1}
     assert manifests["verify"]["rows_out"] == 4 and manifests["ocr"]["rows_in"] == 4
-    assert final_task_states(state, 4) == {
-        key: ["Completed"] for key in ["download-index", "download", "verify", "ocr"]
+    assert final_task_states(state, 6) == {
+        **{key: ["Completed"] for key in ["download-index", "download", "verify", "ocr"]},
+        "ocr-shards": ["Completed", "Completed"],  # 2 shard groups (shard_batches), then `ocr` writes the manifest
     }
+    assert len(manifests["ocr"]["outputs"]) == 3  # shards of 2 samples: groups of 2 and 1 shards
 
     state = infer_flow(run_dir, preset, return_state=True)
     assert state.is_completed(), state
@@ -105,8 +107,9 @@ def test_acquire_and_infer_flows_then_everything_cached(prefect_harness: Path, t
     with ImageServer(images) as base:  # another port: the index is left alone since the download is complete
         again = acquire(run_dir, preset, rewrite_urls={MIRROR: base + "/"}, return_state=True)
     assert again.is_completed()
-    assert final_task_states(again, 4) == {
+    assert final_task_states(again, 6) == {
         "download-index": ["Completed"],
+        "ocr-shards": ["Completed", "Completed"],  # found their shards done: nothing rewritten (checked below)
         **{key: ["Cached"] for key in ["download", "verify", "ocr"]},
     }
     again = infer_flow(run_dir, preset, return_state=True)

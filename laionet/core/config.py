@@ -137,7 +137,9 @@ class Preset(BaseModel):
         description="variant pairs (A, B) compared: intra-class similarity, recall differences, relations",
     )
     infer: dict[str, Any] = Field(default_factory=dict, description="laionet.inference.engine.InferConfig fields")
-    shard_batches: int = Field(1, ge=1, description="inference tasks per dataset (fan-out over shard groups)")
+    shard_batches: int = Field(
+        1, ge=1, description="tasks per dataset of the per-shard stages, inference and OCR (fan-out over shard groups)"
+    )
     class_groups: int = Field(
         1, ge=1, description="evaluation tasks per comparison (fan-out over class groups; e.g. 16 on a Ray cluster)"
     )

@@ -219,7 +219,8 @@ def begin(target: str, chash: str, *, locked: bool = True) -> Manifest | None:
         return manifest
     write_text_atomic(incomplete_marker(target), json.dumps({"config_hash": chash, "since": time.time()}) + "\n")
     if fs.exists(real):
-        fs.rm(real)
+        with suppress(FileNotFoundError):  # unlocked callers (fanned-out groups) may race to remove it
+            fs.rm(real)
     return None
 
 

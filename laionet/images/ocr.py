@@ -18,8 +18,9 @@ import io
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any, Protocol
 
@@ -39,7 +40,7 @@ from laionet.core.manifest import (
     write_parquet_atomic,
     write_part_record,
 )
-from laionet.core.stage import input_identity, prune, prune_records, require_file_input, stage_run
+from laionet.core.stage import begin, input_identity, prune, prune_records, require_file_input, stage_run
 from laionet.core.tables import read_columns
 from laionet.images.shards import ErrorLog, iter_raw, list_shards, original_key
 from laionet.text.catalog import read_catalog
@@ -269,7 +270,8 @@ def run_ocr(
     ``laionet verify``; run verify first) its keys are skipped and counted ``quarantined``. A sample whose image does
     not decode is counted ``undecodable``, and a truncated shard keeps the samples read before the cut (counted in
     ``extra.truncated_shards``): neither stops the stage. A shard's flags are reused on a re-run only if its record
-    names the same shard content (size, mtime), catalog and quarantine.
+    names the same shard content (size, mtime), catalog and quarantine — whoever wrote it: this call, an earlier
+    one, or a fanned-out ``run_ocr_shards`` over a group of the shards (then this call only writes the manifest).
 
     ``workers`` > 1 OCRs that many shards at once, each in a process of its own (spawned; each builds its engine with
     ``engine_factory``, which must then be picklable); outputs and part records are the serial run's. The default
@@ -278,64 +280,22 @@ def run_ocr(
     """
     timer = Timer()
     _log.info("OCR of %s (catalog %s, quarantine %s) → %s", shards_dir, catalog_path, quarantine, out_dir)
-    shards = list_shards(shards_dir)
-    require_file_input(catalog_path, "catalog", hint="re-run `laionet catalog`")
-    bad: set[str] = set()
-    if quarantine is not None:
-        require_file_input(quarantine, "verify", hint="re-run `laionet verify`")
-        bad = set(read_columns(quarantine, ["key"])["key"].astype(str)) - {"*"}
-    part_hash = config_hash(
-        {"catalog": file_digest(catalog_path), "quarantine": file_digest(quarantine) if quarantine else None}
-    )
-    identities = {shard: input_identity(shard) for shard in shards}
-    chash = config_hash({"part_hash": part_hash, "shards": [[s, identities[s]] for s in shards]})
-    with stage_run(out_dir, chash, "ocr") as complete:
+    plan = _plan(shards_dir, catalog_path, quarantine)
+    shards = plan.shards
+    with stage_run(out_dir, plan.chash, "ocr") as complete:
         if complete:
             if progress:
                 progress(len(shards), len(shards))
             return complete
-        catalog = read_catalog(catalog_path)
-        names = dict(zip(catalog["wnid"], catalog["name"], strict=True))
-        records: dict[str, dict[str, Any]] = {}
-        todo = []
-        for shard in shards:
-            record = read_part_record(out_dir, shard, part_hash, identities[shard])
-            if record is None:
-                todo.append(shard)
-            else:
-                records[shard] = record
-        workers = max(1, min(workers, len(todo)))
-        if engine_factory is None:
-            cores = threads or max(1, _cores() // workers)
-            engine_factory = functools.partial(RapidOcrEngine, threads=cores)
-
-        def finish(shard: str, record: dict[str, Any]) -> None:
-            record.update(part=shard, config_hash=part_hash, identity=identities[shard])
-            write_part_record(out_dir, shard, record)
-            records[shard] = record
-            if progress:
-                progress(len(records), len(shards))
-
-        if workers > 1:
-            context = get_context("spawn")
-            with ProcessPoolExecutor(workers, context, _start_worker, (engine_factory, names, bad)) as pool:
-                futures = {pool.submit(_worker_shard, shard, out_dir): shard for shard in todo}
-                for future in tqdm(as_completed(futures), total=len(futures), desc="ocr", unit="shard", disable=None):
-                    finish(futures[future], future.result())
-        else:
-            engine: OcrEngine | None = None
-            for shard in tqdm(todo, desc="ocr", unit="shard", disable=None):
-                engine = engine or engine_factory()
-                finish(shard, _ocr_shard(shard, out_dir, engine, names, bad))
-        if progress:
-            progress(len(shards), len(shards))
+        records, todo = plan.records(out_dir)
+        _ocr_all(plan, out_dir, todo, records, engine_factory, progress, workers, threads)
         ordered = [records[shard] for shard in shards]
         outputs = [r["output"] for r in ordered]
         dropped = {reason: sum(r["dropped"][reason] for r in ordered) for reason in OCR_DROP_REASONS}
         manifest = Manifest(
             stage="ocr",
             config={"shards": shards_dir, "catalog": catalog_path, "quarantine": quarantine},
-            config_hash=chash,
+            config_hash=plan.chash,
             inputs=shards,
             outputs=outputs,
             rows_in=sum(r["rows_in"] for r in ordered),
@@ -352,6 +312,125 @@ def run_ocr(
         prune_records(out_dir, shards)
         write_manifest(out_dir, manifest)
         return manifest
+
+
+def run_ocr_shards(
+    shards_dir: str,
+    catalog_path: str,
+    out_dir: str,
+    only: Sequence[str],
+    engine_factory: Callable[[], OcrEngine] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    quarantine: str | None = None,
+    workers: int = 1,
+    threads: int | None = None,
+) -> int:
+    """One group of a fanned-out OCR: flag the samples of the shards of ``shards_dir`` named in ``only`` (paths or
+    stems) that no current part record covers, and write their part records — no manifest (a final ``run_ocr``
+    finds them done and writes it). Groups must be disjoint; they may run at once, in any process or machine that
+    sees ``out_dir``. The output is marked incomplete before the first shard is touched. Returns the number of
+    shards OCR'd by this call (0: all were done)."""
+    plan = _plan(shards_dir, catalog_path, quarantine)
+    wanted = set(only)
+    unknown = wanted - set(plan.shards) - {_stem(s) for s in plan.shards}
+    if unknown:
+        raise ValueError(f"OCR of {shards_dir}: {sorted(unknown)[:5]} not among its {len(plan.shards)} shards")
+    mine = [s for s in plan.shards if s in wanted or _stem(s) in wanted]
+    records, todo = plan.records(out_dir, mine)
+    _log.info("OCR of %d of %d shards of %s → %s (%d done before)", len(todo), len(mine), shards_dir, out_dir,
+              len(records))  # fmt: skip
+    if todo:  # visibly incomplete until the final call writes the manifest
+        begin(out_dir, "", locked=False)
+        _ocr_all(plan, out_dir, todo, records, engine_factory, progress, workers, threads)
+    elif progress:
+        progress(1, 1)
+    return len(todo)
+
+
+def _stem(shard: str) -> str:
+    return part_stem(shard.rstrip("/").rsplit("/", 1)[-1].removesuffix(".tar"))
+
+
+@dataclass
+class _Plan:
+    """What a call of the stage works from: its shards and their identities, the class names, the quarantined keys,
+    the hash part records are written under and the hash of the whole stage."""
+
+    shards: list[str]
+    identities: dict[str, dict[str, Any]]
+    catalog_path: str
+    bad: set[str]
+    part_hash: str
+    chash: str
+
+    def records(self, out_dir: str, shards: list[str] | None = None) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """The current part records of ``shards`` (default: all) and the shards without one, in order."""
+        records: dict[str, dict[str, Any]] = {}
+        todo = []
+        for shard in self.shards if shards is None else shards:
+            record = read_part_record(out_dir, shard, self.part_hash, self.identities[shard])
+            if record is None:
+                todo.append(shard)
+            else:
+                records[shard] = record
+        return records, todo
+
+
+def _plan(shards_dir: str, catalog_path: str, quarantine: str | None) -> _Plan:
+    shards = list_shards(shards_dir)
+    require_file_input(catalog_path, "catalog", hint="re-run `laionet catalog`")
+    bad: set[str] = set()
+    if quarantine is not None:
+        require_file_input(quarantine, "verify", hint="re-run `laionet verify`")
+        bad = set(read_columns(quarantine, ["key"])["key"].astype(str)) - {"*"}
+    part_hash = config_hash(
+        {"catalog": file_digest(catalog_path), "quarantine": file_digest(quarantine) if quarantine else None}
+    )
+    identities = {shard: input_identity(shard) for shard in shards}
+    chash = config_hash({"part_hash": part_hash, "shards": [[s, identities[s]] for s in shards]})
+    return _Plan(shards, identities, catalog_path, bad, part_hash, chash)
+
+
+def _ocr_all(
+    plan: _Plan,
+    out_dir: str,
+    todo: list[str],
+    records: dict[str, dict[str, Any]],
+    engine_factory: Callable[[], OcrEngine] | None,
+    progress: Callable[[int, int], None] | None,
+    workers: int,
+    threads: int | None,
+) -> None:
+    """OCR the shards of ``todo`` (``workers`` at once), writing each one's part record and adding it to
+    ``records``; ``progress(done, total)`` counts over ``records`` and ``todo``."""
+    total = len(records) + len(todo)
+    catalog = read_catalog(plan.catalog_path)
+    names = dict(zip(catalog["wnid"], catalog["name"], strict=True))
+    workers = max(1, min(workers, len(todo)))
+    if engine_factory is None:
+        cores = threads or max(1, _cores() // workers)
+        engine_factory = functools.partial(RapidOcrEngine, threads=cores)
+
+    def finish(shard: str, record: dict[str, Any]) -> None:
+        record.update(part=shard, config_hash=plan.part_hash, identity=plan.identities[shard])
+        write_part_record(out_dir, shard, record)
+        records[shard] = record
+        if progress:
+            progress(len(records), total)
+
+    if workers > 1:
+        context = get_context("spawn")
+        with ProcessPoolExecutor(workers, context, _start_worker, (engine_factory, names, plan.bad)) as pool:
+            futures = {pool.submit(_worker_shard, shard, out_dir): shard for shard in todo}
+            for future in tqdm(as_completed(futures), total=len(futures), desc="ocr", unit="shard", disable=None):
+                finish(futures[future], future.result())
+    else:
+        engine: OcrEngine | None = None
+        for shard in tqdm(todo, desc="ocr", unit="shard", disable=None):
+            engine = engine or engine_factory()
+            finish(shard, _ocr_shard(shard, out_dir, engine, names, plan.bad))
+    if progress:
+        progress(total, total)
 
 
 _worker: dict[str, Any] = {}  # a worker process's engine factory, engine, class names and quarantined keys

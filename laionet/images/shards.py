@@ -676,3 +676,11 @@ def read_images(tar: str, keys: set[str]) -> dict[str, Any]:
     for error in errors.errors:
         _log.warning("%s: %s left out of the images: %s (%s)", error.shard, error.key, error.reason, error.detail)
     return out
+
+
+def shard_groups(shards: str, groups: int) -> list[list[str]]:
+    """The shards of ``shards`` (``list_shards``) split into at most ``groups`` contiguous, disjoint groups of
+    near-equal size: the unit of work of a fanned-out per-shard stage (inference, OCR)."""
+    listed = list_shards(shards)
+    size = -(-len(listed) // max(1, groups))
+    return [listed[i : i + size] for i in range(0, len(listed), size)]
