@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
-import os
 import random
-import signal
 import time
 from pathlib import Path
 
