@@ -266,4 +266,3 @@ def test_shard_groups_then_a_final_call_give_the_serial_run(tmp_path) -> None:
     assert not Path(incomplete_marker(str(out))).exists()
     with pytest.raises(ValueError, match="not among its 5 shards"):
         run_ocr_shards(shards, catalog, str(out), ["99999"], InkOcr)
-
