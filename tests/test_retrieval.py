@@ -281,3 +281,22 @@ def test_the_three_commands_end_to_end_with_the_offline_text_encoder(tmp_path, c
         assert result.exit_code == 0, result.output
     index = pd.read_parquet(tmp_path / "near" / "index.parquet").sort_values("wnid")
     assert dict(zip(index["wnid"], index["text"], strict=True)) == {LION: corpus[0], LEMON: corpus[1]}
+
+
+def test_the_run_catalog_is_a_byte_copy_left_alone_when_unchanged(tmp_path) -> None:
+    """The nearest-caption run's catalog: its mtime is in the cache key of that run's OCR and inference, so an
+    unchanged catalog must not be rewritten (a parquet re-encoding never equalled the source: rewritten every run,
+    and OCR + inference re-ran on every cached demo run)."""
+    from laionet.retrieval.search import copy_catalog
+
+    source = str(tmp_path / "catalog.parquet")
+    run_catalog(write_class_file(tmp_path / "classes.txt", [LION, LEMON]), source)
+    target = Path(copy_catalog(source, str(tmp_path / "run")))
+    assert target.read_bytes() == Path(source).read_bytes()
+    before = target.stat().st_mtime_ns
+    time.sleep(0.01)
+    assert copy_catalog(source, str(tmp_path / "run")) == str(target)
+    assert target.stat().st_mtime_ns == before
+    run_catalog(write_class_file(tmp_path / "classes2.txt", [LION, TABBY]), source)  # a new catalog is copied
+    copy_catalog(source, str(tmp_path / "run"))
+    assert target.read_bytes() == Path(source).read_bytes() and not list(target.parent.glob("*.tmp-*"))

@@ -16,6 +16,7 @@ query's best candidate, kept or not: query key and class, corpus key, similarity
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 
 import fsspec
@@ -25,7 +26,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from laionet.core.manifest import Manifest, Timer, config_hash, file_digest, join, write_manifest, write_parquet_atomic
+from laionet.core.manifest import (
+    Manifest,
+    Timer,
+    atomic_path,
+    config_hash,
+    file_digest,
+    join,
+    write_manifest,
+    write_parquet_atomic,
+)
 from laionet.core.stage import require_complete, require_file_input, stage_run
 from laionet.diagnostics.text_alone import read_labelled_captions
 from laionet.retrieval.index import load_shard, open_index
@@ -247,8 +257,8 @@ def copy_catalog(catalog_path: str, run_dir: str) -> str:
     target = join(run_dir, "catalog.parquet")
     fs, real = url_to_fs(target)
     if fs.exists(real) and file_digest(target) == file_digest(catalog_path):
-        return target
-    with fsspec.open(catalog_path, "rb") as f:
-        table = pq.read_table(f)
-    write_parquet_atomic(table, target)
+        return target  # untouched: its mtime is part of the cache keys of the stages that read it
+    # a byte copy (not a parquet re-encoding, whose bytes would never equal the source's: rewritten on every run)
+    with atomic_path(target) as tmp, fsspec.open(catalog_path, "rb") as src, fsspec.open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
     return target
