@@ -6,9 +6,11 @@ The server tests drive Prefect only through the commands the README documents (`
 ``prefect worker start --run-once``, ``prefect flow-run retry``), each in a subprocess whose Prefect home, SQLite
 database and result storage are in a tmp directory, and read the outcome over the server's REST API (explicit
 ``sort``/``limit``/``offset``, as Prefect 3.8.8's client leaves them ``None``, which FastAPI ≥ 0.151 rejects).
-The worker runs from a tmp directory: the deployment's pull step (``set_working_directory`` to
-``$LAIONET_ROOT``) is what makes ``flows/build.py`` and its imports resolve. The tiny corpus and class list are those of
-``tests/test_flows.py``, whose selection is known.
+The worker needs no checkout: it runs from a tmp directory, with neither ``LAIONET_ROOT`` nor ``PYTHONPATH`` in its
+environment, and imports the deployments' module entrypoints (``flows.build.build``) from the installed package (here
+the editable install, whose finder maps ``flows``/``tasks``/``laionet`` and nothing else of the checkout); the pull
+step only moves the flow run to ``$LAIONET_HOME``, where a relative ``run_dir`` lands. The tiny corpus and class list
+are those of ``tests/test_flows.py``, whose selection is known.
 """
 
 from __future__ import annotations
@@ -47,11 +49,13 @@ DEPLOYMENTS = yaml.safe_load(PREFECT_FILE.read_text())["deployments"]
 
 @pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
 def test_deployment_entrypoint_loads_with_valid_parameters(
-    prefect_harness: Path, deployment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    prefect_harness: Path, deployment: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from prefect.flows import load_flow_from_entrypoint
 
-    monkeypatch.chdir(ROOT)  # entrypoints are relative to the repository root, where the worker's pull step goes
+    # a module path of the installed package (no file path, nothing relative to a checkout)
+    assert re.fullmatch(r"flows\.\w+\.\w+", deployment["entrypoint"]), deployment["entrypoint"]
+    monkeypatch.chdir(tmp_path)  # not the checkout: Prefect puts the working directory on the import path
     # placeholders off: an import error in the flow module fails here instead of at run time on the worker
     flow = load_flow_from_entrypoint(deployment["entrypoint"], use_placeholder_flow=False)
     parameters = deployment.get("parameters") or {}
@@ -62,6 +66,29 @@ def test_deployment_entrypoint_loads_with_valid_parameters(
     flow.validate_parameters(parameters)  # each value has the type the flow's signature declares
     assert deployment["work_pool"]["name"] == "gpu"
     assert all(schedule.get("active") is False for schedule in deployment.get("schedules") or [])
+
+
+def test_pull_step_works_in_laionet_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The pull step (the same for every deployment) moves a flow run to ``$LAIONET_HOME``, created if missing; unset
+    or relative, it fails naming the variable (Prefect's own step would run in the worker's temporary directory, which
+    is deleted after the run, taking a relative run_dir with it)."""
+    from prefect.utilities.importtools import import_object
+
+    (step,) = yaml.safe_load(PREFECT_FILE.read_text())["pull"]
+    ((name, inputs),) = step.items()
+    pull = import_object(name)
+    monkeypatch.chdir(tmp_path)  # restored at the end: the step changes the working directory
+    for value in (None, "", "relative/home"):
+        if value is None:
+            monkeypatch.delenv("LAIONET_HOME", raising=False)
+        else:
+            monkeypatch.setenv("LAIONET_HOME", value)
+        with pytest.raises(ValueError, match="LAIONET_HOME must be set"):
+            pull(**inputs)
+    home = tmp_path / "srv" / "laionet"
+    monkeypatch.setenv("LAIONET_HOME", str(home))
+    assert pull(**inputs) == {"directory": str(home.resolve())}
+    assert home.is_dir() and Path.cwd() == home.resolve()
 
 
 # --- b, c. a real server, a process worker ------------------------------------------------------------------------
@@ -140,8 +167,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     url = f"http://127.0.0.1:{port}/api"
     database = f"laionet_test_{os.getpid()}_{port}"
     postgres = _postgres(f"CREATE DATABASE {database}")
-    # no LAIONET_ROOT: `prefect deploy` would bake its value into the pull step; the worker sets it (work_once)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "LAIONET_ROOT"}
+    # nothing that could point a worker at the checkout: no LAIONET_ROOT, no PYTHONPATH (the code a worker runs is the
+    # installed package's); LAIONET_HOME is the worker's own (work_once)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PREFECT_") and k not in ("LAIONET_ROOT", "LAIONET_HOME", "PYTHONPATH")
+    }
     env.update(
         {
             "PREFECT_HOME": str(home),
@@ -230,10 +262,11 @@ def trigger(server: Server, parameters: dict[str, Any]) -> str:
 
 
 def work_once(server: Server, cwd: Path) -> str:
-    """``LAIONET_ROOT=<checkout> prefect worker start --pool gpu --run-once`` from ``cwd`` (not the checkout): the
-    deployment's pull step takes the flow run there. Returns the worker's output."""
+    """``LAIONET_HOME=<cwd>/home prefect worker start --pool gpu --run-once`` from ``cwd`` (a tmp directory, not the
+    checkout), with no LAIONET_ROOT nor PYTHONPATH: the flows come from the installed package, the deployment's pull
+    step takes the flow run to ``<cwd>/home``. Returns the worker's output."""
     return server.ok(
-        "worker", "start", "--pool", "gpu", "--run-once", cwd=cwd, timeout=180, env={"LAIONET_ROOT": str(ROOT)}
+        "worker", "start", "--pool", "gpu", "--run-once", cwd=cwd, timeout=180, env={"LAIONET_HOME": str(cwd / "home")}
     )
 
 
@@ -277,16 +310,15 @@ def index_of(run_dir: str) -> set[tuple[str, str]]:
 @pytest.mark.prefect
 def test_build_deployment_end_to_end(server: Server, tiny: dict[str, Any], tmp_path: Path) -> None:
     deployment = server.get("/deployments/name/build/build")
-    assert deployment["entrypoint"] == "flows/build.py:build" and deployment["work_pool_name"] == "gpu"
-    # the pull step is stored as written and resolved on the worker, at run time, from the worker's environment
-    # (`prefect deploy` resolves `{{ $VAR }}` itself when VAR is set where it runs: deploy without LAIONET_ROOT)
-    assert deployment["pull_steps"] == [
-        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $LAIONET_ROOT }}"}}
-    ]
+    assert deployment["entrypoint"] == "flows.build.build" and deployment["work_pool_name"] == "gpu"
+    # the pull step is stored as written; it reads LAIONET_HOME on the worker, at run time
+    assert deployment["pull_steps"] == [{"laionet.cli.run.deployment_home": {}}]
     declared = next(d for d in DEPLOYMENTS if d["name"] == "build").get("concurrency_limit")
     if declared:  # a deployment concurrency limit becomes a global limit on the server
         assert deployment["global_concurrency_limit"]["limit"] == declared
 
+    # a relative run_dir: it lands in the worker's LAIONET_HOME (not in the worker's directory, nor in the checkout)
+    tiny = {**tiny, "run_dir": "run"}
     flow_run_id = trigger(server, tiny)
     assert server.get(f"/flow_runs/{flow_run_id}")["state"]["type"] == "SCHEDULED"
     elsewhere = tmp_path / "worker"
@@ -299,7 +331,8 @@ def test_build_deployment_end_to_end(server: Server, tiny: dict[str, Any], tmp_p
     assert flow_run["parameters"]["encoder"] == "minilm"  # the deployment's default where not overridden
     runs = task_runs(server, flow_run_id, attempt=1)
     assert {name: run["state"]["name"] for name, run in runs.items()} == dict.fromkeys(TASKS, "Completed")
-    assert "Executing deployment step: set_working_directory" in log
+    assert "Executing deployment step: deployment_home" in log
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["home"] and not (ROOT / "run").exists()
 
     # the UI's story: run names say what and where, every task run logs more than its final state, artifact keys
     # are distinct per run directory and stage
@@ -321,13 +354,13 @@ def test_build_deployment_end_to_end(server: Server, tiny: dict[str, Any], tmp_p
     assert sorted(keys) == ["run-catalog", "run-lemmas-lemma-map-default", "run-match-matches", "run-select-selection",
                             "run-similarity-st-all-minilm-l6-v2"], keys  # fmt: skip
 
-    run_dir = Path(tiny["run_dir"])
+    run_dir = elsewhere / "home" / tiny["run_dir"]
     match = json.loads((run_dir / "matches" / "_manifest.json").read_text())
     assert (match["rows_in"], match["rows_out"]) == (13, 9)
     select = json.loads((run_dir / "selection" / "_manifest.json").read_text())
     assert (select["rows_in"], select["rows_out"]) == (9, 6)
     assert (run_dir / SIM_DIR / "part-00000.parquet").is_file()
-    assert index_of(tiny["run_dir"]) == SELECTED
+    assert index_of(str(run_dir)) == SELECTED
     # the similarity task (tag `gpu`) took and gave back the one slot of the `gpu` limit
     assert server.get("/concurrency_limits/tag/gpu")["active_slots"] == []
 
@@ -458,7 +491,7 @@ def test_schedule_creates_runs_a_worker_completes(server: Server, tiny: dict[str
         worker = subprocess.Popen(
             [PREFECT, "--no-prompt", "worker", "start", "--pool", "gpu"],
             cwd=elsewhere,
-            env={**server.env, "LAIONET_ROOT": str(ROOT)},
+            env={**server.env, "LAIONET_HOME": str(elsewhere / "home")},  # no LAIONET_ROOT, no PYTHONPATH
             stdout=(tmp_path / "worker.log").open("w"),
             stderr=subprocess.STDOUT,
             start_new_session=True,

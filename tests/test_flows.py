@@ -379,14 +379,15 @@ def test_deployment_file(prefect_harness: Path) -> None:
     names = ["build", "acquire", "infer", "evaluate", "diagnose", "report", "laion400m", "demo"]
     assert [d.name for d in config.deployments] == names
     for entry in config.deployments:  # every entrypoint loads (import errors are not hidden by a placeholder flow)
-        load_flow_from_entrypoint(str(ROOT / entry.entrypoint), use_placeholder_flow=False)
+        load_flow_from_entrypoint(entry.entrypoint, use_placeholder_flow=False)  # a module of the installed package
     assert all(d.work_pool is not None and d.work_pool.name == "gpu" for d in config.deployments)
     deployment = config.deployments[0]
-    assert deployment.entrypoint == "flows/build.py:build"
+    assert deployment.entrypoint == "flows.build.build"
+    assert config.pull == [{"laionet.cli.run.deployment_home": {}}]  # no checkout: only where runs work
     assert deployment.work_pool is not None and deployment.work_pool.name == "gpu"
     assert deployment.schedules and all(s.active is False for s in deployment.schedules)  # example, off by default
 
-    flow = load_flow_from_entrypoint(str(ROOT / deployment.entrypoint), use_placeholder_flow=False)
+    flow = load_flow_from_entrypoint(deployment.entrypoint, use_placeholder_flow=False)
     assert flow.name == "build"
     assert set(deployment.parameters) <= set(flow.parameters.properties)
     assert set(flow.parameters.required) <= set(deployment.parameters)

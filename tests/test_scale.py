@@ -479,13 +479,19 @@ def test_compose_file_structure() -> None:
     for needed in (
         "FROM python:3.11",
         "scripts/constraints.txt",
-        "COPY flows flows",
-        "COPY tasks tasks",
-        '-e ".[orchestration]"',
+        "COPY flows /tmp/laionet-src/flows",
+        "COPY tasks /tmp/laionet-src/tasks",
+        'pip install -c /opt/laionet/scripts/constraints.txt ".[orchestration]"',  # installed, not editable
+        "rm -rf /tmp/laionet-src",  # no source tree left: workers run the installed flows and tasks
         "laionet wordnet install",
-        "LAIONET_ROOT=/opt/laionet",
+        "LAIONET_HOME=/opt/laionet",
+        "COPY deployments deployments",
     ):
         assert needed in dockerfile, needed
+    assert "LAIONET_ROOT" not in dockerfile and " -e " not in dockerfile
+    for name in ("cpu-worker", "gpu-worker"):  # the flow runs' working directory is in the `runs` volume
+        assert services[name]["environment"]["LAIONET_HOME"] == "/opt/laionet"
+        assert "LAIONET_ROOT" not in services[name]["environment"]
 
 
 def test_deployments_job_variables() -> None:

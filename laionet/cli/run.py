@@ -1,9 +1,9 @@
 """``laionet run``, ``laionet status`` and ``laionet doctor``: the Prefect pipeline from the command line, the state
 of a run directory, and what this machine has for a run.
 
-``run`` imports the flows (``flows/`` of the checkout, not part of the installed package) and Prefect inside the
+``run`` imports the flows (the ``flows`` and ``tasks`` packages, installed with ``laionet``) and Prefect inside the
 command, so the library and ``laionet --help`` never load Prefect. The root app in ``laionet.cli`` registers this
-module's ``app``.
+module's ``app``. ``deployment_home`` is the pull step of ``deployments/prefect.yaml``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import contextlib
 import enum
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,39 +38,42 @@ PREFECT_DEFAULTS = {
 }
 
 
-def checkout_root() -> str | None:
-    """The directory whose ``flows/`` and ``tasks/`` hold the Prefect layer: ``$LAIONET_ROOT`` (what deployments set),
-    else the current directory, else the checkout the ``laionet`` package was installed from (an editable install);
-    None if none of them has ``flows/reproduce.py``."""
-    import laionet
+HOME_VAR = "LAIONET_HOME"
 
-    candidates = [os.environ.get("LAIONET_ROOT"), os.getcwd(), str(Path(laionet.__file__).resolve().parents[1])]
-    for root in candidates:
-        if root and (Path(root) / "flows" / "reproduce.py").is_file() and (Path(root) / "tasks").is_dir():
-            return str(Path(root).resolve())
-    return None
+
+def deployment_home() -> dict[str, str]:
+    """The pull step of every deployment (``deployments/prefect.yaml``): the flow run's working directory becomes
+    ``$LAIONET_HOME`` of the worker's environment (created if missing), so that a relative ``run_dir`` lands there.
+    Prefect's own ``set_working_directory`` would take an unset variable for an empty path, and a process worker's
+    default directory is a temporary one deleted after the run: here an unset or relative value is an error naming
+    the variable. The flows themselves come with the installed package (module entrypoints): no checkout is needed.
+    Returns ``{"directory": <absolute path>}``, the output Prefect takes as the run's working directory."""
+    value = os.environ.get(HOME_VAR, "")
+    if not value or not Path(value).expanduser().is_absolute():
+        raise ValueError(
+            f"{HOME_VAR} must be set in the worker's environment to an absolute directory, where the flow runs "
+            f"work and a relative run_dir lands (got {value!r}); e.g. {HOME_VAR}=/srv/laionet prefect worker start ..."
+        )
+    home = Path(value).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    os.chdir(home)
+    return {"directory": str(home.resolve())}
 
 
 def _import_flows() -> dict[str, Any]:
-    """The stage flows and ``reproduce``, imported from the checkout (``flows/`` is not part of the installed
-    package); ``fail`` with what to set when they cannot be found."""
+    """The stage flows and ``reproduce``, imported from the installed ``flows`` package; ``fail`` naming what to
+    install when they (or what they import) cannot be found."""
     import importlib
 
     try:
         importlib.import_module("flows.reproduce")
     except ModuleNotFoundError as exc:
-        if exc.name not in ("flows", "flows.reproduce", "tasks"):
-            fail(f"the Prefect flows need {exc.name!r}: install the orchestration extra (pip install -e '.[dev]')")
-        root = checkout_root()
-        if root is None:
+        if (exc.name or "").split(".")[0] in ("flows", "tasks"):
             fail(
-                "the Prefect flows (flows/, tasks/) are not importable: run from the laionet checkout or set "
-                "LAIONET_ROOT to it"
+                "the Prefect flows (packages `flows` and `tasks`) are not installed: reinstall laionet, "
+                "pip install '.[orchestration]' (or -e '.[dev]') from the repository"
             )
-        sys.path.insert(0, root)
-        for name in [m for m in sys.modules if m in ("flows", "tasks") or m.startswith(("flows.", "tasks."))]:
-            del sys.modules[name]  # a failed import may have left a half-imported package behind
-        importlib.import_module("flows.reproduce")
+        fail(f"the Prefect flows need {exc.name!r}: install the orchestration extra (pip install '.[orchestration]')")
     # by name, not `from flows... import`: the library's type check stays out of the Prefect layer
     functions = {"infer": "infer_flow", "report": "report_flow"}  # flows/<stage>.py defines <stage> but for these
     return {
@@ -129,8 +131,8 @@ def run(
     """Run the pipeline as Prefect flow runs: the `reproduce` flow (build → acquire → infer → evaluate → diagnose →
     report), or only the stages named with --stage. Tasks are cached across runs as in the flows: a second run with
     the same inputs, settings and code comes back Cached. Without PREFECT_API_URL Prefect starts an ephemeral local
-    API; results and the cache live under PREFECT_HOME (default ~/.prefect). Needs the checkout's flows/ (run from it
-    or set LAIONET_ROOT)."""
+    API; results and the cache live under PREFECT_HOME (default ~/.prefect). The flows are the installed `flows`
+    package (the orchestration extra brings Prefect)."""
     from laionet.core.config import load_preset
 
     try:
