@@ -135,9 +135,9 @@ def test_models_sharing_a_recipe_share_the_transformed_tensor(shards: Path, tmp_
     seen: list[int] = []
     real_init = batches.ShardStream.__init__
 
-    def spy(self, shards, recipes, skip, batch_size):
+    def spy(self, shards, recipes, skip, batch_size, **kwargs):
         seen.append(len(recipes))
-        real_init(self, shards, recipes, skip, batch_size)
+        real_init(self, shards, recipes, skip, batch_size, **kwargs)
 
     monkeypatch.setattr(batches.ShardStream, "__init__", spy)
     specs = ["timm:test_resnet@random", f"timm:test_resnet@{weights}", "efficientnet_lite0"]

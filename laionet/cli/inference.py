@@ -5,13 +5,15 @@ The root app in ``laionet.cli`` registers this module's ``app``.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from laionet.cli.common import WORKERS_HELP, Precision, echo_manifest, fail
 
 app = typer.Typer()
+
+Decode = Literal["auto", "cpu", "device"]  # laionet.inference.batches.Decode (not imported: torch is slow to load)
 
 
 @app.command()
@@ -39,6 +41,13 @@ def infer(
         int | None, typer.Option(help=f"{WORKERS_HELP}: image decoding (default: cores-1 on a GPU; 0 on ≤4 CPU cores).")
     ] = None,
     top_k: Annotated[int, typer.Option(help="Classes kept per image, best first.")] = 5,
+    decode: Annotated[
+        Decode,
+        typer.Option(
+            help="Where JPEGs are decoded and preprocessed: auto (device on a GPU, with nvjpeg), cpu (in the workers), "
+            "device (batched on --device; the workers only read the bytes)."
+        ),
+    ] = "auto",
 ) -> None:
     """Run image models over shards in one streaming pass (each image decoded once, shared by all models): per shard
     and model, L2-normalised float16 embeddings (.npy + .keys.parquet) and top-k predictions with the score of the
@@ -46,7 +55,9 @@ def infer(
     from laionet.inference.engine import InferConfig, run_inference
     from laionet.inference.models import ModelError
 
-    config = InferConfig(device=device, precision=precision, batch_size=batch_size, workers=workers, top_k=top_k)
+    config = InferConfig(
+        device=device, precision=precision, batch_size=batch_size, workers=workers, top_k=top_k, decode=decode
+    )
     try:
         manifests = run_inference(shards, model, out, catalog_path=catalog, quarantine=quarantine, config=config)
     except (ModelError, FileNotFoundError, ValueError) as exc:

@@ -1,4 +1,5 @@
-"""Shards → preprocessed batches, in DataLoader worker processes (the decoding half of ``laionet.inference.engine``).
+"""Shards → preprocessed batches: read and (on the CPU) decoded in DataLoader worker processes, or decoded on the
+device (the decoding half of ``laionet.inference.engine``).
 
 Shards are read through webdataset (``laionet.images.shards.shard_pipeline``): a shard may be a local path, an fsspec
 URL (``http(s)://`` streamed, ``s3://``…) or a ``pipe:`` command. The shard list is split with webdataset's
@@ -7,7 +8,16 @@ shards are then finished by its own calls, the manifests by a final call that fi
 ``split_by_worker`` (each DataLoader worker takes whole shards, every n-th). Every image is decoded once and each
 distinct ``Recipe`` applied once.
 
-A batch is a dict: ``shard``, ``keys``, ``wnids``, ``images`` ({recipe: tensor or None}), ``last`` (the shard's last
+Two decoders (``decode``): ``cpu`` — the workers decode with PIL and apply each recipe (``Recipe.transform``);
+``device`` — the workers only read each JPEG's bytes and check its header, and ``DeviceDecoder`` (main process)
+decodes a whole batch at once with ``torchvision.io.decode_jpeg`` on the device (nvjpeg on a GPU) and resizes, crops
+and normalises it there (``Recipe.apply``: within 2 uint8 levels of the CPU path per pixel). An image the device
+decoder cannot take — not a JPEG, CMYK, not ending in the end-of-image marker — is decoded by PIL in the worker
+instead; one it rejects is decoded by PIL in the main process; either is counted undecodable exactly when the CPU
+path would count it (the same PIL call, under the same pixel limit).
+
+A batch is a dict: ``shard``, ``keys``, ``wnids``, ``images`` ({recipe: tensor or None}; with ``decode="device"``
+None until ``DeviceDecoder`` fills it from ``payload``, ``offsets`` and ``decoded``), ``last`` (the shard's last
 batch, which also carries its ``counts`` — read, quarantined, undecodable, no_image — ``truncated``, and ``errors``:
 (key, reason, detail) of every sample or shard problem met, ``*`` for the shard). Problems never stop the stage and
 are never dropped: a shard that cannot be read to a clean end keeps the samples read before the damage and is flagged
@@ -17,43 +27,99 @@ image ``no_image``.
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import torch
 
+from laionet.core.runtime import limit_image_pixels
 from laionet.images.shards import ErrorLog, decode_rgb, iter_raw, original_key
 from laionet.inference.models import Recipe
 
+Decode = Literal["auto", "cpu", "device"]
+_EOI = b"\xff\xd9"  # a JPEG's end-of-image marker: one cut short lacks it
+_log = logging.getLogger("laionet.infer")
 
-def _pack(shard: str, keys: list[str], wnids: list[str | None], tensors: dict[Recipe, list[Any]]) -> dict[str, Any]:
-    """One batch; empties the buffers it packs."""
-    out = {
+
+def _transformed(data: bytes, recipes: dict[Recipe, Any]) -> dict[Recipe, Any]:
+    rgb = decode_rgb(data)
+    return {r: t(rgb) for r, t in recipes.items()}
+
+
+def _payload(data: bytes) -> bytes | np.ndarray:
+    """What the device gets: the JPEG itself when its header says the device decoder takes it (a JPEG in RGB or
+    greyscale, ending in its end-of-image marker), else the image as PIL decodes it (uint8 array (H, W, 3)).
+
+    Raises:
+        Exception: what ``decode_rgb`` raises: PIL cannot read the header or the image, or it is over the pixel limit
+            (PIL checks the size when it opens the header).
+    """
+    from PIL import Image
+
+    limit_image_pixels()
+    with Image.open(io.BytesIO(data)) as image:
+        if image.format == "JPEG" and image.mode in ("RGB", "L") and data.endswith(_EOI):
+            return data
+        return np.asarray(image.convert("RGB"))
+
+
+def _pack_payloads(items: list[bytes | np.ndarray]) -> dict[str, Any]:
+    """The JPEGs as one flat byte tensor with offsets (one shared-memory block per batch between processes, not one
+    per image; an image decoded by PIL has an empty span) and the PIL-decoded images as uint8 (3, H, W) tensors."""
+    jpegs = b"".join(it for it in items if isinstance(it, bytes))
+    sizes = [len(it) if isinstance(it, bytes) else 0 for it in items]
+    return {
+        "payload": torch.frombuffer(bytearray(jpegs), dtype=torch.uint8)
+        if jpegs
+        else torch.empty(0, dtype=torch.uint8),
+        "offsets": [0, *np.cumsum(sizes, dtype=np.int64).tolist()],
+        "decoded": {
+            i: torch.from_numpy(np.ascontiguousarray(it.transpose(2, 0, 1)))
+            for i, it in enumerate(items)
+            if not isinstance(it, bytes)
+        },
+    }
+
+
+def _pack(
+    shard: str, keys: list[str], wnids: list[str | None], items: list[Any], recipes: Sequence[Recipe], raw: bool
+) -> dict[str, Any]:
+    """One batch; empties the buffers it packs. ``raw``: the items are ``_payload``s (see ``_pack_payloads``), else
+    {recipe: tensor} per image."""
+    out: dict[str, Any] = {
         "shard": shard,
         "keys": list(keys),
         "wnids": list(wnids),
-        "images": {r: torch.stack(t) if t else None for r, t in tensors.items()},
+        "images": None if raw else {r: torch.stack([it[r] for it in items]) if items else None for r in recipes},
         "last": False,
         "counts": None,
         "truncated": False,
         "errors": None,
+        **(_pack_payloads(items) if raw else {}),
     }
     keys.clear()
     wnids.clear()
-    for t in tensors.values():
-        t.clear()
+    items.clear()
     return out
 
 
-def decode_shard(shard: str, recipes: dict[Recipe, Any], skip: set[str], batch_size: int) -> Iterator[dict[str, Any]]:
+def decode_shard(
+    shard: str, recipes: dict[Recipe, Any], skip: set[str], batch_size: int, raw: bool = False
+) -> Iterator[dict[str, Any]]:
     """Batches of one shard; the last one has ``last=True``, the shard's counts, whether it was truncated and its
-    errors (an image over the pixel limit, ``laionet.core.runtime.limit_image_pixels``, is counted undecodable)."""
+    errors (an image over the pixel limit, ``laionet.core.runtime.limit_image_pixels``, is counted undecodable).
+    ``raw``: the images are left for ``DeviceDecoder`` (JPEG bytes, or decoded by PIL where the device cannot), and
+    ``recipes`` is not applied."""
     counts = {"read": 0, "quarantined": 0, "undecodable": 0, "no_image": 0}
     errors = ErrorLog()
     keys: list[str] = []
     wnids: list[str | None] = []
-    tensors: dict[Recipe, list[Any]] = {r: [] for r in recipes}
+    items: list[Any] = []
     for raw_key, sample in iter_raw(shard, errors):
         counts["read"] += 1
         key = original_key(raw_key)
@@ -65,8 +131,7 @@ def decode_shard(shard: str, recipes: dict[Recipe, Any], skip: set[str], batch_s
             errors.add(shard, key, "no_image")
             continue
         try:
-            rgb = decode_rgb(sample["jpg"])
-            transformed = {r: t(rgb) for r, t in recipes.items()}
+            items.append(_payload(sample["jpg"]) if raw else _transformed(sample["jpg"], recipes))
         except Exception as exc:  # PIL raises many types for broken images
             counts["undecodable"] += 1
             errors.add(shard, key, "undecodable_image", f"{type(exc).__name__}: {exc}")
@@ -77,12 +142,10 @@ def decode_shard(shard: str, recipes: dict[Recipe, Any], skip: set[str], batch_s
             meta = {}
         keys.append(str(meta.get("key", key)))
         wnids.append(meta.get("wnid"))
-        for r, t in transformed.items():
-            tensors[r].append(t)
         if len(keys) >= batch_size:
-            yield _pack(shard, keys, wnids, tensors)
+            yield _pack(shard, keys, wnids, items, list(recipes), raw)
     yield {
-        **_pack(shard, keys, wnids, tensors),
+        **_pack(shard, keys, wnids, items, list(recipes), raw),
         "last": True,
         "counts": counts,
         "truncated": errors.truncated(shard),
@@ -92,20 +155,147 @@ def decode_shard(shard: str, recipes: dict[Recipe, Any], skip: set[str], batch_s
 
 class ShardStream(torch.utils.data.IterableDataset):
     """Batches from shards: each node (``split_by_node``) and each DataLoader worker (``split_by_worker``) takes
-    every n-th shard."""
+    every n-th shard. ``decode="device"``: the workers only read the bytes (see ``DeviceDecoder``)."""
 
-    def __init__(self, shards: Sequence[str], recipes: Sequence[Recipe], skip: set[str], batch_size: int) -> None:
+    def __init__(
+        self,
+        shards: Sequence[str],
+        recipes: Sequence[Recipe],
+        skip: set[str],
+        batch_size: int,
+        decode: Literal["cpu", "device"] = "cpu",
+    ) -> None:
         super().__init__()
         self.shards, self.recipes, self.skip, self.batch_size = list(shards), list(recipes), skip, batch_size
+        self.decode = decode
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         from webdataset import split_by_node, split_by_worker
 
         if torch.utils.data.get_worker_info() is not None:
             torch.set_num_threads(1)
-        recipes = {r: r.transform() for r in self.recipes}
+        raw = self.decode == "device"
+        recipes = {r: None if raw else r.transform() for r in self.recipes}
         for shard in split_by_worker(split_by_node(iter(self.shards))):
-            yield from decode_shard(shard, recipes, self.skip, self.batch_size)
+            yield from decode_shard(shard, recipes, self.skip, self.batch_size, raw=raw)
+
+
+def _decode_jpeg(data: Any, device: str) -> Any:
+    """``torchvision.io.decode_jpeg`` (one uint8 tensor, or a list: one batched call) to RGB on ``device``, without
+    its deprecation warning (torchvision 0.29 points to TorchCodec, not installed here)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The image decoding and encoding", category=DeprecationWarning)
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+
+def check_decode(decode: str) -> None:
+    """Raises ValueError unless ``decode`` is one of ``Decode``'s modes (InferConfig is a dataclass: nothing checks
+    its fields)."""
+    if decode not in ("auto", "cpu", "device"):
+        raise ValueError(f"unknown decode mode {decode!r}: use auto, cpu or device")
+
+
+def decode_mode(decode: str, device: str) -> Literal["cpu", "device"]:
+    """The decoder to use: ``auto`` is ``device`` on a CUDA device whose decoder works (a tiny JPEG is decoded there
+    first), else ``cpu``.
+
+    Raises:
+        ValueError: an unknown mode, or ``device`` asked for where torchvision cannot decode a JPEG.
+    """
+    check_decode(decode)
+    if decode == "cpu" or (decode == "auto" and not device.startswith("cuda")):
+        return "cpu"
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 60)).save(out, "JPEG")
+    try:
+        _decode_jpeg([torch.frombuffer(bytearray(out.getvalue()), dtype=torch.uint8)], device)
+    except Exception as exc:  # no nvjpeg in this torchvision build, no device...
+        if decode == "device":
+            raise ValueError(f"decode='device': torchvision cannot decode JPEGs on {device}: {exc}") from exc
+        _log.warning("JPEG decoding on %s failed (%s: %s): decoding on the CPU", device, type(exc).__name__, exc)
+        return "cpu"
+    return "device"
+
+
+class DeviceDecoder:
+    """The main-process half of ``decode="device"``: turns a batch of payloads into the batch the CPU path would have
+    given — ``images`` per recipe, on ``device`` — decoding every JPEG once and applying each recipe once.
+
+    The JPEGs of a batch are decoded in one ``decode_jpeg`` call; if it fails (it returns nothing when one image is
+    bad), they are decoded one by one and an image the device rejects is decoded by PIL (``decode_rgb``, as the CPU
+    path would); one PIL rejects too leaves the batch and is counted undecodable in its shard's counts and errors (on
+    the shard's last batch). Images of one size are resized together.
+    """
+
+    def __init__(self, recipes: Sequence[Recipe], device: str) -> None:
+        self.recipes, self.device = list(dict.fromkeys(recipes)), device
+        self.lost: dict[str, list[tuple[str, str, str]]] = {}  # shard → (key, reason, detail) not yet reported
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        images, failures = self.decode(batch)
+        shard = batch["shard"]
+        self.lost.setdefault(shard, []).extend(
+            (batch["keys"][i], "undecodable_image", detail) for i, detail in failures.items()
+        )
+        keep = [i for i, image in enumerate(images) if image is not None]
+        out = {k: v for k, v in batch.items() if k not in ("payload", "offsets", "decoded")}
+        out["keys"] = [batch["keys"][i] for i in keep]
+        out["wnids"] = [batch["wnids"][i] for i in keep]
+        kept = [image for image in images if image is not None]
+        out["images"] = {r: self.preprocess(r, kept) if kept else None for r in self.recipes}
+        if batch["last"]:
+            lost = self.lost.pop(shard, [])
+            out["counts"] = {**batch["counts"], "undecodable": batch["counts"]["undecodable"] + len(lost)}
+            out["errors"] = [*batch["errors"], *lost]
+        return out
+
+    def decode(self, batch: dict[str, Any]) -> tuple[list[torch.Tensor | None], dict[int, str]]:
+        """Each image as uint8 (3, H, W) on the device, None where it cannot be decoded; the reasons by position."""
+        offsets, decoded = batch["offsets"], batch["decoded"]
+        images: list[torch.Tensor | None] = [None] * len(batch["keys"])
+        for i, image in decoded.items():
+            images[i] = image.to(self.device, non_blocking=True)
+        jpegs = [i for i in range(len(images)) if i not in decoded]
+        data = [batch["payload"][offsets[i] : offsets[i + 1]] for i in jpegs]
+        failures: dict[int, str] = {}
+        if not jpegs:
+            return images, failures
+        try:
+            out = _decode_jpeg(data, self.device)
+        except Exception:  # one bad JPEG fails the whole call: find it
+            out = []
+            for i, jpeg in zip(jpegs, data, strict=True):
+                image, failure = self._one(jpeg)
+                out.append(image)
+                if failure is not None:
+                    failures[i] = failure
+        for i, image in zip(jpegs, out, strict=True):
+            images[i] = image
+        return images, failures
+
+    def _one(self, jpeg: torch.Tensor) -> tuple[torch.Tensor | None, str | None]:
+        try:
+            return _decode_jpeg(jpeg, self.device), None
+        except Exception:  # the device decoder rejects it: PIL decides, as on the CPU path
+            try:
+                rgb = np.asarray(decode_rgb(jpeg.numpy().tobytes()))
+            except Exception as exc:  # PIL raises many types for broken images
+                return None, f"{type(exc).__name__}: {exc}"
+            return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).to(self.device), None
+
+    def preprocess(self, recipe: Recipe, images: list[torch.Tensor]) -> torch.Tensor:
+        """float32 (B, 3, crop, crop) on the device: ``recipe`` applied to each image, images of one size at once."""
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for j, image in enumerate(images):
+            by_size.setdefault((int(image.shape[-2]), int(image.shape[-1])), []).append(j)
+        out = torch.empty(len(images), 3, recipe.crop, recipe.crop, device=self.device)
+        for group in by_size.values():
+            out[torch.as_tensor(group, device=self.device)] = recipe.apply(torch.stack([images[j] for j in group]))
+        return out
 
 
 def _identity(batch: Any) -> Any:

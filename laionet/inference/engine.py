@@ -1,7 +1,8 @@
 """Streaming batched inference over WebDataset shards: image embeddings, classifier top-k, CLIP zero-shot.
 
-One pass over the shards feeds every model. Decoding happens once per image, in DataLoader worker processes
-(``laionet.inference.batches``), each worker taking whole shards; every distinct preprocessing ``Recipe`` among the
+One pass over the shards feeds every model. Decoding happens once per image (``laionet.inference.batches``), each
+DataLoader worker process taking whole shards: on the CPU in the workers, or — ``decode="device"``, the default on a
+GPU — batched on the device, the workers only reading the bytes; every distinct preprocessing ``Recipe`` among the
 models is applied once per image and its tensor shared by all models that use it. The main process moves each batch to
 the device once per recipe (pinned memory, non-blocking copies, channels-last on a GPU), runs the models under autocast
 (fp16 on a GPU; fp32 on a CPU unless bf16 is asked for), and collects outputs per (shard, model). When a shard's
@@ -57,7 +58,7 @@ from laionet.core.runtime import tune_cpu
 from laionet.core.stage import begin, input_identity, prune, prune_records, require_file_input, stage_lock
 from laionet.core.tables import read_columns
 from laionet.images.shards import list_shards
-from laionet.inference.batches import ShardStream, make_loader
+from laionet.inference.batches import Decode, DeviceDecoder, ShardStream, check_decode, decode_mode, make_loader
 from laionet.inference.models import ImageModel, Recipe, canonical_model_spec, load_image_model
 
 ModelBuilder = Callable[[str], ImageModel]
@@ -65,13 +66,17 @@ ModelBuilder = Callable[[str], ImageModel]
 
 @dataclass
 class InferConfig:
-    """How inference runs (none of it changes the outputs beyond float rounding, except ``top_k``)."""
+    """How inference runs (none of it changes the outputs beyond float rounding, except ``top_k``; the device decoder
+    resizes within 2 uint8 levels of PIL's, see ``Recipe.apply``)."""
 
     device: str = "auto"  # auto: cuda if available
     precision: str = "auto"  # auto (fp16 on a GPU, fp32 on a CPU) | fp32 | fp16 | bf16 (autocast)
     batch_size: int | None = None  # images per batch; auto: 256 on a GPU, 32 on a CPU
     workers: int | None = None  # decode processes (0: in-process); auto: see default_workers
     top_k: int = 5
+    decode: Decode = (
+        "auto"  # auto: on the device when it is a GPU (nvjpeg), else in the workers on the CPU | cpu | device
+    )
 
 
 def _device(device: str) -> str:
@@ -257,6 +262,7 @@ def run_inference(
     precision = (
         "fp32" if config.precision == "auto" and device == "cpu" else resolve_precision(config.precision, device)
     )
+    check_decode(config.decode)  # before anything is written
     if device == "cpu":
         tune_cpu()
     texts = index = wnids = None
@@ -415,6 +421,7 @@ def _write_manifests(
                 "device": device,
                 "precision": precision,
                 "truncated_shards": sum(bool(r.get("truncated")) for r in done),
+                "decode": sorted({str(r.get("decode", "cpu")) for r in done}),
                 **done[-1]["model"],
             },
         )
@@ -453,10 +460,14 @@ def _run(
     batch_size = config.batch_size or (256 if device.startswith("cuda") else 32)
     workers = config.workers if config.workers is not None else default_workers(device)
     recipes = list(dict.fromkeys(r.model.recipe for r in runners.values()))
-    stream = ShardStream(list(todo), recipes, skip, batch_size)
+    decode = decode_mode(config.decode, device)
+    stream = ShardStream(list(todo), recipes, skip, batch_size, decode=decode)
+    decoder = DeviceDecoder(recipes, device) if decode == "device" else None
     bar = tqdm(total=len(todo), desc="infer", unit="shard", disable=None)
     done = 0
     for batch in make_loader(stream, min(workers, len(todo)), device.startswith("cuda")):
+        if decoder is not None:  # decode and preprocess on the device: the batch the CPU path would have given
+            batch = decoder(batch)
         shard = batch["shard"]
         on_device: dict[Recipe, Any] = {}
         for spec in todo[shard]:
@@ -487,6 +498,7 @@ def _run(
                 "rows_out": sum(len(p["keys"]) for p in parts),
                 "dropped": {k: v for k, v in counts.items() if k != "read" and v},
                 "truncated": bool(batch["truncated"]),
+                "decode": decode,
                 "model": {
                     "dim": model.dim,
                     "recipe": json.loads(json.dumps(asdict(model.recipe))),
