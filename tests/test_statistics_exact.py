@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -477,3 +479,242 @@ def test_recall_difference_edges() -> None:
     tie = recall_difference(_table([50], [50]), _table([50], [50]), 1, method="bootstrap").iloc[0]
     assert (tie["lower"], tie["upper"]) == (0.0, 0.0)
     assert not tie["significantly_lower"] and not tie["significantly_higher"]
+
+
+# the seeded draws, pinned exactly (mutation testing) ----------------------------------------------------------------
+# Each class's generator is np.random.default_rng([stream, seed mod 2⁶⁴, class key]) (stream 0: the image sample,
+# 1: bootstrap resamples, 2: the matched resample, 3: the pooled pair draws; key: a non-negative integer class itself,
+# any other label 2³² + CRC-32 of its text): the tests below rebuild those streams and recompute every statistic with
+# plain loops, so a changed seed, stream, default or draw changes a pinned value.
+
+
+def _stream(stream: int, seed: int, cls: object) -> np.random.Generator:
+    key = cls if isinstance(cls, int) and not isinstance(cls, bool) and cls >= 0 else 2**32 + zlib.crc32(
+        str(cls).encode())  # fmt: skip
+    return np.random.default_rng([stream, seed % 2**64, key])
+
+
+def _first_draws(rng: np.random.Generator) -> list[int]:
+    return rng.integers(0, 2**62, size=4).tolist()
+
+
+def test_class_rng_seeds_from_stream_seed_and_class() -> None:
+    from laionet.evaluation.stats import BOOTSTRAP, POOL, class_rng
+
+    assert _first_draws(class_rng(0, 5)) == _first_draws(np.random.default_rng([0, 0, 5]))
+    assert _first_draws(class_rng(0, np.int64(5))) == _first_draws(np.random.default_rng([0, 0, 5]))  # numpy scalar
+    assert _first_draws(class_rng(3, 0, BOOTSTRAP)) == _first_draws(np.random.default_rng([1, 3, 0]))  # class 0
+    assert _first_draws(class_rng(5, 1)) == _first_draws(np.random.default_rng([0, 5, 1]))
+    for label in ("cat", np.str_("cat"), -3, True, 2.5):  # not a non-negative integer: by the CRC-32 of its text
+        key = 2**32 + zlib.crc32(str(label).encode())
+        assert _first_draws(class_rng(7, label, POOL)) == _first_draws(np.random.default_rng([3, 7, key]))
+    assert _first_draws(class_rng(-1, 5)) == _first_draws(np.random.default_rng([0, 2**64 - 1, 5]))  # seed mod 2⁶⁴
+    assert _first_draws(class_rng(2**64 + 5, 5)) == _first_draws(np.random.default_rng([0, 5, 5]))
+
+
+def test_sample_by_class_draws_the_seeded_sample_without_replacement() -> None:
+    from laionet.evaluation.stats import sample_by_class
+
+    labels = np.random.default_rng(1).permutation(np.repeat([2, 5, 9], [101, 100, 3]))
+    out = sample_by_class(labels)  # defaults: at most 100 per class, seed 0
+    assert list(out) == [2, 5, 9] and all(type(k) is int for k in out)  # plain Python keys, not numpy scalars
+    positions = np.flatnonzero(labels == 2)
+    expected = sorted(_stream(0, 0, 2).choice(positions, size=100, replace=False).tolist())
+    assert out[2].tolist() == expected and len(set(expected)) == 100
+    assert (
+        out[5].tolist() == np.flatnonzero(labels == 5).tolist()
+        and out[9].tolist() == np.flatnonzero(labels == 9).tolist()
+    )
+    seeded = sample_by_class(labels, cap=3, seed=6)
+    for cls in (2, 5):
+        positions = np.flatnonzero(labels == cls)
+        assert seeded[cls].tolist() == sorted(_stream(0, 6, cls).choice(positions, size=3, replace=False).tolist())
+    texts = sample_by_class(np.array(["b", "a", "b"]))
+    assert list(texts) == ["a", "b"] and all(type(k) is str for k in texts)
+    objects = sample_by_class(np.array(["b", "a", "b"], dtype=object))  # elements without .item()
+    assert list(objects) == ["a", "b"] and objects["b"].tolist() == [0, 2]
+
+
+def test_pair_similarities_compute_in_float64() -> None:
+    from laionet.evaluation.stats import pair_similarities
+
+    emb = np.array([[0.1, 0.2, 0.3], [0.7, 0.3, 0.1], [0.2, 0.9, 0.4]], dtype=np.float32)
+    rows = [[float(v) for v in row] for row in emb]  # the float32 values, exactly, as Python floats
+    expected = [sum(a * b for a, b in zip(rows[i], rows[j], strict=True)) for i, j in ((0, 1), (0, 2), (1, 2))]
+    got = pair_similarities(emb)
+    assert got.dtype == np.float64 and got.tolist() == pytest.approx(expected, rel=1e-14)
+
+
+def test_intra_class_uses_the_seeded_sample_and_is_quiet_on_single_images() -> None:
+    from laionet.evaluation.stats import intra_class
+
+    emb = _unit(np.random.default_rng(3).normal(size=(9, 4)))
+    labels = np.array([0, 0, 1, 0, 0, 1, 0, 2, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a single image has no pair: NaN, without a "mean of empty slice" warning
+        table = intra_class(emb, labels, cap=2, seed=4).set_index("class")
+    for cls in (0, 1):
+        i, j = sorted(_stream(0, 4, cls).choice(np.flatnonzero(labels == cls), size=2, replace=False))
+        assert table.loc[cls, "mean"] == pytest.approx(float(emb[i] @ emb[j]), rel=1e-12)
+        assert table.loc[cls, "std"] == 0
+    assert table.loc[2, "n"] == 1 and math.isnan(table.loc[2, "mean"]) and math.isnan(table.loc[2, "std"])
+    empty = intra_class(np.empty((0, 4)), np.array([], dtype=int))
+    assert empty.empty and list(empty.columns) == ["class", "n", "n_pairs", "mean", "std"]
+
+
+def test_image_bootstrap_exact_interval_from_the_seeded_resamples() -> None:
+    """Class 0: 5 images in A, 6 in B, 4 sampled of each (A's sample from seed, B's from seed + 1); class 1: too few
+    images in A (left out, also before a class that is kept); class 2: 4 each; class 3: only in B."""
+    rng = np.random.default_rng(8)
+    labels_a = np.array([1, 0, 0, 2, 0, 0, 2, 0, 1, 2, 2])
+    labels_b = np.array([0, 3, 1, 0, 2, 0, 1, 0, 2, 1, 0, 2, 2, 3, 0, 1, 3, 3])
+    emb_a, emb_b = _unit(rng.normal(size=(11, 5)) + 0.5), _unit(rng.normal(size=(18, 5)) + 0.2)
+    seed, n_boot = 3, 300
+    table = compare_bootstrap(emb_a, labels_a, emb_b, labels_b, cap=4, n_boot=n_boot, seed=seed)
+    assert table["class"].tolist() == [0, 2]
+    for row in table.itertuples():
+        cls = row[1]
+        chosen = []
+        for emb, labels, s in ((emb_a, labels_a, seed), (emb_b, labels_b, seed + 1)):
+            idx = np.flatnonzero(labels == cls)
+            if len(idx) > 4:
+                idx = np.sort(_stream(0, s, cls).choice(idx, size=4, replace=False))
+            chosen.append(emb[idx])
+        grams = [e @ e.T for e in chosen]
+        means = [_distinct_pair_mean(g, np.arange(len(g))) for g in grams]
+        boot = _stream(1, seed, cls)
+        draws_a = boot.integers(0, len(grams[0]), size=(n_boot, len(grams[0])))
+        draws_b = boot.integers(0, len(grams[1]), size=(n_boot, len(grams[1])))
+        diffs = [_distinct_pair_mean(grams[0], da) - _distinct_pair_mean(grams[1], db)
+                 for da, db in zip(draws_a, draws_b, strict=True)]  # fmt: skip
+        lo, hi = np.quantile([d for d in diffs if math.isfinite(d)], [0.025, 0.975])
+        got = table.set_index("class").loc[cls]
+        assert (got["mean_a"], got["mean_b"], got["delta"]) == pytest.approx((means[0], means[1], means[0] - means[1]))
+        assert (got["lower"], got["upper"]) == pytest.approx((lo, hi), abs=1e-6)  # the Gram matrix is float32
+    empty = compare_bootstrap(emb_a, labels_a, emb_b, labels_b + 10)  # no class in both
+    assert empty.empty and list(empty.columns) == ["class", "mean_a", "mean_b", "delta", "lower", "upper",
+                                                   "significantly_lower", "significantly_higher"]  # fmt: skip
+
+
+def test_image_bootstrap_defaults_are_100_images_and_1000_resamples() -> None:
+    rng = np.random.default_rng(2)
+    emb_a, emb_b = _unit(rng.normal(size=(101, 4)) + 1.0), _unit(rng.normal(size=(101, 4)) + 1.0)
+    labels = np.zeros(101, dtype=int)
+    default = compare_bootstrap(emb_a, labels, emb_b, labels)
+    explicit = compare_bootstrap(emb_a, labels, emb_b, labels, cap=100, n_boot=1000, seed=0, level=0.95, min_images=4)
+    pd.testing.assert_frame_equal(default, explicit)
+    assert not default.equals(compare_bootstrap(emb_a, labels, emb_b, labels, cap=101))
+
+
+def test_image_bootstrap_single_image_resamples_are_dropped_quietly() -> None:
+    """Two images per class: half the resamples draw one image twice, a resample without a pair (0/0, or ±x/0 when
+    the float32 self-similarity is not exactly 1). They are left out without a RuntimeWarning."""
+    rng = np.random.default_rng(0)
+    emb_a, emb_b = _unit(rng.normal(size=(6, 7))), np.array([[1.0, 0], [0, 1], [1, 0], [0, 1], [0.6, 0.8], [0.8, 0.6]])
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = compare_bootstrap(emb_a, labels, emb_b, labels, n_boot=200, min_images=2)
+    assert table["class"].tolist() == [0, 1, 2] and np.isfinite(table[["lower", "upper"]].to_numpy()).all()
+    for cls in (0, 1, 2):
+        a, b = emb_a[2 * cls : 2 * cls + 2], emb_b[2 * cls : 2 * cls + 2]
+        assert table.loc[cls, ["lower", "upper"]].tolist() == pytest.approx([a[0] @ a[1] - b[0] @ b[1]] * 2, abs=1e-6)
+
+
+def test_compare_means_exact_interval_from_the_seeded_resamples() -> None:
+    from laionet.evaluation.stats import compare_means
+
+    a = {0: np.array([0.1, 0.4, 0.35]), 1: np.array([0.9]), 2: np.array([0.2, 0.3, 0.5, 0.6]), 4: np.array([1.0, 2])}
+    b = {0: np.array([0.3, 0.2, 0.25, 0.1]), 1: np.array([0.5, 0.6]), 2: np.array([0.1, 0.7]), 3: np.array([0.0, 1])}
+    seed, n_boot = 5, 400
+    table = compare_means(a, b, n_boot=n_boot, seed=seed, level=0.9).set_index("class")
+    assert table.index.tolist() == [0, 2]  # 1: a single value in A; 3, 4: in one dataset only; 2: two values in B
+    for cls in (0, 2):
+        rng = _stream(1, seed, cls)
+        draws_a = rng.integers(0, len(a[cls]), size=(n_boot, len(a[cls])))
+        draws_b = rng.integers(0, len(b[cls]), size=(n_boot, len(b[cls])))
+        diffs = [sum(a[cls][i] for i in da) / len(da) - sum(b[cls][i] for i in db) / len(db)
+                 for da, db in zip(draws_a, draws_b, strict=True)]  # fmt: skip
+        mean_a, mean_b = sum(a[cls]) / len(a[cls]), sum(b[cls]) / len(b[cls])
+        row = table.loc[cls]
+        assert row[["mean_a", "mean_b", "delta"]].tolist() == pytest.approx([mean_a, mean_b, mean_a - mean_b])
+        assert row[["lower", "upper"]].tolist() == pytest.approx(np.quantile(diffs, [0.05, 0.95]).tolist(), abs=1e-12)
+        assert (row["n_a"], row["n_b"]) == (len(a[cls]), len(b[cls]))
+    tie = compare_means({0: np.array([0.5, 0.5])}, {0: np.array([0.5, 0.5])}).iloc[0]
+    assert (tie["lower"], tie["upper"]) == (0.0, 0.0)  # bounds at exactly 0: neither lower nor higher
+    assert not tie["significantly_lower"] and not tie["significantly_higher"]
+    empty = compare_means(a, {9: np.array([1.0, 2.0])})
+    assert empty.empty and list(empty.columns)[-4:] == ["significantly_lower", "significantly_higher", "n_a", "n_b"]
+    assert list(empty.columns)[:6] == ["class", "mean_a", "mean_b", "delta", "lower", "upper"]
+
+
+def test_paper_comparison_without_classes_in_both_has_the_columns() -> None:
+    empty = compare_paper({0: np.arange(10.0)}, {1: np.arange(10.0)})
+    assert empty.empty and list(empty.columns) == ["class", "mean_a", "mean_b", "delta", "lower", "upper",
+                                                   "significantly_lower", "significantly_higher"]  # fmt: skip
+
+
+def test_pooled_and_matched_draws_are_the_seeded_ones() -> None:
+    from laionet.evaluation.stats import matched_pair_counts, matched_resample, pooled_pairs
+
+    pairs = {"a": np.arange(150.0), "b": np.arange(3.0), "c": np.array([])}
+    expected = np.concatenate([_stream(3, 0, "a").choice(pairs["a"], size=100, replace=True),
+                               _stream(3, 0, "b").choice(pairs["b"], size=3, replace=True)])  # fmt: skip
+    assert pooled_pairs(pairs).tolist() == expected.tolist()  # defaults: ≤ 100 per class, seed 0
+    counts = {"a": 1, "b": 5, "c": 2, "d": 4}  # a: one draw; b: more draws than pairs; c: no pairs; d: not in pairs
+    expected = np.concatenate([_stream(3, 9, "a").choice(pairs["a"], size=1, replace=True),
+                               _stream(3, 9, "b").choice(pairs["b"], size=5, replace=True)])  # fmt: skip
+    assert pooled_pairs(pairs, seed=9, counts=counts).tolist() == expected.tolist()
+    none = pooled_pairs({})
+    assert none.shape == (0,) and none.dtype == np.float64
+    assert matched_pair_counts({"x": np.zeros(150), "w": np.ones(3)}, {"x": np.zeros(120), "w": np.array([])}) == {
+        "x": 100}  # fmt: skip
+    values = {"a": np.arange(5.0), "b": np.arange(3.0)}
+    out = matched_resample(values, {"a": 7, "b": 2}, seed=4)
+    assert out["a"].tolist() == _stream(2, 4, "a").choice(values["a"], size=7, replace=True).tolist()
+    assert out["b"].tolist() == _stream(2, 4, "b").choice(values["b"], size=2, replace=True).tolist()
+
+
+def test_spearman_interval_exact_from_the_seeded_resamples_at_the_defaults() -> None:
+    x = [0.0, 0.25, 0.25, 1.0, 0.5, 0.75, 0.5, 0.1]  # a range of exactly 1
+    y = [0.1, 0.5, 1.0, 1.0, 0.5, 0.5, 0.0, 0.2]
+    rho, lo, hi = spearman_interval(np.array(x), np.array(y))  # 1000 resamples, seed 0
+    draws = np.random.default_rng(0).integers(0, len(x), size=(1000, len(x)))
+    rhos = []
+    for idx in draws:
+        xs, ys = [x[i] for i in idx], [y[i] for i in idx]
+        rhos.append(_pearson(_average_ranks(xs), _average_ranks(ys)) if len(set(xs)) > 1 and len(set(ys)) > 1 else
+                    math.nan)  # fmt: skip
+    assert rho == pytest.approx(_pearson(_average_ranks(x), _average_ranks(y)))
+    assert (lo, hi) == pytest.approx(tuple(np.nanquantile(rhos, [0.025, 0.975])), abs=1e-12)
+    flags = np.array([0, 1, 1, 1, 0, 1, 0, 0], dtype=bool)  # booleans count as 0 / 1
+    as_float = spearman_interval(flags.astype(float), np.array(y), n_boot=50)
+    assert spearman_interval(flags, np.array(y), n_boot=50) == as_float
+    assert spearman_interval(np.array(y), flags, n_boot=50) == spearman_interval(np.array(y), flags.astype(float),
+                                                                                 n_boot=50)  # fmt: skip
+    with_nan = spearman_interval(np.array([*x, math.nan]), np.array([*y, 0.3]), n_boot=50)  # the point is left out
+    assert with_nan == spearman_interval(np.array(x), np.array(y), n_boot=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one constant variable: NaN without an all-NaN warning
+        assert all(math.isnan(v) for v in spearman_interval(np.ones(8), np.array(y), n_boot=50))
+
+
+def test_pearson_rows_centres_each_row_on_its_own_mean() -> None:
+    from laionet.evaluation.stats import _pearson_rows
+
+    a = np.array([[1.0, 2.0, 4.0, 3.0], [10.0, 30.0, 20.0, 60.0], [2.0, 2.0, 2.0, 2.0]])
+    b = np.array([[2.0, 1.0, 5.0, 4.0], [0.5, 0.1, 0.9, 0.7], [1.0, 2.0, 3.0, 4.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a constant row: NaN, quietly
+        got = _pearson_rows(a, b)
+    assert got[:2].tolist() == pytest.approx([_pearson(list(a[r]), list(b[r])) for r in range(2)], rel=1e-12)
+    assert math.isnan(got[2])
+
+
+def test_ks_statistic_of_an_empty_sample_is_nan_quietly() -> None:
+    from laionet.evaluation.stats import ks_statistic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(ks_statistic(np.array([]), np.array([1.0, 2.0])))
+        assert math.isnan(ks_statistic(np.array([1.0]), np.array([])))
