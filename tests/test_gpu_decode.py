@@ -167,22 +167,30 @@ def test_counts_and_errors_are_identical_on_a_damaged_shard(tmp_path: Path, monk
 
 def test_a_jpeg_the_device_rejects_is_decoded_by_pil(tmp_path: Path, monkeypatch) -> None:
     """A device decoder that fails on one JPEG (nvjpeg takes less than libjpeg): the batched call fails, the batch is
-    decoded one by one, and that one image goes to PIL; none is lost."""
+    split in halves until that JPEG is alone, and it goes to PIL; none is lost."""
     photos = _photos()
     rejected = photos["small/coffee.png"]
     real = batches._decode_jpeg
+    calls: list[int] = []
 
-    def picky(data: Any, device: str) -> Any:
-        items = data if isinstance(data, list) else [data]
-        if any(bytes(t.numpy()) == rejected for t in items):
+    def picky(data: list[torch.Tensor], device: str) -> list[torch.Tensor]:
+        calls.append(len(data))
+        if any(bytes(t.numpy()) == rejected for t in data):
             raise RuntimeError("nvjpeg: unsupported (simulated)")
         return real(data, device)
 
     monkeypatch.setattr(batches, "_decode_jpeg", picky)
-    names = ["small/chelsea.png", "small/coffee.png", "small/rocket.jpg"]
+    names = [
+        "small/chelsea.png",
+        "small/coffee.png",
+        *(f"small/{p}" for p in PHOTOS[2:]),
+        "grey/chelsea",
+        "full/coffee.png",
+    ]
     shard = _write_tar(tmp_path / "s.tar", {n: {"jpg": photos[n]} for n in names})
     both = _both(shard, RECIPES[:1], set(), batch_size=8)
     assert both["device"]["keys"] == names and both["device"]["counts"]["undecodable"] == 0
+    assert calls == [8, 4, 2, 1, 1, 2, 4]  # the batch, its first half, its first quarter, then each half that is left
     levels = (both["cpu"]["images"][RECIPES[0]] - both["device"]["images"][RECIPES[0]]).abs() * 0.5 * 255
     assert levels.max().item() <= MAX_LEVELS + 1e-3
 

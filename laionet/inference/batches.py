@@ -180,11 +180,19 @@ class ShardStream(torch.utils.data.IterableDataset):
             yield from decode_shard(shard, recipes, self.skip, self.batch_size, raw=raw)
 
 
-def _decode_jpeg(data: Any, device: str) -> Any:
-    """``torchvision.io.decode_jpeg`` (one uint8 tensor, or a list: one batched call) to RGB on ``device``, without
-    its deprecation warning (torchvision 0.29 points to TorchCodec, not installed here)."""
+def _decode_jpeg(data: list[torch.Tensor], device: str) -> list[torch.Tensor]:
+    """``torchvision.io.decode_jpeg`` of the JPEGs (uint8 tensors on the CPU) in one batched call, to RGB uint8
+    (3, H, W) on ``device``, without its deprecation warning (torchvision 0.29 points to TorchCodec, not installed).
+
+    On a GPU the current stream is drained first: the CUDA decoder writes its outputs from another stream without
+    waiting for the caller's, into memory the caching allocator may have just freed from kernels still queued there
+    (pytorch/vision#9606, not merged). The engine copies each batch's outputs to the host anyway, so this waits for
+    nothing that was not waited for.
+    """
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    if torch.device(device).type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The image decoding and encoding", category=DeprecationWarning)
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
@@ -260,32 +268,32 @@ class DeviceDecoder:
         for i, image in decoded.items():
             images[i] = image.to(self.device, non_blocking=True)
         jpegs = [i for i in range(len(images)) if i not in decoded]
-        data = [batch["payload"][offsets[i] : offsets[i + 1]] for i in jpegs]
         failures: dict[int, str] = {}
         if not jpegs:
             return images, failures
-        try:
-            out = _decode_jpeg(data, self.device)
-        except Exception:  # one bad JPEG fails the whole call: find it
-            out = []
-            for i, jpeg in zip(jpegs, data, strict=True):
-                image, failure = self._one(jpeg)
-                out.append(image)
-                if failure is not None:
-                    failures[i] = failure
-        for i, image in zip(jpegs, out, strict=True):
-            images[i] = image
+        data = [batch["payload"][offsets[i] : offsets[i + 1]] for i in jpegs]
+        for i, image in zip(jpegs, self._decode_all(data), strict=True):
+            if isinstance(image, str):
+                failures[i] = image
+            else:
+                images[i] = image
         return images, failures
 
-    def _one(self, jpeg: torch.Tensor) -> tuple[torch.Tensor | None, str | None]:
+    def _decode_all(self, data: list[torch.Tensor]) -> list[torch.Tensor | str]:
+        """Each JPEG decoded, or why not. One bad JPEG fails a whole ``decode_jpeg`` call, so a failed call is split
+        in halves until each bad one is alone (a few calls per bad image, not one per image); the device decoder
+        rejecting it, PIL decides, as on the CPU path."""
         try:
-            return _decode_jpeg(jpeg, self.device), None
-        except Exception:  # the device decoder rejects it: PIL decides, as on the CPU path
-            try:
-                rgb = np.asarray(decode_rgb(jpeg.numpy().tobytes()))
-            except Exception as exc:  # PIL raises many types for broken images
-                return None, f"{type(exc).__name__}: {exc}"
-            return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).to(self.device), None
+            return list(_decode_jpeg(data, self.device))
+        except Exception:
+            if len(data) > 1:
+                half = len(data) // 2
+                return self._decode_all(data[:half]) + self._decode_all(data[half:])
+        try:
+            rgb = np.asarray(decode_rgb(data[0].numpy().tobytes()))
+        except Exception as exc:  # PIL raises many types for broken images
+            return [f"{type(exc).__name__}: {exc}"]
+        return [torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).to(self.device)]
 
     def preprocess(self, recipe: Recipe, images: list[torch.Tensor]) -> torch.Tensor:
         """float32 (B, 3, crop, crop) on the device: ``recipe`` applied to each image, images of one size at once."""
