@@ -234,9 +234,10 @@ class DeviceDecoder:
     given — ``images`` per recipe, on ``device`` — decoding every JPEG once and applying each recipe once.
 
     The JPEGs of a batch are decoded in one ``decode_jpeg`` call; if it fails (it returns nothing when one image is
-    bad), they are decoded one by one and an image the device rejects is decoded by PIL (``decode_rgb``, as the CPU
-    path would); one PIL rejects too leaves the batch and is counted undecodable in its shard's counts and errors (on
-    the shard's last batch). Images of one size are resized together.
+    bad), it is split until the bad images are alone, and each image the device rejects is decoded by PIL
+    (``decode_rgb``, as the CPU path would); one PIL rejects too leaves the batch and is counted undecodable in its
+    shard's counts and errors (on the shard's last batch: one decoder must see all of a shard's batches). Images of
+    one size are resized together.
     """
 
     def __init__(self, recipes: Sequence[Recipe], device: str) -> None:
