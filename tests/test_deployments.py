@@ -437,6 +437,27 @@ def test_broken_stage_failure_names_file_and_task(server: Server, tiny: dict[str
     assert rejected and "Traceback" in rejected[0] and str(broken) in rejected[0], messages
 
 
+@pytest.mark.prefect
+def test_worker_without_laionet_home_fails_the_run_naming_it(
+    server: Server, tiny: dict[str, Any], tmp_path: Path
+) -> None:
+    # Prefect's own set_working_directory would run the flow in the worker's temporary directory, deleted afterwards
+    # with a relative run_dir in it; the pull step stops the run instead, and says why in the flow run's logs.
+    elsewhere = tmp_path / "worker"
+    elsewhere.mkdir()
+    flow_run_id = trigger(server, {**tiny, "run_dir": "run"})
+    log = server.ok("worker", "start", "--pool", "gpu", "--run-once", cwd=elsewhere, timeout=180)  # no LAIONET_HOME
+    flow_run = server.get(f"/flow_runs/{flow_run_id}")
+    assert flow_run["state"]["type"] in {"CRASHED", "FAILED"}, log[-4000:]
+    assert "LAIONET_HOME must be set" in log
+    body = {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_ASC", "limit": 200, "offset": 0}
+    deadline = time.monotonic() + 20
+    while not any("LAIONET_HOME must be set" in m["message"] for m in server.post("/logs/filter", body)):
+        assert time.monotonic() < deadline, [m["message"] for m in server.post("/logs/filter", body)]
+        time.sleep(0.3)
+    assert list(elsewhere.iterdir()) == [] and not (ROOT / "run").exists()  # nothing written anywhere
+
+
 def is_due(run: dict[str, Any], at: datetime | None = None) -> bool:
     """Whether a flow run's scheduled start time has come (by ``at``, default now)."""
     return datetime.fromisoformat(run["expected_start_time"]) <= (at or datetime.now(UTC))

@@ -50,10 +50,16 @@ def deployment_home() -> dict[str, str]:
     Returns ``{"directory": <absolute path>}``, the output Prefect takes as the run's working directory."""
     value = os.environ.get(HOME_VAR, "")
     if not value or not Path(value).expanduser().is_absolute():
-        raise ValueError(
+        message = (
             f"{HOME_VAR} must be set in the worker's environment to an absolute directory, where the flow runs "
             f"work and a relative run_dir lands (got {value!r}); e.g. {HOME_VAR}=/srv/laionet prefect worker start ..."
         )
+        flow_run_id = os.environ.get("PREFECT__FLOW_RUN_ID")
+        if flow_run_id:  # into the flow run's logs too (Prefect shows the run only as crashed)
+            from prefect.logging import get_logger
+
+            get_logger("prefect.flow_runs").error(message, extra={"flow_run_id": flow_run_id})
+        raise ValueError(message)
     home = Path(value).expanduser()
     home.mkdir(parents=True, exist_ok=True)
     os.chdir(home)
