@@ -119,7 +119,7 @@ def model_only(spec: str, n: int, batch: int, device: str, precision: str) -> fl
 
 def _row(label: str, values: dict[str, float]) -> None:
     """One line of the side-by-side table: a value per decoder, then device/cpu when both ran."""
-    cells = "".join(f"{values[d]:>14.1f}" for d in values)
+    cells = "".join(f"{values[d]:>16.1f}" for d in values)
     ratio = f"{values['device'] / values['cpu']:>12.2f}x" if {"cpu", "device"} <= set(values) else ""
     print(f"  {label:<44}{cells}{ratio}")
 
@@ -182,7 +182,7 @@ def main() -> None:
         print(
             "\nimages/s"
             + " " * 38
-            + "".join(f"{'decode=' + d:>14}" for d in decoders)
+            + "".join(f"{'decode=' + d:>16}" for d in decoders)
             + ("  device/cpu" if len(decoders) == 2 else "")
         )
         _row(f"decode + preprocess only ({recipes} recipes)", rates["decode"])
@@ -191,7 +191,7 @@ def main() -> None:
         _row(f"{m} models, one pass per model, end to end", rates["separate"])
         print(
             f"  {'shared pass / one pass per model':<44}"
-            + "".join(f"{rates['together'][d] / rates['separate'][d]:>13.2f}x" for d in decoders)
+            + "".join(f"{rates['together'][d] / rates['separate'][d]:>15.2f}x" for d in decoders)
         )
         print(f"\nmodels alone on ready tensors (the same for every decoder; {args.models}):")
         batch = args.batch_size or (256 if device.startswith("cuda") else 32)
