@@ -74,9 +74,7 @@ class InferConfig:
     batch_size: int | None = None  # images per batch; auto: 256 on a GPU, 32 on a CPU
     workers: int | None = None  # decode processes (0: in-process); auto: see default_workers
     top_k: int = 5
-    decode: Decode = (
-        "auto"  # auto: on the device when it is a GPU (nvjpeg), else in the workers on the CPU | cpu | device
-    )
+    decode: Decode = "auto"  # auto: device (nvjpeg) on a GPU, else cpu (PIL in the workers) | cpu | device
 
 
 def _device(device: str) -> str:
