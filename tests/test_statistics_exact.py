@@ -563,12 +563,12 @@ def test_intra_class_uses_the_seeded_sample_and_is_quiet_on_single_images() -> N
 
 
 def test_image_bootstrap_exact_interval_from_the_seeded_resamples() -> None:
-    """Class 0: 5 images in A, 6 in B, 4 sampled of each (A's sample from seed, B's from seed + 1); class 1: too few
+    """Class 0: 8 images in A, 6 in B, 4 sampled of each (A's sample from seed, B's from seed + 1); class 1: too few
     images in A (left out, also before a class that is kept); class 2: 4 each; class 3: only in B."""
     rng = np.random.default_rng(8)
-    labels_a = np.array([1, 0, 0, 2, 0, 0, 2, 0, 1, 2, 2])
+    labels_a = np.array([1, 0, 0, 2, 0, 0, 2, 0, 1, 2, 2, 0, 0, 0])
     labels_b = np.array([0, 3, 1, 0, 2, 0, 1, 0, 2, 1, 0, 2, 2, 3, 0, 1, 3, 3])
-    emb_a, emb_b = _unit(rng.normal(size=(11, 5)) + 0.5), _unit(rng.normal(size=(18, 5)) + 0.2)
+    emb_a, emb_b = _unit(rng.normal(size=(14, 5)) + 0.5), _unit(rng.normal(size=(18, 5)) + 0.2)
     seed, n_boot = 3, 300
     table = compare_bootstrap(emb_a, labels_a, emb_b, labels_b, cap=4, n_boot=n_boot, seed=seed)
     assert table["class"].tolist() == [0, 2]
@@ -607,15 +607,19 @@ def test_image_bootstrap_defaults_are_100_images_and_1000_resamples() -> None:
 
 
 def test_image_bootstrap_single_image_resamples_are_dropped_quietly() -> None:
-    """Two images per class: half the resamples draw one image twice, a resample without a pair (0/0, or ±x/0 when
-    the float32 self-similarity is not exactly 1). They are left out without a RuntimeWarning."""
+    """A resample that draws one image only has no pair: 0/0, or ±x/0 when the float32 self-similarity is not exactly 1
+    (class 3 of A: norms of √(1 − 2⁻²⁴), a unit vector as float32 storage leaves it). Left out, without a
+    RuntimeWarning; with two images per class, every resample kept holds both: the interval is the one cosine
+    difference."""
     rng = np.random.default_rng(0)
-    emb_a, emb_b = _unit(rng.normal(size=(6, 7))), np.array([[1.0, 0], [0, 1], [1, 0], [0, 1], [0.6, 0.8], [0.8, 0.6]])
-    labels = np.array([0, 0, 1, 1, 2, 2])
+    emb_a = np.vstack([_unit(rng.normal(size=(6, 7))), _unit(rng.normal(size=(3, 7))) * math.sqrt(1 - 2**-24)])
+    emb_b = np.vstack([[[1.0, 0] + [0] * 5, [0, 1] + [0] * 5] * 2, [[0.6, 0.8] + [0] * 5, [0.8, 0.6] + [0] * 5],
+                       _unit(rng.normal(size=(3, 7)))])  # fmt: skip
+    labels = np.array([0, 0, 1, 1, 2, 2, 3, 3, 3])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         table = compare_bootstrap(emb_a, labels, emb_b, labels, n_boot=200, min_images=2)
-    assert table["class"].tolist() == [0, 1, 2] and np.isfinite(table[["lower", "upper"]].to_numpy()).all()
+    assert table["class"].tolist() == [0, 1, 2, 3] and np.isfinite(table[["lower", "upper"]].to_numpy()).all()
     for cls in (0, 1, 2):
         a, b = emb_a[2 * cls : 2 * cls + 2], emb_b[2 * cls : 2 * cls + 2]
         assert table.loc[cls, ["lower", "upper"]].tolist() == pytest.approx([a[0] @ a[1] - b[0] @ b[1]] * 2, abs=1e-6)
@@ -640,6 +644,10 @@ def test_compare_means_exact_interval_from_the_seeded_resamples() -> None:
         assert row[["mean_a", "mean_b", "delta"]].tolist() == pytest.approx([mean_a, mean_b, mean_a - mean_b])
         assert row[["lower", "upper"]].tolist() == pytest.approx(np.quantile(diffs, [0.05, 0.95]).tolist(), abs=1e-12)
         assert (row["n_a"], row["n_b"]) == (len(a[cls]), len(b[cls]))
+    single = np.array([0.1, 0.2, 0.7], dtype=np.float32)  # float32 values are averaged in float64
+    row = compare_means({0: single}, {0: single[:2]}, n_boot=20).iloc[0]
+    by_loop = sum(float(v) for v in single) / 3, sum(float(v) for v in single[:2]) / 2
+    assert (row["mean_a"], row["mean_b"]) == pytest.approx(by_loop, rel=1e-15, abs=0)
     tie = compare_means({0: np.array([0.5, 0.5])}, {0: np.array([0.5, 0.5])}).iloc[0]
     assert (tie["lower"], tie["upper"]) == (0.0, 0.0)  # bounds at exactly 0: neither lower nor higher
     assert not tie["significantly_lower"] and not tie["significantly_higher"]
