@@ -9,7 +9,8 @@
 ``ray``                prefect-ray's ``RayTaskRunner`` on a local Ray instance started for the flow run and shut down
                        after it (or the instance this process already initialised)
 ``ray://host:port``    ``RayTaskRunner`` connected to a running Ray cluster through Ray Client (the cluster's nodes
-                       need this repository and its environment: same checkout and venv, or a ``runtime_env``)
+                       need this package installed (it carries ``flows`` and ``tasks``): the image, the same venv,
+                       or a ``runtime_env``)
 =====================  ==========================================================================================
 
 A flow takes it with ``flow.with_options(task_runner=task_runner(spec))``, or ``with_task_runner(flow, spec)``::
@@ -20,8 +21,9 @@ A flow takes it with ``flow.with_options(task_runner=task_runner(spec))``, or ``
     with_task_runner(build, "ray")(run_dir="runs/build")          # or LAIONET_TASK_RUNNER=ray
 
 Tasks pass paths and manifests only, so every runner moves the same small values between workers. On a local Ray
-instance the repository root is put on the workers' ``PYTHONPATH`` (they are separate processes and must import
-``tasks`` and ``laionet`` like the flow does); ``ray_init`` adds or overrides ``ray.init`` keyword arguments (e.g.
+instance the directory ``tasks`` was imported from is put on the workers' ``PYTHONPATH`` (they are separate processes
+and must import ``tasks`` and ``laionet`` like the flow does, even when the flow imported them from a source tree that
+is not installed); ``ray_init`` adds or overrides ``ray.init`` keyword arguments (e.g.
 ``num_cpus``, ``object_store_memory``, ``include_dashboard``, ``runtime_env``).
 
 GPU tasks are submitted inside ``gpu_options()``: on Ray, when the cluster has GPUs, each such task asks Ray for one

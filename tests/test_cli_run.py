@@ -1,6 +1,6 @@
 """``laionet run``: the build stage's Prefect flow from the command line on a tiny corpus (``--max-parts 1`` of two
 parts), then the same command again: every task comes back Cached and no file is rewritten. Also: a typo'd stage is
-one line naming the stages, and a checkout without ``flows/`` is one line naming ``LAIONET_ROOT``."""
+one line naming the stages, and an environment without the packaged flows is one line naming what to install."""
 
 from __future__ import annotations
 
@@ -102,31 +102,19 @@ def test_an_unknown_preset_is_one_line(prefect_env: None) -> None:
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "unknown preset 'nope'" in result.output
 
 
-def test_without_the_checkout_the_error_names_laionet_root(
+def test_without_the_installed_flows_the_error_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch, prefect_env: None, tmp_path: Path
 ) -> None:
-    module = importlib.import_module("laionet.cli.run")
+    """The flows ship in the package (a worker needs no checkout); where they cannot be imported, one line says
+    what to install."""
     for name in [m for m in sys.modules if m.split(".")[0] in ("flows", "tasks")]:
         monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".") and Path(p).resolve() != ROOT])
+    monkeypatch.setitem(sys.modules, "flows", None)  # an import of `flows` now fails, as without the package
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("LAIONET_ROOT", str(tmp_path))
-    monkeypatch.setattr(module, "checkout_root", lambda: None)
     result = runner.invoke(app, ["run", "--preset", "demo", "--run-dir", str(tmp_path / "r"), "--stage", "report"])
     assert result.exit_code == 2, result.output
-    assert "LAIONET_ROOT" in result.output and result.output.count("\n") == 1
-
-
-def test_checkout_root_follows_laionet_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    module = importlib.import_module("laionet.cli.run")
-    (tmp_path / "flows").mkdir()
-    (tmp_path / "flows" / "reproduce.py").write_text("")
-    (tmp_path / "tasks").mkdir()
-    monkeypatch.setenv("LAIONET_ROOT", str(tmp_path))
-    assert module.checkout_root() == str(tmp_path.resolve())
-    monkeypatch.setenv("LAIONET_ROOT", str(tmp_path / "elsewhere"))
-    monkeypatch.chdir(tmp_path / "flows")
-    assert module.checkout_root() == str(ROOT)  # the checkout the package was installed from (editable)
+    assert "not installed" in result.output and "pip install" in result.output, result.output
+    assert result.output.count("\n") == 1
 
 
 def test_results_are_one_line_per_manifest_and_the_report_path(capsys: pytest.CaptureFixture[str]) -> None:
