@@ -43,8 +43,9 @@ WEB_WORDS = _WEB.split(" ")
 ACCENTED = ["café", "über", "niño", "façade", "résumé", "東京", "Москва", "größe", "été", "naïve"]
 
 
-def make_captions(n: int, lemma_map: pd.DataFrame, seed: int = 0) -> list[str]:
-    """LAION-like captions: 4-16 words, ~5% containing an ImageNet lemma in some casing and punctuation.
+def make_captions(n: int, lemma_map: pd.DataFrame, seed: int = 0, crowded: bool = False) -> list[str]:
+    """LAION-like captions: 4-16 words, ~5% containing an ImageNet lemma in some casing and punctuation
+    (``crowded``: every caption gets 2-6 lemmas, the case where default mode's leftmost-longest resolution works).
 
     The filler vocabulary (every 50th WordNet noun + web words) excludes words that contain a lemma, so the
     match rate is set by the insertion rate.
@@ -59,7 +60,7 @@ def make_captions(n: int, lemma_map: pd.DataFrame, seed: int = 0) -> list[str]:
     out = []
     for _ in range(n):
         words = rng.choices(vocab, k=rng.randint(4, 16))
-        if rng.random() < 0.05:
+        for _ in range(rng.randint(2, 6) if crowded else int(rng.random() < 0.05)):
             lemma = rng.choice(lemmas)
             words.insert(rng.randrange(len(words) + 1), lemma.title() if rng.random() < 0.3 else lemma)
         if rng.random() < 0.1:
@@ -71,6 +72,35 @@ def make_captions(n: int, lemma_map: pd.DataFrame, seed: int = 0) -> list[str]:
 
 def rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("inf")
+
+
+def core_rate(matcher: LemmaMatcher, array: pa.Array) -> tuple[float, int]:
+    """Captions/s of the in-memory matcher over ``array`` in record batches of 65,536, and the matched count."""
+    matcher.match(array.slice(0, 10_000))  # warm-up (first-call allocations)
+    t = time.perf_counter()
+    matched = 0
+    for start in range(0, len(array), 65_536):
+        matched += len(matcher.match(array.slice(start, 65_536)).rows)
+    return rate(len(array), time.perf_counter() - t), matched
+
+
+def write_part(path: Path, captions: pa.Array) -> None:
+    """A LAION-like metadata part holding ``captions``."""
+    n = len(captions)
+    pq.write_table(
+        pa.table(
+            {
+                "URL": pa.array([f"http://example.com/{i}.jpg" for i in range(n)]),
+                "TEXT": captions,
+                "NSFW": pa.array(["UNLIKELY"] * n),
+                "WIDTH": pa.array([256] * n, pa.int64()),
+                "HEIGHT": pa.array([256] * n, pa.int64()),
+                "similarity": pa.array([0.31] * n, pa.float64()),
+            }
+        ),
+        path,
+        row_group_size=131_072,  # the reader holds one row group at a time: memory follows this, not part size
+    )
 
 
 def child_peak_rss(part: str, lemma_map: str, out: str, mode: str) -> float:
@@ -104,6 +134,8 @@ def main() -> None:
     expected = reference_paper_match(sample, maps["paper"])
     baseline = rate(len(sample), time.perf_counter() - t)
 
+    crowded = pa.array(make_captions(max(20_000, args.captions // 4), maps["default"], seed=1, crowded=True))
+    crowded_rows = {}
     rows = []
     for mode in ("paper", "default"):
         matcher = LemmaMatcher(maps[mode], mode)  # type: ignore[arg-type]
@@ -113,38 +145,28 @@ def main() -> None:
             for r, w in zip(got.rows.tolist(), got.wnids.to_pylist(), strict=True):
                 flat[r] = w
             assert flat == expected, "paper mode disagrees with the reference loop"
-        matcher.match(array.slice(0, 10_000))  # warm-up (first-call allocations)
-        t = time.perf_counter()
-        matched = 0
-        for start in range(0, len(array), 65_536):
-            matched += len(matcher.match(array.slice(start, 65_536)).rows)
-        core = rate(len(array), time.perf_counter() - t)
+        core, matched = core_rate(matcher, array)
         rows.append((mode, core, matched))
+        crowded_rows[mode] = core_rate(matcher, crowded)[0]
 
     with tempfile.TemporaryDirectory() as tmp:
         part = Path(tmp) / "part-00000.parquet"
         n = len(captions)
-        pq.write_table(
-            pa.table(
-                {
-                    "URL": pa.array([f"http://example.com/{i}.jpg" for i in range(n)]),
-                    "TEXT": array,
-                    "NSFW": pa.array(["UNLIKELY"] * n),
-                    "WIDTH": pa.array([256] * n, pa.int64()),
-                    "HEIGHT": pa.array([256] * n, pa.int64()),
-                    "similarity": pa.array([0.31] * n, pa.float64()),
-                }
-            ),
-            part,
-            row_group_size=131_072,  # the reader holds one row group at a time: memory follows this, not part size
-        )
-        stage = {}
+        write_part(part, array)
+        crowded_part = Path(tmp) / "crowded" / "part-00000.parquet"
+        crowded_part.parent.mkdir()
+        write_part(crowded_part, crowded)
+        stage, crowded_stage = {}, {}
         for mode in ("paper", "default"):
             lemma_map = Path(tmp) / f"lemmas_{mode}.parquet"
             maps[mode].to_parquet(lemma_map)
+            config = MatchConfig(mode=mode)  # type: ignore[arg-type]
             t = time.perf_counter()
-            run_match(str(part), str(Path(tmp) / f"out_{mode}"), str(lemma_map), MatchConfig(mode=mode))  # type: ignore[arg-type]
+            run_match(str(part), str(Path(tmp) / f"out_{mode}"), str(lemma_map), config)
             stage[mode] = rate(n, time.perf_counter() - t)
+            t = time.perf_counter()
+            run_match(str(crowded_part), str(Path(tmp) / f"crowded_{mode}"), str(lemma_map), config)
+            crowded_stage[mode] = rate(len(crowded), time.perf_counter() - t)
 
         memory = {}
         if not args.no_memory:
@@ -163,6 +185,14 @@ def main() -> None:
     print(f"{'mode':8s} {'core captions/s':>16s} {'vs reference':>13s} {'stage captions/s':>17s} {'matched':>9s}")
     for mode, core, matched in rows:
         print(f"{mode:8s} {core:16,.0f} {core / baseline:12,.0f}x {stage[mode]:17,.0f} {matched:9,d}")
+    print(f"crowded captions (2-6 lemmas each, {len(crowded):,}): core / stage captions/s")
+    for mode in ("paper", "default"):
+        print(f"{mode:8s} {crowded_rows[mode]:16,.0f} {crowded_stage[mode]:17,.0f}")
+    print(
+        f"paper / default: core {rows[0][1] / rows[1][1]:.2f}x, stage {stage['paper'] / stage['default']:.2f}x; "
+        f"crowded: core {crowded_rows['paper'] / crowded_rows['default']:.2f}x, "
+        f"stage {crowded_stage['paper'] / crowded_stage['default']:.2f}x (default mode's cost over paper mode's)"
+    )
     for label, mib in memory.items():
         print(f"peak RSS of the stage (child process), {label}: {mib:,.0f} MiB")
     slowest = min(stage.values())

@@ -49,6 +49,7 @@ TRICKY = [
     ("a lion\nin the grass", [], [LION]),  # paper: newline is not a space, so no boundary
     ("ＬＩＯＮ", [], [LION]),  # full-width letters: NFKC
     ("the lion's den", [LION], [LION]),
+    ("lion\x00king", [], [LION]),  # a NUL is a word break in default mode (and never splits the caption's row)
     ("", [], []),
     (None, [], []),
 ]
@@ -112,6 +113,23 @@ def test_default_mode_equals_a_token_oracle(maps, matchers) -> None:
     assert match_strings(matchers["default"], captions) == _oracle_default(captions, table)
 
 
+def test_default_mode_on_crowded_overlapping_captions_equals_the_token_oracle(maps, matchers) -> None:
+    """Captions made of the words of a few dozen multi-word lemmas (and those lemmas whole), so every caption has
+    many overlapping and nested occurrences: the batched leftmost-longest resolution against the plain scan."""
+    table = maps["default"]
+    rng = random.Random(3)
+    multi = sorted(lemma for lemma in table["lemma"] if len(lemma.split()) > 1)
+    chosen = rng.sample(multi, 40)
+    words = sorted({w for lemma in chosen for w in lemma.split()})
+    captions: list[str | None] = []
+    for _ in range(2000):
+        parts = [rng.choice(chosen) if rng.random() < 0.3 else rng.choice(words) for _ in range(rng.randint(1, 25))]
+        captions.append(rng.choice([" ", ", ", "-", "  "]).join(parts))
+    got = match_strings(matchers["default"], captions)
+    assert got == _oracle_default(captions, table)
+    assert sum(len(g) >= 3 for g in got) > 500  # crowded indeed
+
+
 @pytest.mark.parametrize("mode", ["paper", "default"])
 def test_matches_never_span_two_captions(mode) -> None:
     table = pd.DataFrame({"lemma": ["mountain lion", "lion"], "wnid": [COUGAR, LION]})
@@ -123,6 +141,11 @@ def test_matches_never_span_two_captions(mode) -> None:
         [],
         [LION],
     ]
+
+
+def test_a_nul_inside_a_caption_never_shifts_the_rows_after_it(matchers) -> None:
+    texts = ["a\x00lion", "tiger", None, "x\x00\x00y tiger cat"]
+    assert match_strings(matchers["default"], texts) == [[LION], [TIGER], [], [TIGER_CAT]]
 
 
 def test_match_result_lists_are_sorted_and_deduplicated(matchers) -> None:

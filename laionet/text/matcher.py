@@ -14,6 +14,7 @@ yields only the cougar and "lion" alone still yields the lion.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import ahocorasick_rs
@@ -91,7 +92,8 @@ class LemmaMatcher:
         found = self._automaton.find_matches_as_indexes(data, overlapping=True) if data else []
         if not found:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-        hits = np.asarray(found, dtype=np.int64)
+        # (pattern, start, end) triples; fromiter is ~2x faster than np.asarray over the list of tuples
+        hits = np.fromiter(itertools.chain.from_iterable(found), dtype=np.int64, count=3 * len(found)).reshape(-1, 3)
         pattern, start, end = hits[:, 0], hits[:, 1], hits[:, 2]
         if self.mode == "paper":
             rows = np.searchsorted(offsets, start, side="right") - 1
@@ -122,22 +124,39 @@ def _leftmost_longest(
     """Per caption, keep the leftmost-longest non-overlapping word-aligned occurrences.
 
     Occurrences are ``' w … '`` byte spans; two consecutive words share the space between them, so an occurrence
-    may start on the last byte of the previous kept one.
+    may start on the last byte of the previous kept one. The greedy scan (walk a caption's occurrences by start,
+    longest first; keep one iff it starts at or after the last kept end − 1) runs for all captions at once, one
+    round per kept occurrence of the most crowded caption: each round keeps, per caption, the first occurrence that
+    is still valid and drops those before it (an occurrence invalid now stays invalid, since the last end only
+    grows). Rows with one occurrence take no round at all.
     """
-    order = np.lexsort((-end, start, rows))
+    if len(rows) == 0:
+        return rows, pattern
+    # by start, longest first: starts are offsets into one buffer, so they order the rows too (one int64 key
+    # instead of a three-key lexsort; a pattern is far shorter than 2**20 bytes)
+    order = np.argsort((start << 20) - (end - start), kind="stable")
     rows, start, end, pattern = rows[order], start[order], end[order], pattern[order]
-    keep = np.ones(len(rows), dtype=bool)
     first = np.r_[True, rows[1:] != rows[:-1]]
-    last = np.r_[rows[1:] != rows[:-1], True]
-    crowded = ~(first & last)  # rows with a single occurrence need no resolution
-    last_end, last_row = -1, -1
-    for i in np.flatnonzero(crowded).tolist():
-        if rows[i] != last_row:
-            last_row, last_end = int(rows[i]), int(end[i])
-        elif start[i] >= last_end - 1:
-            last_end = int(end[i])
-        else:
-            keep[i] = False
+    keep = first.copy()  # a caption's leftmost(-longest) occurrence is always kept
+    row_id = np.cumsum(first) - 1  # dense caption number of each occurrence
+    last_end = end[first].copy()  # per caption, the end of its last kept occurrence
+    cut = np.empty(len(last_end), dtype=np.int64)
+    todo = np.flatnonzero(~first)  # undecided occurrences, in scan order
+    while len(todo):
+        valid = todo[start[todo] >= last_end[row_id[todo]] - 1]
+        if len(valid) == 0:
+            break
+        valid_rows = row_id[valid]
+        head = np.r_[True, valid_rows[1:] != valid_rows[:-1]]  # per caption, its first valid occurrence
+        chosen, chosen_rows = valid[head], valid_rows[head]
+        keep[chosen] = True
+        last_end[chosen_rows] = end[chosen]
+        cut.fill(-1)
+        cut[chosen_rows] = chosen
+        todo_rows = row_id[todo]
+        # what stays undecided: occurrences after the one kept this round, in captions that kept one (in the
+        # others nothing is valid now, so nothing ever will be)
+        todo = todo[(cut[todo_rows] >= 0) & (todo > cut[todo_rows])]
     return rows[keep], pattern[keep]
 
 

@@ -70,8 +70,6 @@ def default_haystack(texts: pa.Array) -> bytes:
     kernels (NFKC, lower-case, regex); ASCII rows are lower-cased and split by one byte-table translation.
     Row ``i`` is the text between the ``i``-th and ``i+1``-th NUL; nulls give empty rows.
     """
-    if pc.any(pc.match_substring(texts, "\x00")).as_py():  # a NUL inside a caption would split its row
-        texts = pc.replace_substring(texts, "\x00", " ")
     ascii_mask = pc.fill_null(pc.string_is_ascii(texts), True)
     if not pc.all(ascii_mask).as_py():
         unicode_mask = pc.invert(ascii_mask)
@@ -84,8 +82,10 @@ def default_haystack(texts: pa.Array) -> bytes:
         int(x) for x in np.frombuffer(joined.buffers()[1], np.int64)[[joined.offset, joined.offset + len(joined)]]
     )
     data = b"" if data_buf is None else data_buf.to_pybytes()[start:stop]
+    if data.count(b"\x00") != len(texts):  # a NUL inside a caption would split its row: it is a space there
+        return default_haystack(pc.replace_substring(texts, "\x00", " "))
     buf = np.frombuffer(b" " + data.translate(DEFAULT_BYTE_TABLE) + b" ", dtype=np.uint8)
+    # a space that follows a space is dropped, so whitespace runs collapse to one (np.delete of the few positions
+    # is ~5x faster than a boolean mask over the whole buffer)
     space = buf == 32
-    keep = np.ones(len(buf), dtype=bool)
-    keep[1:] = ~(space[1:] & space[:-1])  # a space that follows a space is dropped: whitespace runs collapse to one
-    return buf[keep].tobytes()
+    return np.delete(buf, np.flatnonzero(space[1:] & space[:-1]) + 1).tobytes()
