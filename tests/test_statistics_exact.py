@@ -726,3 +726,124 @@ def test_ks_statistic_of_an_empty_sample_is_nan_quietly() -> None:
         warnings.simplefilter("error")
         assert math.isnan(ks_statistic(np.array([]), np.array([1.0, 2.0])))
         assert math.isnan(ks_statistic(np.array([1.0]), np.array([])))
+
+
+def _jeffreys_shifts(
+    n: list[int], correct: list[int], w: list[float], n_boot: int, rng: np.random.Generator
+) -> list[float]:
+    """acc* − acc(p̃) per resample: each class's correct* ~ Binomial(n, p̃), p̃ = (c + ½)/(n + 1), drawn as one
+    (n_boot × classes) array from ``rng``; weighted sums by plain loops."""
+    smoothed = [(c + 0.5) / (m + 1) for c, m in zip(correct, n, strict=True)]
+    centre = sum(s * wi for s, wi in zip(smoothed, w, strict=True))
+    draws = rng.binomial(np.array(n), np.array(smoothed), size=(n_boot, len(n)))
+    return [sum(d[j] / n[j] * w[j] for j in range(len(n))) - centre for d in draws]
+
+
+def test_accuracy_bootstrap_exact_from_the_seeded_draws() -> None:
+    n, correct = [7, 3, 12], [5, 0, 12]
+    recall = [c / m for c, m in zip(correct, n, strict=True)]
+    acc = sum(recall) / 3
+    shifts = _jeffreys_shifts(n, correct, [1 / 3] * 3, 1000, np.random.default_rng(0))
+    lo, hi = np.quantile(shifts, [0.025, 0.975])
+    expected = (acc, max(acc + lo, 0.0), min(acc + hi, 1.0))
+    assert bootstrap_interval(_table(n, correct), 1) == pytest.approx(expected, abs=1e-12)  # 1000 draws, seed 0
+    without_counts = _table(n, correct).drop(columns="correct@1")  # counts from recall × n
+    assert bootstrap_interval(without_counts, 1) == pytest.approx(expected, abs=1e-12)
+    # the counts, when given, are the ones drawn from (a recall rounded to 2 digits: 0.71 × 700 = 497, not 500)
+    rounded = pd.DataFrame({"class": [0, 1], "n": [700, 3], "correct@1": [500, 0], "recall@1": [0.71, 0.0]})
+    shifts = _jeffreys_shifts([700, 3], [500, 0], [0.5, 0.5], 200, np.random.default_rng(1))
+    lo, hi = np.quantile(shifts, [0.025, 0.975])
+    assert bootstrap_interval(rounded, 1, n_boot=200, seed=1) == pytest.approx((0.355, 0.355 + lo, 0.355 + hi))
+    # the reference's LAION weighting: the shares as they are (Σ = 0.6 over the scored classes)
+    shares = pd.Series({2: 0.3, 0: 0.2, 1: 0.1, 9: 0.4})
+    w = [0.2, 0.1, 0.3]
+    shifts = _jeffreys_shifts(n, correct, w, 300, np.random.default_rng(4))
+    lo, hi = np.quantile(shifts, [0.05, 0.95])
+    acc = sum(r * wi for r, wi in zip(recall, w, strict=True))
+    got = bootstrap_interval(_table(n, correct), 1, shares, n_boot=300, seed=4, level=0.9, normalize=False)
+    assert got == pytest.approx((acc, acc + lo, acc + hi), abs=1e-12)
+    # the binomial bootstrap: percentile interval of Σ w·Binomial(n, p̂)/n
+    draws = np.random.default_rng(2).binomial(np.array(n), np.array(recall), size=(300, 3))
+    accs = [sum(d[j] / n[j] for j in range(3)) / 3 for d in draws]
+    got = bootstrap_interval(_table(n, correct), 1, n_boot=300, seed=2, method="binomial")
+    assert got == pytest.approx((sum(recall) / 3, *np.quantile(accs, [0.025, 0.975])), abs=1e-12)
+
+
+def test_compared_accuracy_exact_from_the_seeded_draws_and_clipped_at_minus_one() -> None:
+    a, b = _table([6, 4, 9], [2, 4, 5]), _table([8, 5, 3], [7, 1, 3])
+    rng = np.random.default_rng(0)
+    shifts_a = _jeffreys_shifts([6, 4, 9], [2, 4, 5], [1 / 3] * 3, 1000, rng)
+    shifts_b = _jeffreys_shifts([8, 5, 3], [7, 1, 3], [1 / 3] * 3, 1000, rng)  # A's then B's draws, one stream
+    lo, hi = np.quantile([x - y for x, y in zip(shifts_a, shifts_b, strict=True)], [0.025, 0.975])
+    acc_a, acc_b = (2 / 6 + 1 + 5 / 9) / 3, (7 / 8 + 1 / 5 + 1) / 3
+    out = compared_accuracy(a, b, 1)
+    assert out["difference"] == pytest.approx(acc_a - acc_b)
+    assert (out["lower"], out["upper"]) == pytest.approx((acc_a - acc_b + lo, acc_a - acc_b + hi), abs=1e-12)
+    # A wrong and B right on single images: Δ = −1 and the recentred interval would reach below −1
+    worst = compared_accuracy(_table([1, 1], [0, 0]), _table([1, 1], [1, 1]), 1)
+    assert worst["difference"] == -1.0 and worst["lower"] == -1.0 and -1.0 < worst["upper"] < 1.0
+
+
+def test_paper_interval_aligns_shares_by_class() -> None:
+    table = _table([10, 4, 6], [5, 1, 6])
+    shares = pd.Series({2: 0.5, 0: 0.3, 7: 0.2})  # another order, class 1 without a share, class 7 not scored
+    h = [(hi - lo) / 2 for lo, hi in (_wilson_by_hand(5, 10), _wilson_by_hand(6, 6))]
+    acc = (0.3 * 0.5 + 0.5 * 1.0) / 0.8
+    err = math.sqrt((0.3 * h[0]) ** 2 + (0.5 * h[1]) ** 2) / 0.8
+    assert paper_interval(table, 1, shares) == pytest.approx((acc, acc - err, acc + err))
+
+
+def test_recall_difference_bootstrap_exact_from_the_seeded_draws() -> None:
+    a = _table([5, 8, 2], [3, 8, 1])
+    b = _table([6, 1, 9], [2, 1, 9])  # class 1: a single image in B
+    table = recall_difference(a, b, 1, method="bootstrap")  # 1000 draws, seed 0
+    assert table["class"].tolist() == [0, 1, 2]
+    for cls, (na, ca, nb, cb) in enumerate([(5, 3, 6, 2), (8, 8, 1, 1), (2, 1, 9, 9)]):
+        rng = _stream(1, 0, cls)
+        da = rng.binomial(na, ca / na, size=1000) / na
+        db = rng.binomial(nb, cb / nb, size=1000) / nb
+        lo, hi = np.quantile([x - y for x, y in zip(da, db, strict=True)], [0.025, 0.975])
+        assert table.loc[cls, ["lower", "upper"]].tolist() == pytest.approx([lo, hi], abs=1e-12)
+
+
+def test_recall_difference_newcombe_uses_the_counts_and_keeps_the_dtypes() -> None:
+    a = pd.DataFrame({"class": [0], "n": [300.0], "correct@1": [100], "recall@1": [0.33]})  # recall rounded
+    b = pd.DataFrame({"class": [0], "n": [50.0], "correct@1": [40], "recall@1": [0.8]})
+    row = recall_difference(a, b, 1).iloc[0]
+    (la, ua), (lb, ub) = _wilson_by_hand(100, 300), _wilson_by_hand(40, 50)
+    lower = 0.33 - 0.8 - math.sqrt((0.33 - la) ** 2 + (ub - 0.8) ** 2)
+    upper = 0.33 - 0.8 + math.sqrt((ua - 0.33) ** 2 + (0.8 - lb) ** 2)
+    assert (row["lower"], row["upper"]) == pytest.approx((lower, upper), rel=1e-12)
+    ints = pd.DataFrame({"class": [0, 1], "n": [4.0, 2.0], "correct@1": [4, 0], "recall@1": [1, 0]})  # int recalls
+    table = recall_difference(ints, ints, 1)
+    assert table["n_a"].dtype == np.int64 and table["n_b"].dtype == np.int64
+    assert all(table[c].dtype == np.float64 for c in ("recall_a", "recall_b", "delta", "lower", "upper"))
+
+
+def test_weighted_accuracy_equal_weights_and_no_weighted_class() -> None:
+    recall = pd.Series({0: 0.5, 1: 1.0, 2: 0.25})
+    assert weighted_accuracy(recall, normalize=False) == 1.75  # weights of 1, not renormalised: Σ recall
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(weighted_accuracy(recall, pd.Series({9: 1.0})))  # no scored class has a weight
+
+
+def test_wilson_in_float64_and_nan_without_samples() -> None:
+    c, n = np.array([1, 7], dtype=np.float32), np.array([3, 11], dtype=np.float32)
+    lo, hi = wilson_interval(c, n)
+    expected = [_wilson_by_hand(1, 3), _wilson_by_hand(7, 11)]
+    assert lo.tolist() == pytest.approx([e[0] for e in expected], rel=1e-13)
+    assert hi.tolist() == pytest.approx([e[1] for e in expected], rel=1e-13)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lo, hi = wilson_interval(np.array([0]), np.array([0]))
+    assert math.isnan(lo[0]) and math.isnan(hi[0])
+
+
+def test_z_value() -> None:
+    from statistics import NormalDist
+
+    from laionet.evaluation.metrics import z_value
+
+    assert z_value(0.95) == Z  # the constant (NormalDist gives 1.9599639845400536)
+    assert z_value(0.9) == NormalDist().inv_cdf(0.95) and z_value(0.99) == NormalDist().inv_cdf(0.995)
