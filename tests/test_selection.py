@@ -303,3 +303,53 @@ def test_selection_ignores_similarities_of_classes_the_caption_did_not_match() -
     stale = pd.DataFrame({"key": ["a", "a"], "wnid": [COUGAR, LION], "similarity": [0.99, 0.4]})
     cand, _ = candidates(matches, stale, SelectionConfig())
     assert cand.to_dict("records") == [{"key": "a", "wnid": LION, "similarity": 0.4}]
+
+
+def _knee_by_loop(t: list[float], c: list[int]) -> float:
+    """Kneedle by hand: up to the first threshold with no class left (else the last), the threshold whose coverage
+    lies farthest above the chord joining the end points (the first such one)."""
+    if not c or c[0] <= 0:
+        return t[0] if t else 0.0
+    end = next((i for i, v in enumerate(c) if v == 0), len(c) - 1)
+    if end == 0:
+        return t[0]
+    best, arg = -math.inf, 0
+    for i in range(end + 1):
+        position = (t[i] - t[0]) / (t[end] - t[0])  # 0 and 1 exactly at the end points: they lie on the chord
+        above = c[i] - (c[0] + (c[end] - c[0]) * position)
+        if above > best:
+            best, arg = above, i
+    return t[arg]
+
+
+def test_knee_matches_a_plain_loop_on_random_coverage_curves() -> None:
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        size = int(rng.integers(3, 16))
+        start, step = float(rng.choice([0.1, 0.25, 0.4])), float(rng.choice([0.01, 0.05]))
+        t = [round(start + step * i, 6) for i in range(size)]
+        falls = np.sort(rng.integers(0, 40, size=size - 1))[::-1] if trial % 2 else rng.integers(0, 40, size - 1)
+        c = [int(v) for v in np.maximum(200 - np.concatenate([[0], np.cumsum(falls)]), 0)]  # non-increasing
+        if trial % 3 == 0:
+            c[-1] = 0  # ends with no class left
+        sweep = pd.DataFrame({"threshold": t, "n_samples": 0, "n_classes": c})
+        assert calibrate_threshold(sweep) == _knee_by_loop(t, c), (t, c)  # the knee by default
+
+
+def test_calibration_edges_and_coverage_rule_boundary() -> None:
+    def sweep(t: list[float], c: list[int]) -> pd.DataFrame:
+        return pd.DataFrame({"threshold": t, "n_samples": 0, "n_classes": c})
+
+    assert calibrate_threshold(sweep([], [])) == 0.0
+    assert calibrate_threshold(sweep([], []), "coverage") == 0.0
+    for rule in ("knee", "coverage"):
+        assert calibrate_threshold(sweep([0.3, 0.4, 0.5], [0, 0, 0]), rule) == 0.3  # no class at all
+    # nothing left after the first: the end point lies on the chord, not 1e-15 above it (it was taken: a threshold
+    # with no class left)
+    assert calibrate_threshold(sweep([0.3, 0.4, 0.5], [5, 0, 0])) == 0.3
+    assert calibrate_threshold(sweep([0.3, 0.4, 0.5], [5, 1, 0])) == 0.3  # below the chord throughout
+    assert calibrate_threshold(sweep([0.3, 0.4, 0.5], [6, 5, 1])) == 0.4
+    t = [0.2, 0.3, 0.4, 0.5, 0.6]
+    assert calibrate_threshold(sweep(t, [100, 80, 50, 49, 10]), "coverage", 0.5) == 0.4  # 50 ≥ 0.5 × 100: kept
+    assert calibrate_threshold(sweep(t, [100, 99, 98, 97, 10]), "coverage") == 0.4  # default: ≥ 98 % of 100
+    assert calibrate_threshold(sweep(t, [100, 99, 98, 97, 10]), "coverage", 0.97) == 0.5

@@ -130,7 +130,10 @@ def calibrate_threshold(sweep: pd.DataFrame, rule: str = "knee", coverage_keep: 
     if end == 0:
         return float(thresholds[0])
     t, c = thresholds[: end + 1], coverage[: end + 1]
-    chord = c[0] + (c[-1] - c[0]) * (t - t[0]) / (t[-1] - t[0])
+    # the position along the chord first: exactly 0 and 1 at its end points, which so lie on it exactly (multiplying
+    # first left the end point ~1e-15 above the line, and a curve below its chord throughout then took the last
+    # threshold, one with no class left)
+    chord = c[0] + (c[-1] - c[0]) * ((t - t[0]) / (t[-1] - t[0]))
     return float(t[int(np.argmax(c - chord))])
 
 
