@@ -7,6 +7,7 @@ Under ``run_dir`` (``laionet.core.layout``): ``download_index.parquet``, ``shard
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from prefect import flow
@@ -17,7 +18,7 @@ from laionet.core.manifest import join
 from laionet.images.shards import shard_groups
 from tasks._common import flow_name, resolve
 from tasks.acquire import download, download_index, ingest_reference, ocr, ocr_shards, verify
-from tasks.runners import task_runner
+from tasks.runners import gpu_options, task_runner
 
 
 # the task runner: LAIONET_TASK_RUNNER = threads, processes, ray, ray:// (tasks/runners.py)
@@ -57,15 +58,18 @@ def acquire(
     )
     groups: list[Any] = []
     flagged = None
-    if config.ocr:  # after verify: quarantined samples are skipped, a truncated shard never reaches OCR unseen
-        if config.shard_batches > 1:  # one task per shard group (the shards exist once verify is done)
-            verified.wait()
-            if verified.state.is_completed():
-                groups = [
-                    ocr_shards.submit(out, catalog, ocr_dir, group, quarantine, config.ocr_workers)
-                    for group in shard_groups(out, config.shard_batches)
-                ]
-        flagged = ocr.submit(out, catalog, ocr_dir, quarantine, config.ocr_workers, wait_for=[verified, *groups])
+    # on a Ray cluster with GPUs, OCR on a GPU asks Ray for one per task (tasks/runners.py)
+    with gpu_options() if config.ocr and config.ocr_device != "cpu" else nullcontext():
+        if config.ocr:  # after verify: quarantined samples are skipped, a truncated shard never reaches OCR unseen
+            settings = (quarantine, config.ocr_workers, config.ocr_device)
+            if config.shard_batches > 1:  # one task per shard group (the shards exist once verify is done)
+                verified.wait()
+                if verified.state.is_completed():
+                    groups = [
+                        ocr_shards.submit(out, catalog, ocr_dir, group, *settings)
+                        for group in shard_groups(out, config.shard_batches)
+                    ]
+            flagged = ocr.submit(out, catalog, ocr_dir, *settings, wait_for=[verified, *groups])
     futures: dict[str, Any] = {"download": downloaded, "verify": verified}
     futures.update({f"ocr:{i}": group for i, group in enumerate(groups)})  # a failed group is named as the cause
     if flagged is not None:

@@ -12,6 +12,8 @@ no limit.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,11 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 
 from laionet.images.download import DownloadConfig, prepare_index, run_download
-from laionet.images.ocr import run_ocr, run_ocr_shards
+from laionet.images.ocr import ocr_providers, run_ocr, run_ocr_shards
 from laionet.images.references import ingest
 from laionet.images.verify import run_verify
 from tasks._common import IO_RETRIES, is_transient, progress_artifact, publish, run_name, stage_cache
+from tasks.devices import gpu_slot
 from tasks.infer import shard_span
 
 Manifest = dict[str, Any]
@@ -95,17 +98,38 @@ def verify(shards_dir: str, out_dir: str) -> Manifest:
     name="ocr",
     task_run_name=run_name(),
     tags=["stage:ocr"],
-    cache_policy=stage_cache("out_dir", exclude=("workers",)),
+    cache_policy=stage_cache("out_dir", exclude=("workers", "device")),
     persist_result=True,
     timeout_seconds=OCR_TIMEOUT_S,
     **IO_RETRIES,
 )
-def ocr(shards_dir: str, catalog_path: str, out_dir: str, quarantine: str | None = None, workers: int = 1) -> Manifest:
+def ocr(
+    shards_dir: str,
+    catalog_path: str,
+    out_dir: str,
+    quarantine: str | None = None,
+    workers: int = 1,
+    device: str = "cpu",
+) -> Manifest:
     """Flag samples whose image shows their class name as text (evaluation excludes them); ``workers`` shards at once,
-    one process each (how fast only: not part of the cache key)."""
+    one process each, on ``device`` (how fast only: neither is part of the cache key)."""
     progress = progress_artifact(f"OCR over the shards of {shards_dir}")
-    manifest = run_ocr(shards_dir, catalog_path, out_dir, progress=progress, quarantine=quarantine, workers=workers)
+    with ocr_device(device) as placed:
+        manifest = run_ocr(
+            shards_dir, catalog_path, out_dir, progress=progress, quarantine=quarantine, workers=workers, device=placed
+        )
     return publish(manifest, out_dir)
+
+
+@contextmanager
+def ocr_device(device: str) -> Iterator[str]:
+    """The device OCR runs on: a GPU one holds a device slot like inference (``tasks.devices.gpu_slot``); the CPU, or
+    ``auto`` where onnxruntime has no CUDA provider, takes none."""
+    if ocr_providers(device)[0] == "CPUExecutionProvider":
+        yield "cpu"
+        return
+    with gpu_slot(device) as placed:  # cuda:<i> of the slot held; as given without GPUs or inside a Ray GPU task
+        yield placed
 
 
 @task(
@@ -122,14 +146,17 @@ def ocr_shards(
     shards: list[str],
     quarantine: str | None = None,
     workers: int = 1,
+    device: str = "cpu",
 ) -> int:
     """OCR one group of the shards of ``shards_dir`` (part records only; the ``ocr`` task writes the manifest once
     every group is done); returns the number of shards OCR'd (0: all were done). A retry redoes only what a crash
     left."""
     progress = progress_artifact(f"OCR over {len(shards)} shards of {shards_dir}")
-    return run_ocr_shards(
-        shards_dir, catalog_path, out_dir, shards, progress=progress, quarantine=quarantine, workers=workers
-    )
+    with ocr_device(device) as placed:
+        return run_ocr_shards(
+            shards_dir, catalog_path, out_dir, shards, progress=progress, quarantine=quarantine, workers=workers,
+            device=placed,
+        )  # fmt: skip
 
 
 @task(name="download-index", task_run_name=run_name(), tags=["stage:download"])

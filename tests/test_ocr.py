@@ -138,7 +138,7 @@ def test_thread_settings_reach_every_session(monkeypatch) -> None:
         RapidOcrEngine(engine="nope")
 
 
-def test_run_ocr_builds_its_engine_with_the_threads_given(tmp_path, monkeypatch) -> None:
+def test_run_ocr_builds_its_engine_with_the_threads_and_device_given(tmp_path, monkeypatch) -> None:
     catalog, shards = _tiny_stage(tmp_path, shards=1)
     built = []
 
@@ -149,8 +149,8 @@ def test_run_ocr_builds_its_engine_with_the_threads_given(tmp_path, monkeypatch)
     monkeypatch.setattr(ocr, "RapidOcrEngine", Recording)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
     run_ocr(shards, catalog, str(tmp_path / "a"))
-    run_ocr(shards, catalog, str(tmp_path / "b"), threads=1)
-    assert built == [{"threads": 4}, {"threads": 1}]
+    run_ocr(shards, catalog, str(tmp_path / "b"), threads=1, device="cuda:1")
+    assert built == [{"threads": 4, "device": "cpu"}, {"threads": 1, "device": "cuda:1"}]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -234,6 +234,10 @@ def test_ocr_command_and_task_take_workers(tmp_path, monkeypatch) -> None:
         assert seen[-1] == expected
     assert "workers" in tasks.acquire.ocr.cache_policy.exclude
     assert Preset(name="x", ocr_workers=4).ocr_workers == 4
+    result = CliRunner().invoke(
+        app, ["ocr", "--shards", "s", "--catalog", "c", "--out", str(tmp_path), "--device", "cuda"]
+    )
+    assert result.exit_code == 2 and "onnxruntime-gpu" in result.output and len(seen) == 3  # refused before running
 
 
 def test_shard_groups_then_a_final_call_give_the_serial_run(tmp_path) -> None:
@@ -266,3 +270,56 @@ def test_shard_groups_then_a_final_call_give_the_serial_run(tmp_path) -> None:
     assert not Path(incomplete_marker(str(out))).exists()
     with pytest.raises(ValueError, match="not among its 5 shards"):
         run_ocr_shards(shards, catalog, str(out), ["99999"], InkOcr)
+
+
+def test_ocr_device_picks_onnxruntime_providers(monkeypatch) -> None:
+    """`cuda[:i]` runs the same models through onnxruntime-gpu's CUDA provider on device i; `auto` is CUDA only where
+    the installed onnxruntime has that provider (here it does not: the CPU); a CUDA request without it, or an unknown
+    device, fails naming what to do, before any model is loaded."""
+    import onnxruntime as ort
+
+    from laionet.images.ocr import RapidOcrEngine, ocr_providers
+
+    assert ocr_providers("cpu") == ocr_providers("auto") == ["CPUExecutionProvider"]
+    with pytest.raises(ValueError, match="install onnxruntime-gpu"):
+        ocr_providers("cuda")
+    with pytest.raises(ValueError, match="install onnxruntime-gpu"):
+        RapidOcrEngine(device="cuda:0")
+    with pytest.raises(ValueError, match="unknown OCR device 'gpu'"):
+        ocr_providers("gpu")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert ocr_providers("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert (
+        ocr_providers("auto")
+        == ocr_providers("cuda")
+        == [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    )
+    with pytest.raises(ValueError, match="unknown OCR device 'cuda:x'"):
+        ocr_providers("cuda:x")
+
+
+def test_ocr_tasks_take_a_device_slot_only_for_a_gpu(tmp_path, monkeypatch) -> None:
+    """The OCR tasks hold a device slot (like inference) when OCR runs on a GPU, and pass the slot's device to the
+    driver; on the CPU (or `auto` without onnxruntime-gpu) they take none. The device is out of the cache key."""
+    from contextlib import contextmanager
+
+    import onnxruntime as ort
+
+    import tasks.acquire
+
+    slots: list[str] = []
+
+    @contextmanager
+    def fake_slot(device: str):
+        slots.append(device)
+        yield "cuda:1"  # the slot this task got
+
+    monkeypatch.setattr(tasks.acquire, "gpu_slot", fake_slot)
+    with tasks.acquire.ocr_device("auto") as placed:
+        assert placed == "cpu" and slots == []
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with tasks.acquire.ocr_device("auto") as placed:
+        assert placed == "cuda:1" and slots == ["auto"]
+    with tasks.acquire.ocr_device("cpu") as placed:
+        assert placed == "cpu" and slots == ["auto"]
+    assert {"workers", "device"} <= set(tasks.acquire.ocr.cache_policy.exclude)

@@ -121,12 +121,22 @@ def ocr(
     workers: Annotated[
         int, typer.Option(help=f"{WORKERS_HELP}: shards OCR'd at once, one per process (1: as 0).", min=0)
     ] = 0,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="ONNX Runtime device: cpu, auto (CUDA where onnxruntime-gpu is installed), cuda or cuda:<i>."
+        ),
+    ] = "cpu",
 ) -> None:
     """Flag samples whose image shows their class name as text (RapidOCR, offline); evaluation excludes them."""
-    from laionet.images.ocr import run_ocr
+    from laionet.images.ocr import ocr_providers, run_ocr
 
     try:
-        manifest = run_ocr(shards, catalog, out, workers=max(1, workers))
+        ocr_providers(device)  # an unknown or unavailable device fails here, in one line
+    except ValueError as exc:
+        fail(str(exc))
+    try:
+        manifest = run_ocr(shards, catalog, out, workers=max(1, workers), device=device)
     except FileNotFoundError as exc:
         fail(str(exc))
     echo_manifest(manifest)

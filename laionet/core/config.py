@@ -127,6 +127,9 @@ class Preset(BaseModel):
     download: dict[str, Any] = Field(default_factory=dict, description="laionet.images.download.DownloadConfig fields")
     ocr: bool = True
     ocr_workers: int = Field(1, ge=1, description="OCR processes, one shard each (threads per process: cores ÷ N)")
+    ocr_device: str = Field(
+        "cpu", description="OCR's ONNX Runtime device: cpu, auto, cuda or cuda:<i> (CUDA needs onnxruntime-gpu)"
+    )
     models: list[str] = Field(default_factory=lambda: ["efficientnet_lite0"], description="classifiers to evaluate")
     embedding_model: str = Field("efficientnet_lite0", description="image encoder of the intra-class similarity")
     zero_shot: str | None = Field(None, description="an open_clip model for zero-shot accuracy and Appendix C")

@@ -82,9 +82,11 @@ class RapidOcrEngine:
         det_side: int = DET_SIDE,
         batch: int = 1,
         det_upscale: float | None = None,
+        device: str = "cpu",
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"unknown OCR engine {engine!r}; expected one of {ENGINES}")
+        self.providers = ocr_providers(device)  # before any model is loaded: a bad device fails first
         self.max_side, self.engine, self.threads, self.det_side, self.batch = max_side, engine, threads, det_side, batch
         self.det_upscale = det_upscale
         self.calls = {"det": 0, "cls": 0, "rec": 0}  # model runs (batches), for tests and benchmarks
@@ -112,7 +114,7 @@ class RapidOcrEngine:
         self._cls = TextClassifier(config["Cls"])
         self._rec = TextRecognizer(config["Rec"])
         for wrapper, part in zip(self.sessions(), ("Det", "Cls", "Rec"), strict=True):
-            wrapper.session = _cpu_session(config[part]["model_path"], threads)
+            wrapper.session = _session(config[part]["model_path"], threads, self.providers)
 
     def sessions(self) -> list[Any]:
         """The fast engine's ONNX Runtime sessions (wrapped as the library wraps them): detection, direction, text."""
@@ -211,11 +213,43 @@ def _cores() -> int:
     return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
-def _cpu_session(model_path: str, threads: int) -> Any:
-    """An ONNX Runtime CPU session for a machine shared with other work: ``threads`` intra-op threads that sleep
-    instead of spinning when idle (spinning threads took the core from the other process's work: on 2 loaded cores
-    the detector ran at 4.2-5.3 images/s with the library's settings, 7.6 without spinning), one inter-op thread,
-    sequential execution, the memory arena on (the library turns it off; buffers are then allocated per run)."""
+OCR_DEVICES = "cpu, auto, cuda or cuda:<i>"
+
+
+def ocr_providers(device: str) -> list[Any]:
+    """ONNX Runtime execution providers for ``device``: the same models on ``cuda[:i]`` through onnxruntime-gpu's
+    ``CUDAExecutionProvider`` (device ``i``; the CPU provider after it runs any operator CUDA lacks), on ``cpu`` the
+    CPU provider alone; ``auto`` is CUDA device 0 where the installed onnxruntime has the CUDA provider, else the
+    CPU (the OCR then runs on CPU workers as before).
+
+    Raises:
+        ValueError: an unknown device, or ``cuda`` where onnxruntime has no CUDA provider (install onnxruntime-gpu
+            in place of onnxruntime; the rapidocr-onnxruntime wheel pulls in the CPU build).
+    """
+    import onnxruntime as ort
+
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "auto":
+        device = "cuda" if cuda else "cpu"
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or not (index == "" or index.isdigit()):
+        raise ValueError(f"unknown OCR device {device!r}; expected {OCR_DEVICES}")
+    if not cuda:
+        raise ValueError(
+            f"OCR device {device!r}: onnxruntime {ort.__version__} has no CUDAExecutionProvider (providers: "
+            f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu, or use the cpu device"
+        )
+    return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
+
+
+def _session(model_path: str, threads: int, providers: list[Any] | None = None) -> Any:
+    """An ONNX Runtime session (``providers``, default the CPU's) for a machine shared with other work: ``threads``
+    intra-op threads that sleep instead of spinning when idle (spinning threads took the core from the other
+    process's work: on 2 loaded cores the detector ran at 4.2-5.3 images/s with the library's settings, 7.6 without
+    spinning), one inter-op thread, sequential execution, the memory arena on (the library turns it off; buffers are
+    then allocated per run)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -226,7 +260,7 @@ def _cpu_session(model_path: str, threads: int) -> Any:
     options.enable_cpu_mem_arena = True
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return ort.InferenceSession(model_path, sess_options=options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model_path, sess_options=options, providers=providers or ["CPUExecutionProvider"])
 
 
 def _crop(img: Any, points: Any) -> Any:
@@ -262,6 +296,7 @@ def run_ocr(
     quarantine: str | None = None,
     workers: int = 1,
     threads: int | None = None,
+    device: str = "cpu",
 ) -> Manifest:
     """Flag every sample of every shard; resume per shard; manifest last. ``progress(done, total)`` is called after
     each shard (e.g. to update a Prefect progress artifact).
@@ -276,7 +311,8 @@ def run_ocr(
     ``workers`` > 1 OCRs that many shards at once, each in a process of its own (spawned; each builds its engine with
     ``engine_factory``, which must then be picklable); outputs and part records are the serial run's. The default
     engine is ``RapidOcrEngine`` with ``threads`` ONNX Runtime threads (default: this process's cores divided among
-    the workers).
+    the workers) on ``device`` (``ocr_providers``: ``cuda[:i]`` with onnxruntime-gpu; not part of the stage's hash,
+    it changes how fast, not what).
     """
     timer = Timer()
     _log.info("OCR of %s (catalog %s, quarantine %s) → %s", shards_dir, catalog_path, quarantine, out_dir)
@@ -288,7 +324,7 @@ def run_ocr(
                 progress(len(shards), len(shards))
             return complete
         records, todo = plan.records(out_dir)
-        _ocr_all(plan, out_dir, todo, records, engine_factory, progress, workers, threads)
+        _ocr_all(plan, out_dir, todo, records, engine_factory, progress, workers, threads, device)
         ordered = [records[shard] for shard in shards]
         outputs = [r["output"] for r in ordered]
         dropped = {reason: sum(r["dropped"][reason] for r in ordered) for reason in OCR_DROP_REASONS}
@@ -324,6 +360,7 @@ def run_ocr_shards(
     quarantine: str | None = None,
     workers: int = 1,
     threads: int | None = None,
+    device: str = "cpu",
 ) -> int:
     """One group of a fanned-out OCR: flag the samples of the shards of ``shards_dir`` named in ``only`` (paths or
     stems) that no current part record covers, and write their part records — no manifest (a final ``run_ocr``
@@ -341,7 +378,7 @@ def run_ocr_shards(
               len(records))  # fmt: skip
     if todo:  # visibly incomplete until the final call writes the manifest
         begin(out_dir, "", locked=False)
-        _ocr_all(plan, out_dir, todo, records, engine_factory, progress, workers, threads)
+        _ocr_all(plan, out_dir, todo, records, engine_factory, progress, workers, threads, device)
     elif progress:
         progress(1, 1)
     return len(todo)
@@ -400,6 +437,7 @@ def _ocr_all(
     progress: Callable[[int, int], None] | None,
     workers: int,
     threads: int | None,
+    device: str = "cpu",
 ) -> None:
     """OCR the shards of ``todo`` (``workers`` at once), writing each one's part record and adding it to
     ``records``; ``progress(done, total)`` counts over ``records`` and ``todo``."""
@@ -409,7 +447,7 @@ def _ocr_all(
     workers = max(1, min(workers, len(todo)))
     if engine_factory is None:
         cores = threads or max(1, _cores() // workers)
-        engine_factory = functools.partial(RapidOcrEngine, threads=cores)
+        engine_factory = functools.partial(RapidOcrEngine, threads=cores, device=device)
 
     def finish(shard: str, record: dict[str, Any]) -> None:
         record.update(part=shard, config_hash=plan.part_hash, identity=plan.identities[shard])
