@@ -46,7 +46,7 @@ OCR_TIMEOUT_S = timeout_s("LAIONET_OCR_TIMEOUT_S", 12 * 3600.0)
 @task(
     name="download",
     task_run_name=run_name(),
-    tags=["stage:download", "network"],
+    tags=["network"],
     cache_policy=stage_cache("out_dir", exclude=("processes", "threads")),
     persist_result=True,
     retries=3,
@@ -70,7 +70,6 @@ def download(
 @task(
     name="ingest",
     task_run_name=run_name("kind"),
-    tags=["stage:ingest"],
     cache_policy=stage_cache("out_dir"),
     persist_result=True,
     **IO_RETRIES,
@@ -84,7 +83,6 @@ def ingest_reference(kind: str, out_dir: str, paths: dict[str, str], per_shard: 
 @task(
     name="verify",
     task_run_name=run_name(),
-    tags=["stage:verify"],
     cache_policy=stage_cache("out_dir"),
     persist_result=True,
     **IO_RETRIES,
@@ -97,7 +95,6 @@ def verify(shards_dir: str, out_dir: str) -> Manifest:
 @task(
     name="ocr",
     task_run_name=run_name(),
-    tags=["stage:ocr"],
     cache_policy=stage_cache("out_dir", exclude=("workers", "device")),
     persist_result=True,
     timeout_seconds=OCR_TIMEOUT_S,
@@ -135,7 +132,6 @@ def ocr_device(device: str) -> Iterator[str]:
 @task(
     name="ocr-shards",
     task_run_name=run_name(shard_span),
-    tags=["stage:ocr"],
     timeout_seconds=OCR_TIMEOUT_S,
     **IO_RETRIES,
 )
@@ -159,7 +155,7 @@ def ocr_shards(
         )  # fmt: skip
 
 
-@task(name="download-index", task_run_name=run_name(), tags=["stage:download"])
+@task(name="download-index", task_run_name=run_name())
 def download_index(
     index_path: str, out_path: str, rewrite: dict[str, str] | None = None, limit: int | None = None,
     shards_dir: str | None = None,

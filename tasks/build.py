@@ -34,7 +34,6 @@ Manifest = dict[str, Any]
 @task(
     name="catalog",
     task_run_name=run_name("classes"),
-    tags=["stage:catalog"],
     cache_policy=stage_cache("out_path"),
     persist_result=True,
 )
@@ -46,7 +45,6 @@ def catalog(classes: str, out_path: str) -> Manifest:
 @task(
     name="lemma-map",
     task_run_name=run_name("policy"),
-    tags=["stage:lemmas"],
     cache_policy=stage_cache("out_path"),
     persist_result=True,
 )
@@ -58,7 +56,6 @@ def lemma_map(catalog_path: str, policy: Mode, out_path: str) -> Manifest:
 @task(
     name="openclipart-corpus",
     task_run_name=run_name(),
-    tags=["stage:corpus"],
     cache_policy=stage_cache("out_dir"),
     persist_result=True,
 )
@@ -72,7 +69,6 @@ def openclipart_corpus(
 @task(
     name="match",
     task_run_name=run_name("mode"),
-    tags=["stage:match"],
     cache_policy=stage_cache("out_dir", exclude=("workers",)),
     persist_result=True,
     **IO_RETRIES,  # corpus parts may live on object storage
@@ -95,7 +91,7 @@ def match(
 @task(
     name="similarity",
     task_run_name=run_name("encoder"),
-    tags=["stage:similarity", "gpu"],
+    tags=["gpu"],
     cache_policy=stage_cache("out_dir", exclude=("device", "batch_size")),
     persist_result=True,
     **IO_RETRIES,
@@ -121,7 +117,6 @@ def similarity(
 @task(
     name="select",
     task_run_name=run_name("threshold"),
-    tags=["stage:select"],
     cache_policy=stage_cache("out_dir"),
     persist_result=True,
     **IO_RETRIES,

@@ -17,7 +17,6 @@ Manifest = dict[str, Any]
 @task(
     name="matched-captions",
     task_run_name=run_name("match_dir"),
-    tags=["stage:diagnose"],
     cache_policy=stage_cache("out_path"),
     persist_result=True,
 )
@@ -31,7 +30,7 @@ def matched_captions(match_dir: str, out_path: str) -> Manifest:
 @task(
     name="text-alone",
     task_run_name=run_name(below("out_dir", 1)),
-    tags=["stage:text-alone", "gpu"],
+    tags=["gpu"],
     cache_policy=stage_cache("out_dir", exclude=("device",)),
     persist_result=True,
 )
@@ -50,7 +49,6 @@ def text_alone(captions: str, catalog_path: str, out_dir: str, encoder: str, dev
 @task(
     name="selection-frequency",
     task_run_name=run_name(below("out_dir", 1)),
-    tags=["stage:selection-frequency"],
     cache_policy=stage_cache("out_dir"),
     persist_result=True,
 )
@@ -72,7 +70,6 @@ def selection_frequency(
 @task(
     name="filtered-variants",
     task_run_name=run_name(below("summary_dir", 1)),
-    tags=["stage:filtered-variants"],
     cache_policy=stage_cache("summary_dir"),
     persist_result=True,
 )

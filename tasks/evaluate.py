@@ -19,7 +19,6 @@ Manifest = dict[str, Any]
 @task(
     name="variants",
     task_run_name=run_name(below("out_dir", 1)),
-    tags=["stage:variants"],
     cache_policy=stage_cache("out_dir"),
     persist_result=True,
 )
@@ -46,7 +45,6 @@ def variants(
 @task(
     name="accuracy",
     task_run_name=run_name(below("out_dir", 2)),  # variant/model
-    tags=["stage:accuracy"],
     cache_policy=stage_cache("out_dir"),
     persist_result=True,
 )
@@ -74,7 +72,6 @@ def accuracy(
 @task(
     name="intra-class",
     task_run_name=run_name(below("out_dir", 2)),  # variant pair/model
-    tags=["stage:intra-class"],
     cache_policy=stage_cache("out_dir"),
     persist_result=True,
 )
@@ -104,7 +101,6 @@ def intra_class(
 @task(
     name="recall-difference",
     task_run_name=run_name(below("out_dir", 2)),
-    tags=["stage:recall-difference"],
     cache_policy=stage_cache("out_dir"),
     persist_result=True,
 )
@@ -121,7 +117,6 @@ def recall_difference(accuracy_a: str, accuracy_b: str, out_dir: str, weights: s
 @task(
     name="own-similarity",
     task_run_name=run_name(below("out_dir", 2)),
-    tags=["stage:own-similarity"],
     cache_policy=stage_cache("out_dir"),
     persist_result=True,
 )
@@ -151,7 +146,6 @@ def own_similarity(
 @task(
     name="relations",
     task_run_name=run_name(below("out_dir", 2)),  # variant pair/model
-    tags=["stage:relations"],
     cache_policy=stage_cache("out_dir"),
     persist_result=True,
 )
@@ -178,7 +172,6 @@ def relations(
 @task(
     name="top-k-variant",
     task_run_name=run_name(below("out_dir", 1)),
-    tags=["stage:variants"],
     cache_policy=stage_cache("out_dir"),
     persist_result=True,
 )
@@ -202,7 +195,6 @@ def _group_span(params: dict[str, Any]) -> str:
 @task(
     name="intra-class-group",
     task_run_name=run_name(below("out_dir", 2), _group_span),
-    tags=["stage:intra-class"],
     cache_policy=stage_cache("part_dir", exclude=("out_dir",)),
     persist_result=True,
 )
@@ -244,7 +236,6 @@ def intra_class_group(
 @task(
     name="intra-class-merge",
     task_run_name=run_name(below("out_dir", 2)),
-    tags=["stage:intra-class"],
     cache_policy=stage_cache("out_dir"),
     persist_result=True,
 )
@@ -283,7 +274,6 @@ def intra_class_merge(
 @task(
     name="recall-difference-group",
     task_run_name=run_name(below("out_dir", 2), _group_span),
-    tags=["stage:recall-difference"],
     cache_policy=stage_cache("part_dir", exclude=("out_dir",)),
     persist_result=True,
 )
@@ -307,7 +297,6 @@ def recall_difference_group(
 @task(
     name="recall-difference-merge",
     task_run_name=run_name(below("out_dir", 2)),
-    tags=["stage:recall-difference"],
     cache_policy=stage_cache("out_dir"),
     persist_result=True,
 )
@@ -330,7 +319,6 @@ def recall_difference_merge(
 @task(
     name="own-similarity-group",
     task_run_name=run_name(below("out_dir", 2), _group_span),
-    tags=["stage:own-similarity"],
     cache_policy=stage_cache("part_dir", exclude=("out_dir",)),
     persist_result=True,
 )
@@ -370,7 +358,6 @@ def own_similarity_group(
 @task(
     name="own-similarity-merge",
     task_run_name=run_name(below("out_dir", 2)),
-    tags=["stage:own-similarity"],
     cache_policy=stage_cache("out_dir"),
     persist_result=True,
 )

@@ -36,7 +36,7 @@ def shard_span(params: dict[str, Any]) -> str:
 @task(
     name="infer-shards",
     task_run_name=run_name(below("out_root", 1), shard_span),
-    tags=["stage:infer", "gpu"],
+    tags=["gpu"],
     **IO_RETRIES,
 )
 def infer_shards(
@@ -61,7 +61,7 @@ def infer_shards(
 @task(
     name="infer",
     task_run_name=run_name(below("out_root", 1)),
-    tags=["stage:infer", "gpu"],
+    tags=["gpu"],
     cache_policy=stage_cache("out_root"),
     persist_result=True,
     **IO_RETRIES,

@@ -13,7 +13,6 @@ from tasks._common import publish, run_name, stage_cache
 @task(
     name="report",
     task_run_name=run_name(),
-    tags=["stage:report"],
     cache_policy=stage_cache("out_dir"),
     persist_result=True,
 )

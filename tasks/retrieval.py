@@ -18,7 +18,7 @@ Manifest = dict[str, Any]
 @task(
     name="caption-embeddings",
     task_run_name=run_name("encoder"),
-    tags=["stage:caption-embeddings", "gpu"],
+    tags=["gpu"],
     cache_policy=stage_cache("out_dir", exclude=("device",)),
     persist_result=True,
 )
@@ -40,7 +40,6 @@ def caption_embeddings(
 @task(
     name="caption-index",
     task_run_name=run_name(below("out_dir", 1)),
-    tags=["stage:caption-index"],
     cache_policy=stage_cache("out_dir"),
     persist_result=True,
 )
@@ -55,7 +54,6 @@ def caption_index(emb_dir: str, out_dir: str, settings: dict[str, Any] | None = 
 @task(
     name="nearest-queries",
     task_run_name=run_name(below("labels_path", 2)),
-    tags=["stage:nearest-captions"],
     cache_policy=stage_cache("out_path"),
     persist_result=True,
 )
@@ -69,7 +67,7 @@ def variant_queries(labels_path: str, index_path: str, out_path: str) -> Manifes
 @task(
     name="nearest-captions",
     task_run_name=run_name(below("out_dir", 2)),
-    tags=["stage:nearest-captions", "gpu"],
+    tags=["gpu"],
     cache_policy=stage_cache("out_dir", exclude=("device",)),
     persist_result=True,
 )
@@ -98,7 +96,7 @@ def nearest_captions(
     return publish(manifest, out_dir)
 
 
-@task(name="run-catalog", task_run_name=run_name(below("run_dir", 2)), tags=["stage:nearest-captions"])
+@task(name="run-catalog", task_run_name=run_name(below("run_dir", 2)))
 def run_catalog(catalog_path: str, run_dir: str) -> str:
     """The catalog in a run directory of its own (the image stages read class names from it); a digest check, so it
     runs every time (not cached: a deleted copy comes back)."""

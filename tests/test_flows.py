@@ -303,7 +303,27 @@ def test_similarity_task_device_and_batch_size_keep_the_cache(prefect_harness: P
 
     assert rescore("cpu", 3) == "Cached"  # how it runs, not what it computes: same key
     assert mtimes(run_dir, SIM_DIR) == before
-    assert {"gpu", "stage:similarity"} == set(similarity.tags)  # the `gpu` tag concurrency limit applies to it
+    assert {"gpu"} == set(similarity.tags)  # the `gpu` tag concurrency limit applies to it
+
+
+def test_only_the_tags_that_carry_a_concurrency_limit() -> None:
+    """Prefect asks the API for concurrency slots for every tag of a task run, limit or not (a round trip each: about
+    a quarter of an all-cached demo run went there); so tasks carry only the tags a limit is meant for — `gpu`
+    (device tasks) and `network` (the download) — and the UI finds a stage by its task name."""
+    import importlib
+    import pkgutil
+
+    from prefect import Task
+
+    import tasks
+
+    found = {}
+    for info in pkgutil.iter_modules(tasks.__path__):
+        module = importlib.import_module(f"tasks.{info.name}")
+        found.update({t.name: set(t.tags) for t in vars(module).values() if isinstance(t, Task)})
+    assert len(found) > 20
+    assert set().union(*found.values()) == {"gpu", "network"}, found
+    assert found["download"] == {"network"} and found["infer-shards"] == {"gpu"} and found["accuracy"] == set()
 
 
 def test_deleted_output_is_recomputed(prefect_harness: Path, inputs: dict[str, Any]) -> None:
