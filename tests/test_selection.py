@@ -1,4 +1,5 @@
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -349,6 +350,11 @@ def test_calibration_edges_and_coverage_rule_boundary() -> None:
     assert calibrate_threshold(sweep([0.3, 0.4, 0.5], [5, 0, 0])) == 0.3
     assert calibrate_threshold(sweep([0.3, 0.4, 0.5], [5, 1, 0])) == 0.3  # below the chord throughout
     assert calibrate_threshold(sweep([0.3, 0.4, 0.5], [6, 5, 1])) == 0.4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a grid of one threshold: that threshold, without a 0/0 chord
+        assert calibrate_threshold(sweep([0.3], [5])) == 0.3
+        assert calibrate_threshold(sweep([0.3], [5]), "coverage") == 0.3
+    assert calibrate_threshold(sweep([0.3, 0.4, 0.5], [1, 1, 0]), "coverage") == 0.4  # a single class is coverage
     t = [0.2, 0.3, 0.4, 0.5, 0.6]
     assert calibrate_threshold(sweep(t, [100, 80, 50, 49, 10]), "coverage", 0.5) == 0.4  # 50 ≥ 0.5 × 100: kept
     assert calibrate_threshold(sweep(t, [100, 99, 98, 97, 10]), "coverage") == 0.4  # default: ≥ 98 % of 100

@@ -740,7 +740,7 @@ def _jeffreys_shifts(
 
 
 def test_accuracy_bootstrap_exact_from_the_seeded_draws() -> None:
-    n, correct = [7, 3, 12], [5, 0, 12]
+    n, correct = [71, 33, 127], [50, 3, 120]  # large enough that the quantiles move with every draw
     recall = [c / m for c, m in zip(correct, n, strict=True)]
     acc = sum(recall) / 3
     shifts = _jeffreys_shifts(n, correct, [1 / 3] * 3, 1000, np.random.default_rng(0))
@@ -794,11 +794,11 @@ def test_paper_interval_aligns_shares_by_class() -> None:
 
 
 def test_recall_difference_bootstrap_exact_from_the_seeded_draws() -> None:
-    a = _table([5, 8, 2], [3, 8, 1])
-    b = _table([6, 1, 9], [2, 1, 9])  # class 1: a single image in B
+    a = _table([53, 8, 71], [31, 8, 50])
+    b = _table([67, 1, 89], [20, 1, 80])  # class 1: a single image in B
     table = recall_difference(a, b, 1, method="bootstrap")  # 1000 draws, seed 0
     assert table["class"].tolist() == [0, 1, 2]
-    for cls, (na, ca, nb, cb) in enumerate([(5, 3, 6, 2), (8, 8, 1, 1), (2, 1, 9, 9)]):
+    for cls, (na, ca, nb, cb) in enumerate([(53, 31, 67, 20), (8, 8, 1, 1), (71, 50, 89, 80)]):
         rng = _stream(1, 0, cls)
         da = rng.binomial(na, ca / na, size=1000) / na
         db = rng.binomial(nb, cb / nb, size=1000) / nb
@@ -808,11 +808,11 @@ def test_recall_difference_bootstrap_exact_from_the_seeded_draws() -> None:
 
 def test_recall_difference_newcombe_uses_the_counts_and_keeps_the_dtypes() -> None:
     a = pd.DataFrame({"class": [0], "n": [300.0], "correct@1": [100], "recall@1": [0.33]})  # recall rounded
-    b = pd.DataFrame({"class": [0], "n": [50.0], "correct@1": [40], "recall@1": [0.8]})
+    b = pd.DataFrame({"class": [0], "n": [300.0], "correct@1": [200], "recall@1": [0.67]})
     row = recall_difference(a, b, 1).iloc[0]
-    (la, ua), (lb, ub) = _wilson_by_hand(100, 300), _wilson_by_hand(40, 50)
-    lower = 0.33 - 0.8 - math.sqrt((0.33 - la) ** 2 + (ub - 0.8) ** 2)
-    upper = 0.33 - 0.8 + math.sqrt((ua - 0.33) ** 2 + (0.8 - lb) ** 2)
+    (la, ua), (lb, ub) = _wilson_by_hand(100, 300), _wilson_by_hand(200, 300)
+    lower = 0.33 - 0.67 - math.sqrt((0.33 - la) ** 2 + (ub - 0.67) ** 2)
+    upper = 0.33 - 0.67 + math.sqrt((ua - 0.33) ** 2 + (0.67 - lb) ** 2)
     assert (row["lower"], row["upper"]) == pytest.approx((lower, upper), rel=1e-12)
     ints = pd.DataFrame({"class": [0, 1], "n": [4.0, 2.0], "correct@1": [4, 0], "recall@1": [1, 0]})  # int recalls
     table = recall_difference(ints, ints, 1)
