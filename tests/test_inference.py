@@ -292,3 +292,27 @@ def test_layout_names_the_directory_inference_writes(shards: Path, tmp_path: Pat
     spec = "timm:test_resnet@random"
     run_inference(str(shards), [spec], str(tmp_path / "inference" / "laionet"), config=InferConfig(workers=0))
     assert read_manifest(inference_dir(str(tmp_path), "laionet", spec)).rows_out == 5
+
+
+@pytest.mark.prefect
+def test_decode_workers_start_in_a_process_that_ran_a_prefect_flow(prefect_harness, shards: Path, tmp_path) -> None:
+    """The infer task runs inference inside a flow run, in a process with Prefect's client, event and log threads:
+    forked decode workers died there at start ("DataLoader worker exited unexpectedly with exit code 1"), for both
+    decoders; they now start from a forkserver and give the in-process result."""
+    from prefect import flow
+
+    @flow
+    def noop() -> int:
+        return 1
+
+    assert noop() == 1  # Prefect's threads now run in this process
+    spec = "timm:test_resnet@random"
+    serial = run_inference(str(shards), [spec], str(tmp_path / "serial"), config=InferConfig(workers=0))[spec]
+    for decode in ("cpu", "device"):
+        config = InferConfig(workers=2, decode=decode, batch_size=2)  # type: ignore[arg-type]
+        manifest = run_inference(str(shards), [spec], str(tmp_path / decode), config=config)[spec]
+        assert (manifest.rows_in, manifest.rows_out, manifest.dropped) == (
+            serial.rows_in,
+            serial.rows_out,
+            serial.dropped,
+        )

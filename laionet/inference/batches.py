@@ -312,12 +312,16 @@ def _identity(batch: Any) -> Any:
 
 
 def worker_context() -> str | None:
-    """How DataLoader workers start: forked (the default, fastest), unless this process has loaded gRPC or Ray (a Ray
-    worker, or a process that ran a local Ray instance): their at-fork handlers kill a forked child ("DataLoader
-    worker exited unexpectedly"), so the workers then start from a forkserver."""
+    """How DataLoader workers start: forked (the default, fastest) from a single-threaded process; from a forkserver
+    once this process runs other threads or has loaded gRPC or Ray. A fork copies one thread and every lock as it
+    was, and the children died at start ("DataLoader worker exited unexpectedly with exit code 1"): in any process
+    that had run a Prefect flow (its API client, event and log threads) — so inference with decode workers inside
+    the infer task failed — and after Ray or gRPC (their at-fork handlers)."""
     import sys
+    import threading
 
-    return "forkserver" if any(name in sys.modules for name in ("grpc", "ray")) else None
+    threaded = threading.active_count() > 1
+    return "forkserver" if threaded or any(name in sys.modules for name in ("grpc", "ray")) else None
 
 
 def make_loader(stream: ShardStream, workers: int, pin: bool) -> Any:
