@@ -312,7 +312,7 @@ def test_build_deployment_end_to_end(server: Server, tiny: dict[str, Any], tmp_p
     deployment = server.get("/deployments/name/build/build")
     assert deployment["entrypoint"] == "flows.build.build" and deployment["work_pool_name"] == "gpu"
     # the pull step is stored as written; it reads LAIONET_HOME on the worker, at run time
-    assert deployment["pull_steps"] == [{"laionet.cli.run.deployment_home": {}}]
+    assert deployment["pull_steps"] == [{"tasks.deployment.deployment_home": {}}]
     declared = next(d for d in DEPLOYMENTS if d["name"] == "build").get("concurrency_limit")
     if declared:  # a deployment concurrency limit becomes a global limit on the server
         assert deployment["global_concurrency_limit"]["limit"] == declared

@@ -403,7 +403,7 @@ def test_deployment_file(prefect_harness: Path) -> None:
     assert all(d.work_pool is not None and d.work_pool.name == "gpu" for d in config.deployments)
     deployment = config.deployments[0]
     assert deployment.entrypoint == "flows.build.build"
-    assert config.pull == [{"laionet.cli.run.deployment_home": {}}]  # no checkout: only where runs work
+    assert config.pull == [{"tasks.deployment.deployment_home": {}}]  # no checkout: only where runs work
     assert deployment.work_pool is not None and deployment.work_pool.name == "gpu"
     assert deployment.schedules and all(s.active is False for s in deployment.schedules)  # example, off by default
 
