@@ -8,7 +8,8 @@ name, punctuation-normalised and space-padded, occurs in the punctuation-normali
 The OCR engine is pluggable (``OcrEngine``; one with ``read_many`` gets a shard's images in batches); the offline
 default is RapidOCR (PP-OCRv4 detection + recognition ONNX models shipped inside the ``rapidocr-onnxruntime`` wheel),
 run by ``RapidOcrEngine``'s fast engine (``engine="full"`` is the library's own pipeline, kept as the reference that
-``benchmarks/bench_ocr.py`` and the tests compare it with). ``workers`` > 1 OCRs shards in parallel processes.
+``benchmarks/bench_ocr.py`` and the tests compare it with; both in ``laionet.images.ocr_engine``). ``workers`` > 1
+OCRs shards in parallel processes.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ import functools
 import io
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
-from typing import Any, Protocol
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -42,239 +42,13 @@ from laionet.core.manifest import (
 )
 from laionet.core.stage import begin, input_identity, prune, prune_records, require_file_input, stage_run
 from laionet.core.tables import read_columns
+from laionet.images.ocr_engine import DET_SIDE, ENGINES, OCR_DEVICES, OcrEngine, RapidOcrEngine, cores, ocr_providers
 from laionet.images.shards import ErrorLog, iter_raw, list_shards, original_key
 from laionet.text.catalog import read_catalog
 from laionet.text.normalize import paper_normalize
 
-
-class OcrEngine(Protocol):
-    def read(self, image: Any) -> str:
-        """All text recognised in a PIL RGB image, joined by spaces."""
-        ...
-
-
-ENGINES = ("fast", "full")
-DET_SIDE = 736  # the detector's input size in the fast engine: see RapidOcrEngine
-
-
-class RapidOcrEngine:
-    """RapidOCR (PP-OCRv4 detection + direction + recognition, ONNX Runtime, CPU); images are shrunk so their longer
-    side is at most ``max_side``.
-
-    ``engine="full"`` is the library's own pipeline (``RapidOCR()``, its default thread settings), kept as the
-    reference. ``engine="fast"`` (the default) runs the same three models and the same pre- and post-processing
-    (``read`` of both gives the same text up to detector noise), and differs where the wall clock goes:
-
-    - detection runs with the longer side scaled to ``det_side`` (up or down, rounded to 32). The library scales
-      the *shorter* side up to 736, which for a typical 448x634 web image means a 736x1056 input;
-    - recognition (and the direction classifier) runs only on detected boxes, and not at all without one;
-    - ``read_many`` detects a batch of images at once (images whose detector input has the same shape run as one
-      tensor);
-    - ``threads`` sets ONNX Runtime's ``intra_op_num_threads`` of each session (``inter_op_num_threads`` 1, sequential
-      execution): give it the cores this process owns (``run_ocr`` divides the cores among its workers).
-    """
-
-    def __init__(
-        self,
-        max_side: int = 960,
-        engine: str = "fast",
-        threads: int | None = None,
-        det_side: int = DET_SIDE,
-        batch: int = 1,
-        det_upscale: float | None = None,
-        device: str = "cpu",
-    ) -> None:
-        if engine not in ENGINES:
-            raise ValueError(f"unknown OCR engine {engine!r}; expected one of {ENGINES}")
-        self.providers = ocr_providers(device)  # before any model is loaded: a bad device fails first
-        self.max_side, self.engine, self.threads, self.det_side, self.batch = max_side, engine, threads, det_side, batch
-        self.det_upscale = det_upscale
-        self.calls = {"det": 0, "cls": 0, "rec": 0}  # model runs (batches), for tests and benchmarks
-        if engine == "full":
-            from rapidocr_onnxruntime import RapidOCR
-
-            self._engine = RapidOCR()
-            return
-        from rapidocr_onnxruntime.ch_ppocr_cls import TextClassifier
-        from rapidocr_onnxruntime.ch_ppocr_det import TextDetector
-        from rapidocr_onnxruntime.ch_ppocr_rec import TextRecognizer
-        from rapidocr_onnxruntime.main import DEFAULT_CFG_PATH
-        from rapidocr_onnxruntime.utils import read_yaml, update_model_path
-
-        config = update_model_path(read_yaml(DEFAULT_CFG_PATH))
-        self.threads = threads = max(1, threads or _cores())
-        glob = config["Global"]
-        self._text_score, self._min_height, self._ratio = (
-            glob["text_score"],
-            glob["min_height"],
-            glob["width_height_ratio"],
-        )
-        self._min_side, self._max_side = glob["min_side_len"], glob["max_side_len"]
-        self._det = TextDetector(config["Det"])
-        self._cls = TextClassifier(config["Cls"])
-        self._rec = TextRecognizer(config["Rec"])
-        for wrapper, part in zip(self.sessions(), ("Det", "Cls", "Rec"), strict=True):
-            wrapper.session = _session(config[part]["model_path"], threads, self.providers)
-
-    def sessions(self) -> list[Any]:
-        """The fast engine's ONNX Runtime sessions (wrapped as the library wraps them): detection, direction, text."""
-        return [self._det.infer, self._cls.infer, self._rec.session] if self.engine == "fast" else []
-
-    def read(self, image: Any) -> str:
-        if self.engine == "full":
-            return self._read_full(image)
-        return self.read_many([image])[0]
-
-    def read_many(self, images: list[Any]) -> list[str]:
-        """``read`` of each image; the fast engine detects ``batch`` images per model run."""
-        if self.engine == "full":
-            return [self._read_full(image) for image in images]
-        texts: list[str] = []
-        for start in range(0, len(images), max(1, self.batch)):
-            texts.extend(self._read_fast(images[start : start + max(1, self.batch)]))
-        return texts
-
-    def _shrunk(self, image: Any) -> Any:
-        import numpy as np
-
-        if max(image.size) > self.max_side:
-            image = image.copy()
-            image.thumbnail((self.max_side, self.max_side))
-        return np.asarray(image)[:, :, ::-1]  # OpenCV order
-
-    def _read_full(self, image: Any) -> str:
-        result, _ = self._engine(self._shrunk(image))
-        self.calls["det"] += 1
-        return " ".join(str(item[1]) for item in result or [])
-
-    def _prepared(self, image: Any) -> Any:
-        """The library's own preparation (``RapidOCR.preprocess`` and ``maybe_add_letterbox``): the long side down to
-        ``max_side_len``, the short side up to ``min_side_len``, thin images letterboxed."""
-        import numpy as np
-        from rapidocr_onnxruntime.utils import add_round_letterbox, increase_min_side, reduce_max_side
-
-        img = self._shrunk(image)
-        if max(img.shape[:2]) > self._max_side:
-            img, _, _ = reduce_max_side(img, self._max_side)
-        if min(img.shape[:2]) < self._min_side:
-            img, _, _ = increase_min_side(img, self._min_side)
-        h, w = img.shape[:2]
-        if h <= self._min_height or (self._ratio != -1 and w / h > self._ratio):
-            pad = int(abs(max(int(w / self._ratio), self._min_height) * 2 - h) / 2)
-            img = add_round_letterbox(img, (pad, pad, 0, 0))
-        return np.ascontiguousarray(img)
-
-    def _det_input(self, img: Any) -> Any:
-        import cv2
-        import numpy as np
-
-        h, w = img.shape[:2]
-        ratio = self.det_side / max(h, w)
-        if self.det_upscale is not None:
-            ratio = min(ratio, self.det_upscale)
-        size = (max(32, round(w * ratio / 32) * 32), max(32, round(h * ratio / 32) * 32))
-        resized = cv2.resize(img, size).astype(np.float32)
-        return ((resized / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)
-
-    def _read_fast(self, images: list[Any]) -> list[str]:
-        import numpy as np
-        from rapidocr_onnxruntime import RapidOCR
-
-        prepared = [self._prepared(image) for image in images]
-        inputs = [self._det_input(img) for img in prepared]
-        maps: list[Any] = [None] * len(images)
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, tensor in enumerate(inputs):
-            by_shape.setdefault(tensor.shape, []).append(i)
-        for members in by_shape.values():
-            preds = self._det.infer(np.stack([inputs[i] for i in members]))[0]
-            self.calls["det"] += 1
-            for row, i in enumerate(members):
-                maps[i] = preds[row : row + 1]
-        texts = []
-        for img, pred in zip(prepared, maps, strict=True):
-            boxes, _ = self._det.postprocess_op(pred, img.shape[:2])
-            boxes = self._det.filter_tag_det_res(boxes, img.shape[:2])
-            if len(boxes) < 1:
-                texts.append("")  # no text: nothing to recognise
-                continue
-            crops = [_crop(img, box) for box in RapidOCR.sorted_boxes(boxes)]
-            crops, _, _ = self._cls(crops)
-            recognised, _ = self._rec(crops)
-            self.calls["cls"] += 1
-            self.calls["rec"] += 1
-            texts.append(" ".join(str(text) for text, score, *_ in recognised if float(score) >= self._text_score))
-        return texts
-
-
-def _cores() -> int:
-    """The cores this process may run on (all of the machine's where the OS cannot say)."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity else os.cpu_count() or 1
-
-
-OCR_DEVICES = "cpu, auto, cuda or cuda:<i>"
-
-
-def ocr_providers(device: str) -> list[Any]:
-    """ONNX Runtime execution providers for ``device``: the same models on ``cuda[:i]`` through onnxruntime-gpu's
-    ``CUDAExecutionProvider`` (device ``i``; the CPU provider after it runs any operator CUDA lacks), on ``cpu`` the
-    CPU provider alone; ``auto`` is CUDA device 0 where the installed onnxruntime has the CUDA provider, else the
-    CPU (the OCR then runs on CPU workers as before).
-
-    Raises:
-        ValueError: an unknown device, or ``cuda`` where onnxruntime has no CUDA provider (install onnxruntime-gpu
-            in place of onnxruntime; the rapidocr-onnxruntime wheel pulls in the CPU build).
-    """
-    import onnxruntime as ort
-
-    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    if device == "auto":
-        device = "cuda" if cuda else "cpu"
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    kind, _, index = device.partition(":")
-    if kind != "cuda" or not (index == "" or index.isdigit()):
-        raise ValueError(f"unknown OCR device {device!r}; expected {OCR_DEVICES}")
-    if not cuda:
-        raise ValueError(
-            f"OCR device {device!r}: onnxruntime {ort.__version__} has no CUDAExecutionProvider (providers: "
-            f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu, or use the cpu device"
-        )
-    return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
-
-
-def _session(model_path: str, threads: int, providers: list[Any] | None = None) -> Any:
-    """An ONNX Runtime session (``providers``, default the CPU's) for a machine shared with other work: ``threads``
-    intra-op threads that sleep instead of spinning when idle (spinning threads took the core from the other
-    process's work: on 2 loaded cores the detector ran at 4.2-5.3 images/s with the library's settings, 7.6 without
-    spinning), one inter-op thread, sequential execution, the memory arena on (the library turns it off; buffers are
-    then allocated per run)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.enable_cpu_mem_arena = True
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return ort.InferenceSession(model_path, sess_options=options, providers=providers or ["CPUExecutionProvider"])
-
-
-def _crop(img: Any, points: Any) -> Any:
-    """The library's crop of a detected box: perspective-warped upright, tall crops turned (``get_crop_img_list``)."""
-    import cv2
-    import numpy as np
-
-    points = np.asarray(points, dtype=np.float32)
-    width = int(max(np.linalg.norm(points[0] - points[1]), np.linalg.norm(points[2] - points[3])))
-    height = int(max(np.linalg.norm(points[0] - points[3]), np.linalg.norm(points[1] - points[2])))
-    target = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float32)
-    matrix = cv2.getPerspectiveTransform(points, target)
-    crop = cv2.warpPerspective(img, matrix, (width, height), borderMode=cv2.BORDER_REPLICATE, flags=cv2.INTER_CUBIC)
-    return np.rot90(crop) if crop.shape[0] * 1.0 / crop.shape[1] >= 1.5 else crop
+__all__ = ["DET_SIDE", "ENGINES", "OCR_DEVICES", "OcrEngine", "RapidOcrEngine", "ocr_providers", "run_ocr",
+           "run_ocr_shards", "shows_name"]  # fmt: skip
 
 
 def shows_name(name: str, text: str) -> bool:
@@ -446,8 +220,8 @@ def _ocr_all(
     names = dict(zip(catalog["wnid"], catalog["name"], strict=True))
     workers = max(1, min(workers, len(todo)))
     if engine_factory is None:
-        cores = threads or max(1, _cores() // workers)
-        engine_factory = functools.partial(RapidOcrEngine, threads=cores, device=device)
+        per_worker = threads or max(1, cores() // workers)
+        engine_factory = functools.partial(RapidOcrEngine, threads=per_worker, device=device)
 
     def finish(shard: str, record: dict[str, Any]) -> None:
         record.update(part=shard, config_hash=plan.part_hash, identity=plan.identities[shard])
