@@ -30,7 +30,7 @@ from laionet.core.manifest import Manifest, read_manifest, write_manifest
 from laionet.core.stage import StageBusyError, UpstreamError, stage_lock
 from laionet.evaluation.evaluate import run_accuracy
 from laionet.evaluation.variants import run_variants
-from laionet.images.ocr import run_ocr
+from laionet.images.ocr import run_ocr, run_ocr_shards
 from laionet.images.references import ingest
 from laionet.images.verify import run_verify
 from laionet.selection.select import SelectionConfig, run_select
@@ -159,6 +159,7 @@ STAGES: dict[str, tuple[str, Callable[[dict[str, str], str, str], Any]]] = {
             w["shards_a"], w["catalog"], out, engine_factory=PixelOcr, quarantine=w["quarantine"] if c == "b" else None
         ),
     ),
+    "ocr-groups": ("out", lambda w, c, out: _ocr_groups(w, c, out)),
     "variants": (
         "out",
         lambda w, c, out: run_variants(
@@ -171,6 +172,17 @@ STAGES: dict[str, tuple[str, Callable[[dict[str, str], str, str], Any]]] = {
         lambda w, c, out: run_accuracy(w["predictions"], w["labels"], out, n_boot=20 if c == "a" else 30),
     ),
 }
+
+
+def _ocr_groups(world: dict[str, str], config: str, out: str) -> Any:
+    """OCR as the acquire flow fans it out: one ``run_ocr_shards`` per shard group (unlocked), then ``run_ocr``
+    writes the manifest; a kill inside any group must leave the output visibly incomplete."""
+    from laionet.images.shards import shard_groups
+
+    quarantine = world["quarantine"] if config == "b" else None
+    for group in shard_groups(world["shards_a"], 2):
+        run_ocr_shards(world["shards_a"], world["catalog"], out, group, engine_factory=PixelOcr, quarantine=quarantine)
+    return run_ocr(world["shards_a"], world["catalog"], out, engine_factory=PixelOcr, quarantine=quarantine)
 
 
 def _infer(world: dict[str, str], config: str, out: str) -> Any:
