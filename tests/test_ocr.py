@@ -272,6 +272,21 @@ def test_shard_groups_then_a_final_call_give_the_serial_run(tmp_path) -> None:
         run_ocr_shards(shards, catalog, str(out), ["99999"], InkOcr)
 
 
+def test_a_shard_group_stats_only_its_own_shards(tmp_path, monkeypatch) -> None:
+    """A group task looks at its shards only (on object storage every look is a request; 80k shards per task
+    would be 80k requests), not at every shard of the stage."""
+    from laionet.images.ocr import run_ocr_shards
+    from laionet.images.shards import shard_groups
+
+    catalog, shards = _tiny_stage(tmp_path)
+    seen: list[str] = []
+    real = ocr.input_identity
+    monkeypatch.setattr(ocr, "input_identity", lambda path: seen.append(path) or real(path))
+    group = shard_groups(shards, 3)[1]
+    assert run_ocr_shards(shards, catalog, str(tmp_path / "out"), group, InkOcr) == len(group) == 2
+    assert seen == group
+
+
 def test_ocr_device_picks_onnxruntime_providers(monkeypatch) -> None:
     """`cuda[:i]` runs the same models through onnxruntime-gpu's CUDA provider on device i; `auto` is CUDA only where
     the installed onnxruntime has that provider (here it does not: the CPU); a CUDA request without it, or an unknown

@@ -141,14 +141,9 @@ def run_ocr_shards(
     finds them done and writes it). Groups must be disjoint; they may run at once, in any process or machine that
     sees ``out_dir``. The output is marked incomplete before the first shard is touched. Returns the number of
     shards OCR'd by this call (0: all were done)."""
-    plan = _plan(shards_dir, catalog_path, quarantine)
-    wanted = set(only)
-    unknown = wanted - set(plan.shards) - {_stem(s) for s in plan.shards}
-    if unknown:
-        raise ValueError(f"OCR of {shards_dir}: {sorted(unknown)[:5]} not among its {len(plan.shards)} shards")
-    mine = [s for s in plan.shards if s in wanted or _stem(s) in wanted]
-    records, todo = plan.records(out_dir, mine)
-    _log.info("OCR of %d of %d shards of %s → %s (%d done before)", len(todo), len(mine), shards_dir, out_dir,
+    plan = _plan(shards_dir, catalog_path, quarantine, only)
+    records, todo = plan.records(out_dir)
+    _log.info("OCR of %d of %d shards of %s → %s (%d done before)", len(todo), len(plan.shards), shards_dir, out_dir,
               len(records))  # fmt: skip
     if todo:  # visibly incomplete until the final call writes the manifest
         begin(out_dir, "", locked=False)
@@ -165,7 +160,7 @@ def _stem(shard: str) -> str:
 @dataclass
 class _Plan:
     """What a call of the stage works from: its shards and their identities, the class names, the quarantined keys,
-    the hash part records are written under and the hash of the whole stage."""
+    the hash part records are written under and the hash of the whole stage ("" for a group of it)."""
 
     shards: list[str]
     identities: dict[str, dict[str, Any]]
@@ -174,11 +169,11 @@ class _Plan:
     part_hash: str
     chash: str
 
-    def records(self, out_dir: str, shards: list[str] | None = None) -> tuple[dict[str, dict[str, Any]], list[str]]:
-        """The current part records of ``shards`` (default: all) and the shards without one, in order."""
+    def records(self, out_dir: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """The current part records of the plan's shards and the shards without one, in order."""
         records: dict[str, dict[str, Any]] = {}
         todo = []
-        for shard in self.shards if shards is None else shards:
+        for shard in self.shards:
             record = read_part_record(out_dir, shard, self.part_hash, self.identities[shard])
             if record is None:
                 todo.append(shard)
@@ -187,8 +182,20 @@ class _Plan:
         return records, todo
 
 
-def _plan(shards_dir: str, catalog_path: str, quarantine: str | None) -> _Plan:
+def _plan(shards_dir: str, catalog_path: str, quarantine: str | None, only: Sequence[str] | None = None) -> _Plan:
+    """What a call works from. With ``only`` (paths or stems of a group), the plan holds just those shards and no
+    stage hash: a group task stats its own shards, not every shard of the stage (on object storage, a request each).
+
+    Raises:
+        ValueError: a shard of ``only`` is not one of the stage's.
+    """
     shards = list_shards(shards_dir)
+    if only is not None:
+        wanted = set(only)
+        unknown = wanted - set(shards) - {_stem(s) for s in shards}
+        if unknown:
+            raise ValueError(f"OCR of {shards_dir}: {sorted(unknown)[:5]} not among its {len(shards)} shards")
+        shards = [s for s in shards if s in wanted or _stem(s) in wanted]
     require_file_input(catalog_path, "catalog", hint="re-run `laionet catalog`")
     bad: set[str] = set()
     if quarantine is not None:
@@ -198,7 +205,11 @@ def _plan(shards_dir: str, catalog_path: str, quarantine: str | None) -> _Plan:
         {"catalog": file_digest(catalog_path), "quarantine": file_digest(quarantine) if quarantine else None}
     )
     identities = {shard: input_identity(shard) for shard in shards}
-    chash = config_hash({"part_hash": part_hash, "shards": [[s, identities[s]] for s in shards]})
+    chash = (
+        ""
+        if only is not None
+        else config_hash({"part_hash": part_hash, "shards": [[s, identities[s]] for s in shards]})
+    )
     return _Plan(shards, identities, catalog_path, bad, part_hash, chash)
 
 
