@@ -12,7 +12,8 @@ File contracts (what the inference stage writes and these drivers read; extra co
 - embeddings: ``<stem>.npy`` (float16/32 (N, D), L2-normalised) with ``<stem>.keys.parquet`` (``key``, N rows), e.g.
   the glob ``inference/<dataset>/<model>/*.npy``;
 - per-class accuracy: ``per_class.parquet`` of ``run_accuracy`` (``class``, ``n``, ``correct@k``, ``recall@k``).
-Outputs are tidy parquet tables plus a manifest whose counts add up.
+Outputs are tidy parquet tables plus a manifest whose counts add up. The per-class comparisons (intra-class, recall
+difference, own similarity) run in one pass, or per class group and then merged, through ``per_class``'s drivers.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from laionet.core.stage import rebuilds
 from laionet.core.tables import expand as _glob
 from laionet.core.tables import read_columns
 from laionet.core.tables import read_file_columns as _read
-from laionet.evaluation.groups import by_class, check_group, concat_parts, in_group
+from laionet.evaluation.groups import by_class, in_group
 from laionet.evaluation.metrics import (
     bootstrap_interval,
     compared_accuracy,
@@ -40,6 +41,7 @@ from laionet.evaluation.metrics import (
     recall_difference,
     weighted_accuracy,
 )
+from laionet.evaluation.per_class import PerClassStatistic, merge_statistic, run_statistic, run_statistic_group
 from laionet.evaluation.stats import (
     compare_bootstrap,
     compare_means,
@@ -224,8 +226,15 @@ def _intra_tables(
     }
 
 
-def _intra_finish(tables: dict[str, pd.DataFrame], min_pairs: int) -> dict[str, pd.DataFrame]:
-    """The intra-class stage's tables from its per-class tables (of one pass, or the groups' concatenated)."""
+_IntraData = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # embeddings and classes of A, then of B
+
+
+def _intra_finish(
+    tables: dict[str, pd.DataFrame], data: _IntraData | None, config: dict[str, Any], counts: dict[str, Any]
+) -> tuple[dict[str, pd.DataFrame], dict[str, Any], dict[str, Any]]:
+    """The intra-class stage's tables from its per-class tables (of one pass, or the groups' concatenated), its counts
+    and its manifest's ``extra``."""
+    min_pairs = config["min_pairs"]
     min_images = int(np.ceil((1 + np.sqrt(1 + 8 * min_pairs)) / 2))
     boot, paper = by_class(tables["compare_bootstrap"]), by_class(tables["compare_paper"])
     common = set(boot["class"]) & set(paper["class"])
@@ -240,67 +249,11 @@ def _intra_finish(tables: dict[str, pd.DataFrame], min_pairs: int) -> dict[str, 
     out["summary"] = pd.DataFrame(
         [{"method": m, **proportions(out[f"compare_{m}"]), "class_set": class_set} for m in ("bootstrap", "paper")]
     )
-    return out
+    return out, counts, {"proportions": out["summary"].to_dict("records")}
 
 
-def _write_tables(out_dir: str, tables: dict[str, pd.DataFrame]) -> list[str]:
-    outputs = []
-    for name, table in tables.items():
-        path = join(out_dir, f"{name}.parquet")
-        write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False), path)
-        outputs.append(path)
-    return outputs
-
-
-def _read_parts(part_dirs: Sequence[str], stage: str) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
-    """The groups' per-class tables, concatenated per kind, and the first part's ``extra["counts"]`` (every group
-    counts the whole stage's inputs alike). Each part must be complete and one group of the same split."""
-    from laionet.core.stage import require_complete
-
-    if not part_dirs:
-        raise ValueError(f"{stage}: no class-group parts to merge")
-    frames: dict[str, list[pd.DataFrame]] = {}
-    counts: dict[str, Any] = {}
-    seen = set()
-    for part in part_dirs:
-        manifest = require_complete(part, f"{stage}-group", hint=f"re-run the {stage} group task of {part}")
-        seen.add((manifest.config["group"], manifest.config["groups"]))
-        counts = counts or dict(manifest.extra["counts"])
-        for path in manifest.outputs:
-            name = path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".parquet")
-            frames.setdefault(name, []).append(pd.read_parquet(path))
-    groups = {g for _, g in seen}
-    if len(groups) != 1 or {g for g, _ in seen} != set(range(next(iter(groups)))):
-        raise ValueError(f"{stage}: the parts {list(part_dirs)} are not every group of one split: {sorted(seen)}")
-    return {name: concat_parts(parts) for name, parts in frames.items()}, counts
-
-
-def _part_manifest(
-    stage: str,
-    config: dict[str, Any],
-    outputs: list[str],
-    inputs: list[str],
-    rows: int,
-    counts: dict[str, Any],
-    timer: Timer,
-) -> Manifest:
-    return Manifest(
-        stage=f"{stage}-group",
-        config=config,
-        config_hash=config_hash(config),
-        inputs=inputs,
-        outputs=outputs,
-        rows_in=rows,
-        rows_out=rows,
-        dropped={},
-        wall_time_s=timer.elapsed,
-        extra={"counts": counts},
-    )
-
-
-def _intra_inputs(
-    embeddings_a: str, labels_a: str, embeddings_b: str, labels_b: str, flags_a: str | None, flags_b: str | None
-) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], dict[str, Any]]:
+def _intra_inputs(config: dict[str, Any]) -> tuple[_IntraData, dict[str, Any]]:
+    (embeddings_a, labels_a, flags_a), (embeddings_b, labels_b, flags_b) = config["a"], config["b"]
     emb_a, cls_a, unlabelled_a, flagged_a = _labelled(embeddings_a, labels_a, flags_a)
     emb_b, cls_b, unlabelled_b, flagged_b = _labelled(embeddings_b, labels_b, flags_b)
     counts: dict[str, Any] = {
@@ -309,6 +262,12 @@ def _intra_inputs(
         "dropped": {"no_label": unlabelled_a + unlabelled_b, "flagged": flagged_a + flagged_b},
     }
     return (emb_a, cls_a, emb_b, cls_b), counts
+
+
+def _intra_select(data: _IntraData, group: int, groups: int) -> _IntraData:
+    emb_a, cls_a, emb_b, cls_b = data
+    ka, kb = in_group(cls_a, group, groups), in_group(cls_b, group, groups)
+    return emb_a[ka], cls_a[ka], emb_b[kb], cls_b[kb]
 
 
 def _intra_config(
@@ -333,25 +292,20 @@ def _intra_config(
     }
 
 
-def _intra_manifest(
-    out_dir: str, tables: dict[str, pd.DataFrame], config: dict[str, Any], counts: dict[str, Any], timer: Timer
-) -> Manifest:
-    outputs = _write_tables(out_dir, tables)
-    a, b = config["a"], config["b"]
-    manifest = Manifest(
-        stage="intra-class",
-        config=config,
-        config_hash=config_hash(config),
-        inputs=[p for p in (*a, *b) if p],
-        outputs=outputs,
-        rows_in=int(counts["rows_in"]),
-        rows_out=int(counts["rows_out"]),
-        dropped=dict(counts["dropped"]),
-        wall_time_s=timer.elapsed,
-        extra={"proportions": tables["summary"].to_dict("records")},
-    )
-    write_manifest(out_dir, manifest)
-    return manifest
+def _paths(config: dict[str, Any]) -> list[str]:
+    """The input paths of a comparison whose config lists them per dataset (``a``, ``b``; None: not given)."""
+    return [p for p in (*config["a"], *config["b"]) if p]
+
+
+_INTRA_CLASS = PerClassStatistic[_IntraData](
+    stage="intra-class",
+    read=_intra_inputs,
+    select=_intra_select,
+    tables=lambda data, c: _intra_tables(*data, c["cap"], c["n_boot"], c["seed"], c["min_pairs"]),
+    rows=lambda data, tables: len(data[1]) + len(data[3]),
+    finish=_intra_finish,
+    inputs=_paths,
+)
 
 
 @rebuilds("intra-class")
@@ -379,15 +333,10 @@ def run_intra_class(
     min(#pairs A, #pairs B, 100) of pair similarities drawn with replacement from each dataset, pooled.
 
     The same tables, split by class group: ``run_intra_class_group`` per group, then ``merge_intra_class``."""
-    timer = Timer()
-    (emb_a, cls_a, emb_b, cls_b), counts = _intra_inputs(
-        embeddings_a, labels_a, embeddings_b, labels_b, flags_a, flags_b
-    )
-    tables = _intra_finish(_intra_tables(emb_a, cls_a, emb_b, cls_b, cap, n_boot, seed, min_pairs), min_pairs)
     config = _intra_config(
         embeddings_a, labels_a, flags_a, embeddings_b, labels_b, flags_b, cap, n_boot, seed, min_pairs
     )
-    return _intra_manifest(out_dir, tables, config, counts, timer)
+    return run_statistic(_INTRA_CLASS, config, out_dir)
 
 
 @rebuilds("intra-class-group", target="part_dir")
@@ -407,29 +356,10 @@ def run_intra_class_group(
     min_pairs: int = 7,
 ) -> Manifest:
     """One class group of ``run_intra_class`` (``groups.class_group``): its per-class tables in ``part_dir``."""
-    check_group(group, groups)
-    timer = Timer()
-    (emb_a, cls_a, emb_b, cls_b), counts = _intra_inputs(
-        embeddings_a, labels_a, embeddings_b, labels_b, flags_a, flags_b
+    config = _intra_config(
+        embeddings_a, labels_a, flags_a, embeddings_b, labels_b, flags_b, cap, n_boot, seed, min_pairs
     )
-    ka, kb = in_group(cls_a, group, groups), in_group(cls_b, group, groups)
-    tables = _intra_tables(emb_a[ka], cls_a[ka], emb_b[kb], cls_b[kb], cap, n_boot, seed, min_pairs)
-    config = {
-        **_intra_config(embeddings_a, labels_a, flags_a, embeddings_b, labels_b, flags_b, cap, n_boot, seed, min_pairs),
-        "group": group,
-        "groups": groups,
-    }
-    manifest = _part_manifest(
-        "intra-class",
-        config,
-        _write_tables(part_dir, tables),
-        [p for p in (embeddings_a, labels_a, flags_a, embeddings_b, labels_b, flags_b) if p],
-        int(ka.sum() + kb.sum()),
-        counts,
-        timer,
-    )
-    write_manifest(part_dir, manifest)
-    return manifest
+    return run_statistic_group(_INTRA_CLASS, config, part_dir, group, groups)
 
 
 @rebuilds("intra-class")
@@ -449,13 +379,10 @@ def merge_intra_class(
 ) -> Manifest:
     """``run_intra_class``'s output from the parts of every class group (``run_intra_class_group``): the same tables
     and manifest (same config, same config hash) as one pass."""
-    timer = Timer()
-    parts, counts = _read_parts(part_dirs, "intra-class")
-    tables = _intra_finish(parts, min_pairs)
     config = _intra_config(
         embeddings_a, labels_a, flags_a, embeddings_b, labels_b, flags_b, cap, n_boot, seed, min_pairs
     )
-    return _intra_manifest(out_dir, tables, config, counts, timer)
+    return merge_statistic(_INTRA_CLASS, config, out_dir, part_dirs)
 
 
 def _verdict_label(table: pd.DataFrame) -> pd.Series:
@@ -509,17 +436,19 @@ def _recall_tables(
 def _recall_config(
     per_class_a: str,
     per_class_b: str,
-    ks: list[int],
+    ks: Sequence[int] | None,
     method: str,
     n_boot: int,
     seed: int,
     level: float,
     weights: str | None,
-) -> dict[str, object]:
+) -> dict[str, Any]:
+    """The recall-difference config as asked (``ks`` None: every k of both tables, settled by ``_RECALL_DIFFERENCE``
+    once the tables are read)."""
     return {
         "a": per_class_a,
         "b": per_class_b,
-        "ks": ks,
+        "ks": list(ks) if ks is not None else None,
         "method": method,
         "n_boot": n_boot,
         "seed": seed,
@@ -528,16 +457,17 @@ def _recall_config(
     }
 
 
+_RecallData = tuple[pd.DataFrame, pd.DataFrame, list[int]]  # the per-class accuracy tables of A and B, the ks compared
+
+
 def _recall_finish(
-    out_dir: str,
-    tables: dict[str, pd.DataFrame],
-    a: pd.DataFrame,
-    b: pd.DataFrame,
-    config: dict[str, Any],
-    timer: Timer,
-) -> Manifest:
-    """Writes the recall-difference stage's outputs from its per-class tables (of one pass or the class groups'):
-    the tables per k, the summary, the pair's accuracy, the manifest."""
+    tables: dict[str, pd.DataFrame], data: _RecallData | None, config: dict[str, Any], counts: dict[str, Any]
+) -> tuple[dict[str, pd.DataFrame], dict[str, Any], dict[str, Any]]:
+    """The recall-difference stage's tables from its per-class tables (of one pass or the class groups'): the tables
+    per k, the summary, the pair's accuracy; its counts (classes) and its manifest's ``extra``."""
+    if data is None:
+        raise ValueError("recall-difference: the per-class accuracy tables are needed to finish")
+    a, b, _ = data
     chosen, method, weights = config["ks"], config["method"], config["weights"]
     n_boot, seed, level = config["n_boot"], config["seed"], config["level"]
     classes_a, classes_b = set(a["class"]), set(b["class"])
@@ -547,12 +477,9 @@ def _recall_finish(
         "only_in_b": len(classes_b - classes_a),
         "no_scored_samples": len((classes_a & classes_b) - scored),
     }
-    outputs, rows = [], []
+    out, rows = {}, []
     for k in chosen:
-        table = by_class(tables[f"recall_at_{k}"])
-        path = join(out_dir, f"recall_at_{k}.parquet")
-        write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False), path)
-        outputs.append(path)
+        table = out[f"recall_at_{k}"] = by_class(tables[f"recall_at_{k}"])
         shares = proportions(table)
         rows.append(
             {
@@ -566,27 +493,28 @@ def _recall_finish(
                 "mean_delta": float(table["delta"].mean()) if len(table) else float("nan"),
             }
         )
-    summary = pd.DataFrame(rows)
-    outputs.append(join(out_dir, "summary.parquet"))
-    write_parquet_atomic(pa.Table.from_pandas(summary, preserve_index=False), outputs[-1])
+    out["summary"] = pd.DataFrame(rows)
     share = read_columns(weights, ["class_index", "share"]).set_index("class_index")["share"] if weights else None
-    accuracy = _pair_accuracy(a, b, chosen, share, n_boot, seed, level)
-    outputs.append(join(out_dir, "accuracy.parquet"))
-    write_parquet_atomic(pa.Table.from_pandas(accuracy, preserve_index=False), outputs[-1])
-    manifest = Manifest(
-        stage="recall-difference",
-        config=config,
-        config_hash=config_hash(config),
-        inputs=[config["a"], config["b"], *([weights] if weights else [])],
-        outputs=outputs,
-        rows_in=len(classes_a | classes_b),
-        rows_out=len(scored),
-        dropped=dropped,
-        wall_time_s=timer.elapsed,
-        extra={"proportions": summary.to_dict("records")},
-    )
-    write_manifest(out_dir, manifest)
-    return manifest
+    out["accuracy"] = _pair_accuracy(a, b, chosen, share, n_boot, seed, level)
+    totals = {"rows_in": len(classes_a | classes_b), "rows_out": len(scored), "dropped": dropped}
+    return out, totals, {"proportions": out["summary"].to_dict("records")}
+
+
+_RECALL_DIFFERENCE = PerClassStatistic[_RecallData](
+    stage="recall-difference",
+    read=lambda c: (_recall_inputs(c["a"], c["b"], c["ks"], c["method"]), {}),
+    select=lambda data, group, groups: (
+        data[0][in_group(data[0]["class"], group, groups)],
+        data[1][in_group(data[1]["class"], group, groups)],
+        data[2],
+    ),
+    tables=lambda data, c: _recall_tables(data[0], data[1], c["ks"], c["method"], c["n_boot"], c["seed"], c["level"]),
+    rows=lambda data, tables: sum(len(t) for t in tables.values()),
+    finish=_recall_finish,
+    inputs=lambda c: [c["a"], c["b"], *([c["weights"]] if c["weights"] else [])],
+    settle=lambda c, data: {**c, "ks": data[2]},
+    merge_reads=True,
+)
 
 
 @rebuilds("recall-difference")
@@ -619,11 +547,8 @@ def run_recall_difference(
     ``mean_delta``). ``ks`` defaults to every k with a ``recall@k`` column in both tables. Counts: classes in either
     table = compared + dropped (``only_in_a``, ``only_in_b``, ``no_scored_samples``: in both, but without a scored
     sample in one)."""
-    timer = Timer()
-    a, b, chosen = _recall_inputs(per_class_a, per_class_b, ks, method)
-    tables = _recall_tables(a, b, chosen, method, n_boot, seed, level)
-    config = _recall_config(per_class_a, per_class_b, chosen, method, n_boot, seed, level, weights)
-    return _recall_finish(out_dir, tables, a, b, config, timer)
+    config = _recall_config(per_class_a, per_class_b, ks, method, n_boot, seed, level, weights)
+    return run_statistic(_RECALL_DIFFERENCE, config, out_dir)
 
 
 @rebuilds("recall-difference-group", target="part_dir")
@@ -641,21 +566,8 @@ def run_recall_difference_group(
     weights: str | None = None,
 ) -> Manifest:
     """One class group of ``run_recall_difference``: its per-class tables (``recall_at_<k>``) in ``part_dir``."""
-    check_group(group, groups)
-    timer = Timer()
-    a, b, chosen = _recall_inputs(per_class_a, per_class_b, ks, method)
-    a, b = a[in_group(a["class"], group, groups)], b[in_group(b["class"], group, groups)]
-    tables = _recall_tables(a, b, chosen, method, n_boot, seed, level)
-    config = {
-        **_recall_config(per_class_a, per_class_b, chosen, method, n_boot, seed, level, weights),
-        "group": group,
-        "groups": groups,
-    }
-    rows = sum(len(t) for t in tables.values())
-    inputs = [per_class_a, per_class_b, *([weights] if weights else [])]
-    manifest = _part_manifest("recall-difference", config, _write_tables(part_dir, tables), inputs, rows, {}, timer)
-    write_manifest(part_dir, manifest)
-    return manifest
+    config = _recall_config(per_class_a, per_class_b, ks, method, n_boot, seed, level, weights)
+    return run_statistic_group(_RECALL_DIFFERENCE, config, part_dir, group, groups)
 
 
 @rebuilds("recall-difference")
@@ -672,11 +584,8 @@ def merge_recall_difference(
     weights: str | None = None,
 ) -> Manifest:
     """``run_recall_difference``'s output from the parts of every class group: the same tables and manifest."""
-    timer = Timer()
-    a, b, chosen = _recall_inputs(per_class_a, per_class_b, ks, method)
-    tables, _ = _read_parts(part_dirs, "recall-difference")
-    config = _recall_config(per_class_a, per_class_b, chosen, method, n_boot, seed, level, weights)
-    return _recall_finish(out_dir, tables, a, b, config, timer)
+    config = _recall_config(per_class_a, per_class_b, ks, method, n_boot, seed, level, weights)
+    return merge_statistic(_RECALL_DIFFERENCE, config, out_dir, part_dirs)
 
 
 def _pair_accuracy(
@@ -779,10 +688,14 @@ def _own_tables(
 
 
 OWN_GROUPS = ["a", "a_matched", "b"]
+_OwnData = tuple[dict[object, np.ndarray], dict[object, np.ndarray]]  # the own scores of A and of B, per class
 
 
-def _own_finish(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """The own-similarity stage's tables from its per-class tables (of one pass, or the groups' concatenated)."""
+def _own_finish(
+    tables: dict[str, pd.DataFrame], data: _OwnData | None, config: dict[str, Any], counts: dict[str, Any]
+) -> tuple[dict[str, pd.DataFrame], dict[str, Any], dict[str, Any]]:
+    """The own-similarity stage's tables from its per-class tables (of one pass, or the groups' concatenated), its
+    counts and its manifest's ``extra``."""
     per_class = by_class(tables["per_class"])
     distribution = by_class(tables["distribution"], "group", OWN_GROUPS)
     pooled_b = distribution.loc[distribution["group"] == "b", "value"].to_numpy()
@@ -806,12 +719,15 @@ def _own_finish(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
                 "ks_vs_b": ks_statistic(v, pooled_b),
             }
         )
-    return {"per_class": per_class, "distribution": distribution, "summary": pd.DataFrame(rows)}
+    extra = {
+        "proportions": proportions(per_class),
+        **{k: counts[k] for k in ("dropped_a", "dropped_b", "classes_a", "classes_b", "classes_common")},
+    }
+    return {"per_class": per_class, "distribution": distribution, "summary": pd.DataFrame(rows)}, counts, extra
 
 
-def _own_inputs(
-    predictions_a: str, labels_a: str, predictions_b: str, labels_b: str, flags_a: str | None, flags_b: str | None
-) -> tuple[dict[object, np.ndarray], dict[object, np.ndarray], dict[str, Any]]:
+def _own_inputs(config: dict[str, Any]) -> tuple[_OwnData, dict[str, Any]]:
+    (predictions_a, labels_a, flags_a), (predictions_b, labels_b, flags_b) = config["a"], config["b"]
     values_a, rows_a, dropped_a = _scores(predictions_a, labels_a, flags_a)
     values_b, rows_b, dropped_b = _scores(predictions_b, labels_b, flags_b)
     counts = {
@@ -824,7 +740,14 @@ def _own_inputs(
         "classes_b": len(values_b),
         "classes_common": len([c for c in values_a if c in values_b]),
     }
-    return values_a, values_b, counts
+    return (values_a, values_b), counts
+
+
+def _own_select(data: _OwnData, group: int, groups: int) -> _OwnData:
+    values_a, values_b = data
+    mine_a = {c: v for c, v in values_a.items() if in_group([c], group, groups)[0]}
+    mine_b = {c: v for c, v in values_b.items() if in_group([c], group, groups)[0]}
+    return mine_a, mine_b
 
 
 def _own_config(
@@ -847,27 +770,15 @@ def _own_config(
     }
 
 
-def _own_manifest(
-    out_dir: str, tables: dict[str, pd.DataFrame], config: dict[str, Any], counts: dict[str, Any], timer: Timer
-) -> Manifest:
-    outputs = _write_tables(out_dir, tables)
-    manifest = Manifest(
-        stage="own-similarity",
-        config=config,
-        config_hash=config_hash(config),
-        inputs=[p for p in (*config["a"], *config["b"]) if p],
-        outputs=outputs,
-        rows_in=counts["rows_in"],
-        rows_out=counts["rows_out"],
-        dropped=counts["dropped"],
-        wall_time_s=timer.elapsed,
-        extra={
-            "proportions": proportions(tables["per_class"]),
-            **{k: counts[k] for k in ("dropped_a", "dropped_b", "classes_a", "classes_b", "classes_common")},
-        },
-    )
-    write_manifest(out_dir, manifest)
-    return manifest
+_OWN_SIMILARITY = PerClassStatistic[_OwnData](
+    stage="own-similarity",
+    read=_own_inputs,
+    select=_own_select,
+    tables=lambda data, c: _own_tables(*data, c["n_boot"], c["seed"], c["level"]),
+    rows=lambda data, tables: sum(len(v) for v in data[0].values()) + sum(len(v) for v in data[1].values()),
+    finish=_own_finish,
+    inputs=_paths,
+)
 
 
 @rebuilds("own-similarity")
@@ -895,11 +806,8 @@ def run_own_similarity(
     ``median``, ``q75``, ``q95``, and ``ks_vs_b`` (Kolmogorov-Smirnov statistic against ``b``).
     Manifest ``extra``: the share of classes where A is significantly lower / higher. Counts: labelled samples of
     A and B = scored + dropped (``no_prediction``, ``no_score`` (NaN), ``flagged``: in ``flags_a``/``flags_b``)."""
-    timer = Timer()
-    values_a, values_b, counts = _own_inputs(predictions_a, labels_a, predictions_b, labels_b, flags_a, flags_b)
-    tables = _own_finish(_own_tables(values_a, values_b, n_boot, seed, level))
     config = _own_config(predictions_a, labels_a, flags_a, predictions_b, labels_b, flags_b, n_boot, seed, level)
-    return _own_manifest(out_dir, tables, config, counts, timer)
+    return run_statistic(_OWN_SIMILARITY, config, out_dir)
 
 
 @rebuilds("own-similarity-group", target="part_dir")
@@ -918,22 +826,8 @@ def run_own_similarity_group(
     level: float = 0.95,
 ) -> Manifest:
     """One class group of ``run_own_similarity``: its per-class tables in ``part_dir``."""
-    check_group(group, groups)
-    timer = Timer()
-    values_a, values_b, counts = _own_inputs(predictions_a, labels_a, predictions_b, labels_b, flags_a, flags_b)
-    mine_a = {c: v for c, v in values_a.items() if in_group([c], group, groups)[0]}
-    mine_b = {c: v for c, v in values_b.items() if in_group([c], group, groups)[0]}
-    tables = _own_tables(mine_a, mine_b, n_boot, seed, level)
-    config = {
-        **_own_config(predictions_a, labels_a, flags_a, predictions_b, labels_b, flags_b, n_boot, seed, level),
-        "group": group,
-        "groups": groups,
-    }
-    rows = sum(len(v) for v in mine_a.values()) + sum(len(v) for v in mine_b.values())
-    inputs = [p for p in (predictions_a, labels_a, flags_a, predictions_b, labels_b, flags_b) if p]
-    manifest = _part_manifest("own-similarity", config, _write_tables(part_dir, tables), inputs, rows, counts, timer)
-    write_manifest(part_dir, manifest)
-    return manifest
+    config = _own_config(predictions_a, labels_a, flags_a, predictions_b, labels_b, flags_b, n_boot, seed, level)
+    return run_statistic_group(_OWN_SIMILARITY, config, part_dir, group, groups)
 
 
 @rebuilds("own-similarity")
@@ -951,8 +845,5 @@ def merge_own_similarity(
     level: float = 0.95,
 ) -> Manifest:
     """``run_own_similarity``'s output from the parts of every class group: the same tables and manifest."""
-    timer = Timer()
-    parts, counts = _read_parts(part_dirs, "own-similarity")
-    tables = _own_finish(parts)
     config = _own_config(predictions_a, labels_a, flags_a, predictions_b, labels_b, flags_b, n_boot, seed, level)
-    return _own_manifest(out_dir, tables, config, counts, timer)
+    return merge_statistic(_OWN_SIMILARITY, config, out_dir, part_dirs)
