@@ -10,10 +10,22 @@ import pandas as pd
 from prefect import task
 
 from laionet.core.manifest import join
-from laionet.evaluation.evaluate import run_accuracy, run_intra_class
+from laionet.evaluation.evaluate import (
+    merge_intra_class,
+    merge_own_similarity,
+    merge_recall_difference,
+    run_accuracy,
+    run_intra_class,
+    run_intra_class_group,
+    run_own_similarity,
+    run_own_similarity_group,
+    run_recall_difference,
+    run_recall_difference_group,
+)
 from tasks._common import below, publish, publish_table, run_name, stage_cache
 
 Manifest = dict[str, Any]
+_PREDICTIONS = "*.predictions.parquet"  # a model's predictions in its inference directory
 
 
 @task(
@@ -89,13 +101,8 @@ def intra_class(
 ) -> Manifest:
     """Intra-class similarity of two variants (embeddings of one model's inference directories) and their per-class
     comparison (bootstrap over images; paper mode); OCR-flagged samples excluded, as for accuracy."""
-    emb_a, emb_b = join(model_dir_a, "*.npy"), join(model_dir_b, "*.npy")
-    manifest = run_intra_class(
-        emb_a, labels_a, emb_b, labels_b, out_dir, cap, n_boot, seed,
-        flags_a=join(ocr_dir_a, "*.parquet") if ocr_dir_a else None,
-        flags_b=join(ocr_dir_b, "*.parquet") if ocr_dir_b else None,
-    )  # fmt: skip
-    return publish(manifest, out_dir)
+    inputs, flags = _comparison(model_dir_a, labels_a, model_dir_b, labels_b, ocr_dir_a, ocr_dir_b, "*.npy")
+    return publish(run_intra_class(*inputs, out_dir, cap, n_boot, seed, **flags), out_dir)
 
 
 @task(
@@ -107,11 +114,7 @@ def intra_class(
 def recall_difference(accuracy_a: str, accuracy_b: str, out_dir: str, weights: str | None = None) -> Manifest:
     """Per-class recall A − B of one model with confidence bounds (Appendix B), and the pair's accuracy over the
     classes both have, from two accuracy stage outputs (LAION-weighted too, with ``weights``)."""
-    from laionet.evaluation.evaluate import run_recall_difference
-
-    manifest = run_recall_difference(join(accuracy_a, "per_class.parquet"), join(accuracy_b, "per_class.parquet"),
-                                     out_dir, weights=weights)  # fmt: skip
-    return publish(manifest, out_dir)
+    return publish(run_recall_difference(*_per_class(accuracy_a, accuracy_b), out_dir, weights=weights), out_dir)
 
 
 @task(
@@ -133,14 +136,8 @@ def own_similarity(
 ) -> Manifest:
     """Image-to-own-synset similarity (the zero-shot model's ``own_score``) of A resampled to B's per-class counts,
     and per-class mean differences with bounds (Appendix C); OCR-flagged samples excluded."""
-    from laionet.evaluation.evaluate import run_own_similarity
-
-    manifest = run_own_similarity(
-        join(model_dir_a, "*.predictions.parquet"), labels_a, join(model_dir_b, "*.predictions.parquet"), labels_b,
-        out_dir, flags_a=join(ocr_dir_a, "*.parquet") if ocr_dir_a else None,
-        flags_b=join(ocr_dir_b, "*.parquet") if ocr_dir_b else None, n_boot=n_boot, seed=seed,
-    )  # fmt: skip
-    return publish(manifest, out_dir)
+    inputs, flags = _comparison(model_dir_a, labels_a, model_dir_b, labels_b, ocr_dir_a, ocr_dir_b, _PREDICTIONS)
+    return publish(run_own_similarity(*inputs, out_dir, n_boot=n_boot, seed=seed, **flags), out_dir)
 
 
 @task(
@@ -214,23 +211,8 @@ def intra_class_group(
     ocr_dir_b: str | None = None,
 ) -> Manifest:
     """One class group of ``intra_class`` (``out_dir``: the stage output it is part of) → ``part_dir``."""
-    from laionet.evaluation.evaluate import run_intra_class_group
-
-    manifest = run_intra_class_group(
-        join(model_dir_a, "*.npy"),
-        labels_a,
-        join(model_dir_b, "*.npy"),
-        labels_b,
-        part_dir,
-        group,
-        groups,
-        cap,
-        n_boot,
-        seed,
-        flags_a=_flags(ocr_dir_a),
-        flags_b=_flags(ocr_dir_b),
-    )
-    return manifest.model_dump(mode="json")
+    inputs, flags = _comparison(model_dir_a, labels_a, model_dir_b, labels_b, ocr_dir_a, ocr_dir_b, "*.npy")
+    return run_intra_class_group(*inputs, part_dir, group, groups, cap, n_boot, seed, **flags).model_dump(mode="json")
 
 
 @task(
@@ -253,22 +235,8 @@ def intra_class_merge(
     ocr_dir_b: str | None = None,
 ) -> Manifest:
     """``intra_class``'s output from the parts of every class group."""
-    from laionet.evaluation.evaluate import merge_intra_class
-
-    manifest = merge_intra_class(
-        join(model_dir_a, "*.npy"),
-        labels_a,
-        join(model_dir_b, "*.npy"),
-        labels_b,
-        out_dir,
-        part_dirs,
-        cap,
-        n_boot,
-        seed,
-        flags_a=_flags(ocr_dir_a),
-        flags_b=_flags(ocr_dir_b),
-    )
-    return publish(manifest, out_dir)
+    inputs, flags = _comparison(model_dir_a, labels_a, model_dir_b, labels_b, ocr_dir_a, ocr_dir_b, "*.npy")
+    return publish(merge_intra_class(*inputs, out_dir, part_dirs, cap, n_boot, seed, **flags), out_dir)
 
 
 @task(
@@ -281,15 +249,8 @@ def recall_difference_group(
     accuracy_a: str, accuracy_b: str, out_dir: str, part_dir: str, group: int, groups: int, weights: str | None = None
 ) -> Manifest:
     """One class group of ``recall_difference`` → ``part_dir``."""
-    from laionet.evaluation.evaluate import run_recall_difference_group
-
     manifest = run_recall_difference_group(
-        join(accuracy_a, "per_class.parquet"),
-        join(accuracy_b, "per_class.parquet"),
-        part_dir,
-        group,
-        groups,
-        weights=weights,
+        *_per_class(accuracy_a, accuracy_b), part_dir, group, groups, weights=weights
     )
     return manifest.model_dump(mode="json")
 
@@ -304,15 +265,7 @@ def recall_difference_merge(
     accuracy_a: str, accuracy_b: str, out_dir: str, part_dirs: list[str], weights: str | None = None
 ) -> Manifest:
     """``recall_difference``'s output from the parts of every class group."""
-    from laionet.evaluation.evaluate import merge_recall_difference
-
-    manifest = merge_recall_difference(
-        join(accuracy_a, "per_class.parquet"),
-        join(accuracy_b, "per_class.parquet"),
-        out_dir,
-        part_dirs,
-        weights=weights,
-    )
+    manifest = merge_recall_difference(*_per_class(accuracy_a, accuracy_b), out_dir, part_dirs, weights=weights)
     return publish(manifest, out_dir)
 
 
@@ -337,21 +290,8 @@ def own_similarity_group(
     seed: int = 0,
 ) -> Manifest:
     """One class group of ``own_similarity`` → ``part_dir``."""
-    from laionet.evaluation.evaluate import run_own_similarity_group
-
-    manifest = run_own_similarity_group(
-        join(model_dir_a, "*.predictions.parquet"),
-        labels_a,
-        join(model_dir_b, "*.predictions.parquet"),
-        labels_b,
-        part_dir,
-        group,
-        groups,
-        flags_a=_flags(ocr_dir_a),
-        flags_b=_flags(ocr_dir_b),
-        n_boot=n_boot,
-        seed=seed,
-    )
+    inputs, flags = _comparison(model_dir_a, labels_a, model_dir_b, labels_b, ocr_dir_a, ocr_dir_b, _PREDICTIONS)
+    manifest = run_own_similarity_group(*inputs, part_dir, group, groups, n_boot=n_boot, seed=seed, **flags)
     return manifest.model_dump(mode="json")
 
 
@@ -374,21 +314,28 @@ def own_similarity_merge(
     seed: int = 0,
 ) -> Manifest:
     """``own_similarity``'s output from the parts of every class group."""
-    from laionet.evaluation.evaluate import merge_own_similarity
+    inputs, flags = _comparison(model_dir_a, labels_a, model_dir_b, labels_b, ocr_dir_a, ocr_dir_b, _PREDICTIONS)
+    return publish(merge_own_similarity(*inputs, out_dir, part_dirs, n_boot=n_boot, seed=seed, **flags), out_dir)
 
-    manifest = merge_own_similarity(
-        join(model_dir_a, "*.predictions.parquet"),
-        labels_a,
-        join(model_dir_b, "*.predictions.parquet"),
-        labels_b,
-        out_dir,
-        part_dirs,
-        flags_a=_flags(ocr_dir_a),
-        flags_b=_flags(ocr_dir_b),
-        n_boot=n_boot,
-        seed=seed,
-    )
-    return publish(manifest, out_dir)
+
+def _comparison(
+    model_dir_a: str,
+    labels_a: str,
+    model_dir_b: str,
+    labels_b: str,
+    ocr_dir_a: str | None,
+    ocr_dir_b: str | None,
+    files: str,
+) -> tuple[tuple[str, str, str, str], dict[str, str | None]]:
+    """A comparison driver's inputs from a task's directories: (the ``files`` glob of each model directory and each
+    labels file, in the drivers' order A, labels A, B, labels B), and the OCR flags ``flags_a``, ``flags_b``."""
+    inputs = (join(model_dir_a, files), labels_a, join(model_dir_b, files), labels_b)
+    return inputs, {"flags_a": _flags(ocr_dir_a), "flags_b": _flags(ocr_dir_b)}
+
+
+def _per_class(accuracy_a: str, accuracy_b: str) -> tuple[str, str]:
+    """The per-class tables of two accuracy stage outputs."""
+    return join(accuracy_a, "per_class.parquet"), join(accuracy_b, "per_class.parquet")
 
 
 def _flags(ocr_dir: str | None) -> str | None:
