@@ -199,7 +199,9 @@ def compare(
 
 
 def _fast(spec: str) -> tuple[str, RapidOcrEngine]:
-    """``SIDE[:UPSCALE][@THREADS]`` → a labelled fast engine."""
+    """``SIDE[:UPSCALE][@THREADS][/RUNTIME]`` → a labelled fast engine."""
+    spec, _, precision = spec.partition("~")
+    spec, _, runtime = spec.partition("/")
     spec, _, threads = spec.partition("@")
     side, _, upscale = spec.partition(":")
     engine = RapidOcrEngine(
@@ -207,9 +209,12 @@ def _fast(spec: str) -> tuple[str, RapidOcrEngine]:
         threads=int(threads) if threads else None,
         det_side=int(side),
         det_upscale=float(upscale) if upscale else None,
+        runtime=runtime or None,
+        precision=precision or "f32",
     )
     cap = f", upscale <= {engine.det_upscale:g}" if engine.det_upscale else ""
-    return f"fast (det {engine.det_side}{cap}, {engine.threads} threads)", engine
+    runs_on = engine.runtime + (f"~{precision}" if precision else "")
+    return f"fast (det {engine.det_side}{cap}, {engine.threads} thr, {runs_on})", engine
 
 
 def main() -> None:
@@ -222,7 +227,8 @@ def main() -> None:
     parser.add_argument(
         "--fast",
         action="append",
-        help=f"a fast engine to compare, SIDE[:UPSCALE][@THREADS] (repeatable; default {DET_SIDE}: the defaults)",
+        help=f"a fast engine to compare, SIDE[:UPSCALE][@THREADS][/RUNTIME] (RUNTIME: openvino or onnxruntime; "
+        f"repeatable; default {DET_SIDE}: the defaults)",
     )
     args = parser.parse_args()
     t = time.perf_counter()

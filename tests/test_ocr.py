@@ -96,10 +96,11 @@ def _text_set() -> list[tuple[Image.Image, str]]:
     return out
 
 
-def test_fast_engine_flags_what_the_full_pipeline_flags() -> None:
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+def test_fast_engine_flags_what_the_full_pipeline_flags(runtime) -> None:
     images = _text_set()
     full = RapidOcrEngine(engine="full").read_many([image for image, _ in images])
-    fast = RapidOcrEngine(engine="fast").read_many([image for image, _ in images])
+    fast = RapidOcrEngine(engine="fast", runtime=runtime).read_many([image for image, _ in images])
     flags_full = [shows_name(name, text) for (_, name), text in zip(images, full, strict=True)]
     flags_fast = [shows_name(name, text) for (_, name), text in zip(images, fast, strict=True)]
     assert sum(flags_full) >= 8 and not all(flags_full)  # the set has both kinds, small text included
@@ -127,11 +128,17 @@ def test_images_without_a_detected_box_skip_recognition() -> None:
 
 def test_thread_settings_reach_every_session(monkeypatch) -> None:
     for threads in (1, 2):
-        engine = RapidOcrEngine(threads=threads)
+        engine = RapidOcrEngine(threads=threads, runtime="onnxruntime")
         for wrapper in engine.sessions():
             options = wrapper.session.get_session_options()
             assert (options.intra_op_num_threads, options.inter_op_num_threads) == (threads, 1)
             assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        engine = RapidOcrEngine(threads=threads, runtime="openvino")
+        for wrapper in engine.sessions():
+            assert wrapper.session.setting("INFERENCE_NUM_THREADS") == threads
+            assert wrapper.session.setting("NUM_STREAMS") == 1
+            assert wrapper.session.setting("ENABLE_CPU_PINNING") is False  # processes share the machine's cores
+            assert str(wrapper.session.setting("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2})
     assert RapidOcrEngine().threads == 3  # the cores this process may run on
     with pytest.raises(ValueError, match="unknown OCR engine"):
@@ -311,6 +318,39 @@ def test_ocr_device_picks_onnxruntime_providers(monkeypatch) -> None:
     )
     with pytest.raises(ValueError, match="unknown OCR device 'cuda:x'"):
         ocr_providers("cuda:x")
+
+
+def test_openvino_runs_the_same_models_as_onnxruntime(monkeypatch) -> None:
+    """On the CPU the fast engine runs the ONNX files on OpenVINO (fp32) where it is installed: the detector's map
+    is ONNX Runtime's within 1e-3 and the recognised texts are the same; ``$LAIONET_OCR_RUNTIME`` or the argument
+    chooses, CUDA always runs on ONNX Runtime, and a bad choice fails before any model is loaded."""
+    import numpy as np
+
+    from laionet.images.ocr_engine import ocr_runtime
+
+    images = [image for image, _ in _text_set()[:12]]
+    default, onnx = RapidOcrEngine(), RapidOcrEngine(runtime="onnxruntime")
+    assert (default.runtime, onnx.runtime) == ("openvino", "onnxruntime")
+    tensor = np.stack([default._det_input(default._prepared(image)) for image in images[:2]])
+    maps = [engine._det.infer(tensor)[0] for engine in (default, onnx)]
+    assert maps[0].shape == maps[1].shape == (2, 1, *tensor.shape[2:])
+    assert np.abs(maps[0] - maps[1]).max() < 1e-3 and maps[1].max() > 0.5  # text found, in both
+    texts = default.read_many(images)
+    assert texts == onnx.read_many(images) and sum(bool(text) for text in texts) >= 6
+    cpu, cuda = ["CPUExecutionProvider"], [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    assert ocr_runtime(None, cuda) == ocr_runtime("onnxruntime", cpu) == "onnxruntime"
+    monkeypatch.setenv("LAIONET_OCR_RUNTIME", "onnxruntime")
+    assert ocr_runtime(None, cpu) == "onnxruntime" and RapidOcrEngine().runtime == "onnxruntime"
+    assert ocr_runtime("openvino", cpu) == "openvino"  # the argument wins over the environment
+    monkeypatch.setenv("LAIONET_OCR_RUNTIME", "tensorrt")
+    with pytest.raises(ValueError, match=r"unknown OCR runtime 'tensorrt' \(argument or \$LAIONET_OCR_RUNTIME\)"):
+        RapidOcrEngine()
+    with pytest.raises(ValueError, match="CPU only"):
+        ocr_runtime("openvino", cuda)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    assert ocr_runtime("auto", cpu) == "onnxruntime"  # not installed: ONNX Runtime, as before
+    with pytest.raises(ValueError, match="pip install openvino"):
+        ocr_runtime("openvino", cpu)
 
 
 def test_ocr_tasks_take_a_device_slot_only_for_a_gpu(tmp_path, monkeypatch) -> None:
