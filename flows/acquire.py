@@ -22,7 +22,7 @@ from tasks.runners import gpu_options, task_runner
 
 
 # the task runner: LAIONET_TASK_RUNNER = threads, processes, ray, ray:// (tasks/runners.py)
-@flow(name="acquire", flow_run_name=flow_name("acquire"), task_runner=task_runner())
+@flow(name="acquire", persist_result=True, flow_run_name=flow_name("acquire"), task_runner=task_runner())
 def acquire(
     run_dir: str,
     preset: Preset | str = "demo",

@@ -22,7 +22,7 @@ from tasks.runners import gpu_options, task_runner
 
 
 # the task runner: LAIONET_TASK_RUNNER = threads, processes, ray, ray:// (tasks/runners.py)
-@flow(name="build", flow_run_name="build · {run_dir}", task_runner=task_runner())
+@flow(name="build", persist_result=True, flow_run_name="build · {run_dir}", task_runner=task_runner())
 def build(
     run_dir: str,
     classes: str = "imagenet1k",

@@ -18,7 +18,7 @@ from laionet.images.serve import ImageServer
 from laionet.text.openclipart import DEFAULT_BASE_URL, DEFAULT_ROOT
 
 
-@flow(name="demo", flow_run_name="demo · {run_dir}")
+@flow(name="demo", persist_result=True, flow_run_name="demo · {run_dir}")
 def demo(run_dir: str = "runs/demo", image_limit: int | None = None) -> dict[str, Any]:
     """Catalog → matching → similarity → selection → download (loopback) → verify → OCR → inference → metrics →
     report, offline, on Debian's openclipart clip art; returns every stage's manifest."""

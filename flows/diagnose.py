@@ -42,7 +42,7 @@ def filter_variant(k: int) -> str:
 
 
 # the task runner: LAIONET_TASK_RUNNER = threads, processes, ray, ray:// (tasks/runners.py)
-@flow(name="diagnose", flow_run_name=flow_name("diagnose"), task_runner=task_runner())
+@flow(name="diagnose", persist_result=True, flow_run_name=flow_name("diagnose"), task_runner=task_runner())
 def diagnose(run_dir: str, preset: Preset | str = "demo", rewrite_urls: dict[str, str] | None = None) -> dict[str, Any]:
     """Every Section 4 diagnostic the preset asks for; returns the manifests by diagnostic.
 
@@ -161,7 +161,7 @@ def band_dir(run_dir: str) -> str:
     return join(run_dir, "diagnose", "candidates")
 
 
-@flow(name="candidate-band", flow_run_name=flow_name("candidate-band"), task_runner=task_runner())
+@flow(name="candidate-band", persist_result=True, flow_run_name=flow_name("candidate-band"), task_runner=task_runner())
 def candidate_band_flow(
     run_dir: str, preset: Preset | str = "demo", rewrite_urls: dict[str, str] | None = None
 ) -> dict[str, Any]:
@@ -186,7 +186,9 @@ def candidate_band_flow(
     return done
 
 
-@flow(name="nearest-captions", flow_run_name=flow_name("nearest-captions"), task_runner=task_runner())
+@flow(
+    name="nearest-captions", persist_result=True, flow_run_name=flow_name("nearest-captions"), task_runner=task_runner()
+)
 def nearest_captions_flow(
     run_dir: str, preset: Preset | str = "demo", rewrite_urls: dict[str, str] | None = None
 ) -> dict[str, Any]:

@@ -73,7 +73,7 @@ def submit_by_class_group(
 
 
 # the task runner: LAIONET_TASK_RUNNER = threads, processes, ray, ray:// (tasks/runners.py)
-@flow(name="evaluate", flow_run_name=flow_name("evaluate"), task_runner=task_runner())
+@flow(name="evaluate", persist_result=True, flow_run_name=flow_name("evaluate"), task_runner=task_runner())
 def evaluate(run_dir: str, preset: Preset | str = "demo") -> dict[str, Any]:
     """Every metric of the preset's comparisons; returns the manifests by stage and target. With
     ``preset.class_groups`` > 1 the intra-class comparisons, recall differences and Appendix C run as one task per

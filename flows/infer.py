@@ -20,7 +20,7 @@ from tasks.runners import gpu_options, task_runner
 
 
 # the task runner: LAIONET_TASK_RUNNER = threads, processes, ray, ray:// (tasks/runners.py)
-@flow(name="infer", flow_run_name=flow_name("infer"), task_runner=task_runner())
+@flow(name="infer", persist_result=True, flow_run_name=flow_name("infer"), task_runner=task_runner())
 def infer_flow(run_dir: str, preset: Preset | str = "demo") -> dict[str, Any]:
     """Image embeddings and predictions of the preset's models (``Preset.image_models``) for each dataset
     (``laionet`` and the preset's references); quarantined samples skipped.

@@ -13,7 +13,7 @@ from tasks.runners import task_runner
 
 
 # the task runner: LAIONET_TASK_RUNNER = threads, processes, ray, ray:// (tasks/runners.py)
-@flow(name="report", flow_run_name="report · {run_dir}", task_runner=task_runner())
+@flow(name="report", persist_result=True, flow_run_name="report · {run_dir}", task_runner=task_runner())
 def report_flow(run_dir: str, preset: Preset | str = "demo") -> dict[str, Any]:
     """Render the report of a run directory (the preset gives its disclaimer); returns the report's manifest."""
     config = load_preset(preset)

@@ -22,7 +22,7 @@ from laionet.core.config import Preset, load_preset
 from tasks._common import flow_name
 
 
-@flow(name="reproduce", flow_run_name=flow_name("reproduce"))
+@flow(name="reproduce", persist_result=True, flow_run_name=flow_name("reproduce"))
 def reproduce(
     run_dir: str,
     preset: Preset | str = "demo",

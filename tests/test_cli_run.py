@@ -64,6 +64,16 @@ def test_run_one_stage_then_it_comes_back_cached(prefect_harness: Path, prefect_
     assert "match" in first.output and "rows in=3 out=2" in first.output
     assert (run_dir / "selection" / "laionet.parquet").exists()
     before = _mtimes(run_dir)
+    # the flow's final state as the API has it (what the engine hands back when the server answers its Completed
+    # with REJECT, as after a retried request under SQLite contention) still reads: flows persist their results
+    from prefect.client.orchestration import get_client
+
+    run_id = re.search(r"\[build\] flow run ([0-9a-f-]{36})", first.output)
+    assert run_id
+    with get_client(sync_client=True) as client:
+        stored = client.read_flow_run(run_id.group(1)).state
+    assert stored is not None and stored.is_completed()
+    assert stored.result()["match"]["rows_out"] == 2
 
     second = runner.invoke(app, argv)
     assert second.exit_code == 0, second.output

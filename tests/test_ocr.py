@@ -1,5 +1,6 @@
 import io
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 import pytest
@@ -11,6 +12,24 @@ from laionet.images.shards import ShardWriter, encode_rgb_jpeg
 from laionet.text.catalog import run_catalog
 
 GOLDEN, LION = "n02099601", "n02129165"
+
+
+@pytest.fixture(autouse=True)
+def _engines_closed(monkeypatch):
+    """Every engine a test builds in this process is closed after it: its native sessions are released then, in the
+    test's own thread, not at some later test when the garbage collector reaches them."""
+    built: list[RapidOcrEngine] = []
+    init = RapidOcrEngine.__init__
+
+    def recording(self, *args, **kwargs) -> None:
+        built.append(self)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(RapidOcrEngine, "__init__", recording)
+    yield
+    for engine in built:
+        if hasattr(engine, "_rec") or hasattr(engine, "_engine"):  # built (a constructor that raised did not)
+            engine.close()
 
 
 def _picture(text: str | None, colour=(230, 230, 230)) -> bytes:
@@ -115,6 +134,9 @@ class _Counting:
         self.calls += 1
         return self.inner(*args, **kwargs)
 
+    def __getattr__(self, name: str):  # the model's session, for the engine's close
+        return getattr(self.inner, name)
+
 
 def test_images_without_a_detected_box_skip_recognition() -> None:
     engine = RapidOcrEngine()
@@ -145,7 +167,32 @@ def test_thread_settings_reach_every_session(monkeypatch) -> None:
         RapidOcrEngine(engine="nope")
 
 
+class InlinePool:
+    """``ProcessPoolExecutor`` in this process (records that the stage asked for a pool, and how many workers)."""
+
+    pools: ClassVar[list[int]] = []
+
+    def __init__(self, workers, context, initializer, initargs) -> None:
+        self.pools.append(workers)
+        initializer(*initargs)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+
 def test_run_ocr_builds_its_engine_with_the_threads_and_device_given(tmp_path, monkeypatch) -> None:
+    """The default engine is built in a worker process (a pool even for one worker) with the threads and device
+    given; here the pool runs in this process so that the engine's arguments can be recorded."""
     catalog, shards = _tiny_stage(tmp_path, shards=1)
     built = []
 
@@ -154,10 +201,52 @@ def test_run_ocr_builds_its_engine_with_the_threads_and_device_given(tmp_path, m
             built.append(kwargs)
 
     monkeypatch.setattr(ocr, "RapidOcrEngine", Recording)
+    monkeypatch.setattr(ocr, "ProcessPoolExecutor", InlinePool)
+    monkeypatch.setattr(InlinePool, "pools", [])
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
     run_ocr(shards, catalog, str(tmp_path / "a"))
     run_ocr(shards, catalog, str(tmp_path / "b"), threads=1, device="cuda:1")
     assert built == [{"threads": 4, "device": "cpu"}, {"threads": 1, "device": "cuda:1"}]
+    assert InlinePool.pools == [1, 1]
+    run_ocr(shards, catalog, str(tmp_path / "c"), InkOcr)  # a given engine, one worker: in this process
+    assert InlinePool.pools == [1, 1]
+
+
+def test_the_default_engine_never_loads_in_the_calling_process(tmp_path) -> None:
+    """The real engine (OpenVINO or ONNX Runtime sessions and their thread pools) lives in a spawned worker, one worker
+    included: the process that ran the stage (a Prefect worker, this test session) never loads either runtime, and
+    the flags are the real OCR's."""
+    import subprocess
+    import sys
+
+    classes = tmp_path / "classes.txt"
+    classes.write_text(f"{GOLDEN}\n{LION}\n")
+    catalog = str(tmp_path / "catalog.parquet")
+    run_catalog(str(classes), catalog)
+    writer = ShardWriter(str(tmp_path / "shards"), per_shard=2)
+    writer.write("a", _picture("Golden Retriever"), "", {"wnid": GOLDEN, "class_index": 0})
+    writer.write("b", _picture("Summer Sale"), "", {"wnid": GOLDEN, "class_index": 0})
+    writer.close()
+    script = (
+        "import sys, pandas as pd\n"
+        "from laionet.images.ocr import run_ocr\n"
+        f"m = run_ocr({str(tmp_path / 'shards')!r}, {catalog!r}, {str(tmp_path / 'ocr')!r})\n"
+        "flags = pd.concat(pd.read_parquet(p) for p in m.outputs).set_index('key')['flagged'].to_dict()\n"
+        "print(flags, sorted(n for n in ('openvino', 'onnxruntime', 'rapidocr_onnxruntime') if n in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "{'a': True, 'b': False} []"
+
+
+def test_closing_an_engine_releases_its_sessions() -> None:
+    """``close`` drops every model session (OpenVINO's request, compiled model and core, in that order) at once."""
+    engine = RapidOcrEngine(threads=1, runtime="openvino")
+    sessions = [wrapper.session for wrapper in engine.sessions()]
+    assert engine.read(Image.new("RGB", (200, 80), "white")) == ""
+    engine.close()
+    assert [wrapper.session for wrapper in engine.sessions()] == [None, None, None]
+    assert all(s._request is None and s._compiled is None and s._core is None for s in sessions)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

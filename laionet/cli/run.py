@@ -162,7 +162,13 @@ def run(
                 typer.echo(f"[{name}] flow run {run_id}: {state.name}")
                 fail(f"the {name} flow failed: {detail}")
             typer.echo(f"[{name}] flow run {run_id}: {state.name}")
-            result = state.result()
+            try:  # the flows persist their results: a final state the API sent back (not this process's) still reads
+                result = state.result()
+            except Exception as exc:  # Prefect's MissingResult (by name: the library does not import Prefect)
+                if type(exc).__name__ != "MissingResult":
+                    raise
+                typer.echo(f"[{name}] its result could not be read back ({exc}); `laionet status --run-dir {run_dir}`")
+                continue
             _echo_results("", result)
             report = _find_stage(result, "report")
             if report and report.get("outputs"):

@@ -230,6 +230,7 @@ def _ocr_all(
     catalog = read_catalog(plan.catalog_path)
     names = dict(zip(catalog["wnid"], catalog["name"], strict=True))
     workers = max(1, min(workers, len(todo)))
+    own_engine = engine_factory is None
     if engine_factory is None:
         per_worker = threads or max(1, cores() // workers)
         engine_factory = functools.partial(RapidOcrEngine, threads=per_worker, device=device)
@@ -241,7 +242,12 @@ def _ocr_all(
         if progress:
             progress(len(records), total)
 
-    if workers > 1:
+    # The real engine always runs in processes of its own, one worker included: OpenVINO's and ONNX Runtime's thread
+    # pools then never live in the calling process (a Prefect worker, a test session), and the spawned workers leave
+    # with os._exit, so no native model is torn down in a process that goes on. (The full suite segfaulted once, at a
+    # random later test, after a flow had run the OpenVINO engine in-process.) A given factory runs in-process when
+    # one worker is asked for (tests' engines, no pickling needed).
+    if workers > 1 or own_engine:
         context = get_context("spawn")
         with ProcessPoolExecutor(workers, context, _start_worker, (engine_factory, names, plan.bad)) as pool:
             futures = {pool.submit(_worker_shard, shard, out_dir): shard for shard in todo}
@@ -249,9 +255,14 @@ def _ocr_all(
                 finish(futures[future], future.result())
     else:
         engine: OcrEngine | None = None
-        for shard in tqdm(todo, desc="ocr", unit="shard", disable=None):
-            engine = engine or engine_factory()
-            finish(shard, _ocr_shard(shard, out_dir, engine, names, plan.bad))
+        try:
+            for shard in tqdm(todo, desc="ocr", unit="shard", disable=None):
+                engine = engine or engine_factory()
+                finish(shard, _ocr_shard(shard, out_dir, engine, names, plan.bad))
+        finally:
+            close = getattr(engine, "close", None)
+            if close is not None:
+                close()  # its native sessions go now, in this thread, not whenever the collector finds them
     if progress:
         progress(total, total)
 

@@ -92,6 +92,15 @@ class RapidOcrEngine:
             else:
                 wrapper.session = _session(path, threads, self.providers)
 
+    def close(self) -> None:
+        """Release the models' sessions now (OpenVINO's in their order; see ``_OpenVinoSession.close``) rather than
+        whenever the garbage collector reaches them; the engine cannot read after this."""
+        for wrapper in self.sessions():
+            session, wrapper.session = wrapper.session, None
+            if hasattr(session, "close"):
+                session.close()
+        self._engine = None
+
     def sessions(self) -> list[Any]:
         """The fast engine's ONNX Runtime sessions (wrapped as the library wraps them): detection, direction, text."""
         return [self._det.infer, self._cls.infer, self._rec.session] if self.engine == "fast" else []
@@ -260,10 +269,18 @@ class _OpenVinoSession:
             "PERFORMANCE_HINT": "LATENCY",
             "ENABLE_CPU_PINNING": False,
         }
-        self._compiled = core.compile_model(model, "CPU", settings)
-        self._request = self._compiled.create_infer_request()
+        self._core: Any = core  # kept: the compiled model and its request are released before it (``close``)
+        self._compiled: Any = core.compile_model(model, "CPU", settings)
+        self._request: Any = self._compiled.create_infer_request()
         self._inputs = [_Named(port.get_any_name()) for port in model.inputs]
         self._outputs = [_Named(port.get_any_name()) for port in model.outputs]
+
+    def close(self) -> None:
+        """Release the request, then the compiled model, then the core (the order OpenVINO builds them in, undone);
+        the session cannot run after this."""
+        self._request = None
+        self._compiled = None
+        self._core = None
 
     def setting(self, name: str) -> Any:
         """A property of the compiled model (``INFERENCE_NUM_THREADS``, ``INFERENCE_PRECISION_HINT``, ...)."""
