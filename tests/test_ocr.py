@@ -10,6 +10,7 @@ from laionet.images import ocr
 from laionet.images.ocr import RapidOcrEngine, run_ocr, shows_name
 from laionet.images.shards import ShardWriter, encode_rgb_jpeg
 from laionet.text.catalog import run_catalog
+from tests.conftest import in_child
 
 GOLDEN, LION = "n02099601", "n02129165"
 
@@ -61,8 +62,8 @@ def test_rendered_class_names_are_flagged_by_the_real_ocr(tmp_path) -> None:
     writer.close()
     engines = []
 
-    def factory():
-        engines.append(RapidOcrEngine())
+    def factory():  # in this process: ONNX Runtime (OpenVINO only in child processes, see conftest.in_child)
+        engines.append(RapidOcrEngine(runtime="onnxruntime"))
         return engines[-1]
 
     manifest = run_ocr(str(tmp_path / "shards"), catalog, str(tmp_path / "ocr"), factory)
@@ -117,6 +118,13 @@ def _text_set() -> list[tuple[Image.Image, str]]:
 
 @pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
 def test_fast_engine_flags_what_the_full_pipeline_flags(runtime) -> None:
+    if runtime == "openvino":
+        in_child(_fast_flags_full, runtime)
+    else:
+        _fast_flags_full(runtime)
+
+
+def _fast_flags_full(runtime: str) -> None:
     images = _text_set()
     full = RapidOcrEngine(engine="full").read_many([image for image, _ in images])
     fast = RapidOcrEngine(engine="fast", runtime=runtime).read_many([image for image, _ in images])
@@ -139,7 +147,7 @@ class _Counting:
 
 
 def test_images_without_a_detected_box_skip_recognition() -> None:
-    engine = RapidOcrEngine()
+    engine = RapidOcrEngine(runtime="onnxruntime")
     engine._rec, engine._cls = _Counting(engine._rec), _Counting(engine._cls)  # type: ignore[assignment]
     blank = [Image.new("RGB", (300, 200), colour) for colour in [(255, 255, 255), (20, 90, 30), (200, 40, 40)]]
     assert engine.read_many(blank) == ["", "", ""]
@@ -155,16 +163,21 @@ def test_thread_settings_reach_every_session(monkeypatch) -> None:
             options = wrapper.session.get_session_options()
             assert (options.intra_op_num_threads, options.inter_op_num_threads) == (threads, 1)
             assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    in_child(_openvino_settings)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2})
+    assert RapidOcrEngine(runtime="onnxruntime").threads == 3  # the cores this process may run on
+    with pytest.raises(ValueError, match="unknown OCR engine"):
+        RapidOcrEngine(engine="nope")
+
+
+def _openvino_settings() -> None:
+    for threads in (1, 2):
         engine = RapidOcrEngine(threads=threads, runtime="openvino")
         for wrapper in engine.sessions():
             assert wrapper.session.setting("INFERENCE_NUM_THREADS") == threads
             assert wrapper.session.setting("NUM_STREAMS") == 1
             assert wrapper.session.setting("ENABLE_CPU_PINNING") is False  # processes share the machine's cores
             assert str(wrapper.session.setting("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2})
-    assert RapidOcrEngine().threads == 3  # the cores this process may run on
-    with pytest.raises(ValueError, match="unknown OCR engine"):
-        RapidOcrEngine(engine="nope")
 
 
 class InlinePool:
@@ -241,6 +254,10 @@ def test_the_default_engine_never_loads_in_the_calling_process(tmp_path) -> None
 
 def test_closing_an_engine_releases_its_sessions() -> None:
     """``close`` drops every model session (OpenVINO's request, compiled model and core, in that order) at once."""
+    in_child(_closing)
+
+
+def _closing() -> None:
     engine = RapidOcrEngine(threads=1, runtime="openvino")
     sessions = [wrapper.session for wrapper in engine.sessions()]
     assert engine.read(Image.new("RGB", (200, 80), "white")) == ""
@@ -413,19 +430,9 @@ def test_openvino_runs_the_same_models_as_onnxruntime(monkeypatch) -> None:
     """On the CPU the fast engine runs the ONNX files on OpenVINO (fp32) where it is installed: the detector's map
     is ONNX Runtime's within 1e-3 and the recognised texts are the same; ``$LAIONET_OCR_RUNTIME`` or the argument
     chooses, CUDA always runs on ONNX Runtime, and a bad choice fails before any model is loaded."""
-    import numpy as np
-
     from laionet.images.ocr_engine import ocr_runtime
 
-    images = [image for image, _ in _text_set()[:12]]
-    default, onnx = RapidOcrEngine(), RapidOcrEngine(runtime="onnxruntime")
-    assert (default.runtime, onnx.runtime) == ("openvino", "onnxruntime")
-    tensor = np.stack([default._det_input(default._prepared(image)) for image in images[:2]])
-    maps = [engine._det.infer(tensor)[0] for engine in (default, onnx)]
-    assert maps[0].shape == maps[1].shape == (2, 1, *tensor.shape[2:])
-    assert np.abs(maps[0] - maps[1]).max() < 1e-3 and maps[1].max() > 0.5  # text found, in both
-    texts = default.read_many(images)
-    assert texts == onnx.read_many(images) and sum(bool(text) for text in texts) >= 6
+    in_child(_openvino_against_onnxruntime)
     cpu, cuda = ["CPUExecutionProvider"], [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
     assert ocr_runtime(None, cuda) == ocr_runtime("onnxruntime", cpu) == "onnxruntime"
     monkeypatch.setenv("LAIONET_OCR_RUNTIME", "onnxruntime")
@@ -440,6 +447,20 @@ def test_openvino_runs_the_same_models_as_onnxruntime(monkeypatch) -> None:
     assert ocr_runtime("auto", cpu) == "onnxruntime"  # not installed: ONNX Runtime, as before
     with pytest.raises(ValueError, match="pip install openvino"):
         ocr_runtime("openvino", cpu)
+
+
+def _openvino_against_onnxruntime() -> None:
+    import numpy as np
+
+    images = [image for image, _ in _text_set()[:12]]
+    default, onnx = RapidOcrEngine(), RapidOcrEngine(runtime="onnxruntime")
+    assert (default.runtime, onnx.runtime) == ("openvino", "onnxruntime")
+    tensor = np.stack([default._det_input(default._prepared(image)) for image in images[:2]])
+    maps = [engine._det.infer(tensor)[0] for engine in (default, onnx)]
+    assert maps[0].shape == maps[1].shape == (2, 1, *tensor.shape[2:])
+    assert np.abs(maps[0] - maps[1]).max() < 1e-3 and maps[1].max() > 0.5  # text found, in both
+    texts = default.read_many(images)
+    assert texts == onnx.read_many(images) and sum(bool(text) for text in texts) >= 6
 
 
 def test_ocr_tasks_take_a_device_slot_only_for_a_gpu(tmp_path, monkeypatch) -> None:
