@@ -39,8 +39,16 @@ def download(
     """Download the images of an index into RGB WebDataset shards; re-running retries transient failures only.
 
     Only http(s) URLs of public addresses are fetched (see the README's "Security"); refusals are counted by reason."""
+    import sys
+
     from laionet.images.download import DownloadConfig, run_download
 
+    main = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if (main is not None and main.name in ("laionet", "laionet.__main__")) or Path(sys.argv[0]).name == "laionet":
+        # this process is the `laionet download` program and runs the download alone: the shards' final rewrite
+        # imports webdataset, which imports torch when it can (~800 MB of the CUDA build's libraries, for nothing);
+        # keep torch out, as the download's own children do (not where the app was imported: a test, a notebook)
+        sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
     settings: dict[str, Any] = {
         "image_size": image_size,
         "threads": threads,
