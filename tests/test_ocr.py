@@ -1,4 +1,5 @@
 import io
+import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -49,17 +50,25 @@ def test_name_rule_is_the_papers() -> None:
     assert not shows_name("lion", "lioness")
 
 
-def test_rendered_class_names_are_flagged_by_the_real_ocr(tmp_path) -> None:
+def _named_stage(tmp_path, samples: int = 4) -> str:
+    """A golden retriever / lion catalog and shards of 2 of the first ``samples`` of: the name written, other words,
+    no text, the name in capitals (keys a-d); the catalog's path."""
     classes = tmp_path / "classes.txt"
     classes.write_text(f"{GOLDEN}\n{LION}\n")
     catalog = str(tmp_path / "catalog.parquet")
     run_catalog(str(classes), catalog)
+    rows = [("a", "Golden Retriever", GOLDEN, 0), ("b", "Summer Sale", GOLDEN, 0), ("c", None, LION, 1),
+            ("d", "LION", LION, 1)][:samples]  # fmt: skip
     writer = ShardWriter(str(tmp_path / "shards"), per_shard=2)
-    writer.write("a", _picture("Golden Retriever"), "", {"wnid": GOLDEN, "class_index": 0})
-    writer.write("b", _picture("Summer Sale"), "", {"wnid": GOLDEN, "class_index": 0})
-    writer.write("c", _picture(None, (120, 160, 90)), "", {"wnid": LION, "class_index": 1})
-    writer.write("d", _picture("LION"), "", {"wnid": LION, "class_index": 1})
+    for key, text, wnid, index in rows:
+        writer.write(key, _picture(text, (120, 160, 90)) if text is None else _picture(text), "",
+                     {"wnid": wnid, "class_index": index})  # fmt: skip
     writer.close()
+    return catalog
+
+
+def test_rendered_class_names_are_flagged_by_the_real_ocr(tmp_path) -> None:
+    catalog = _named_stage(tmp_path)
     engines = []
 
     def factory():  # in this process: ONNX Runtime (OpenVINO only in child processes, see conftest.in_child)
@@ -232,14 +241,7 @@ def test_the_default_engine_never_loads_in_the_calling_process(tmp_path) -> None
     import subprocess
     import sys
 
-    classes = tmp_path / "classes.txt"
-    classes.write_text(f"{GOLDEN}\n{LION}\n")
-    catalog = str(tmp_path / "catalog.parquet")
-    run_catalog(str(classes), catalog)
-    writer = ShardWriter(str(tmp_path / "shards"), per_shard=2)
-    writer.write("a", _picture("Golden Retriever"), "", {"wnid": GOLDEN, "class_index": 0})
-    writer.write("b", _picture("Summer Sale"), "", {"wnid": GOLDEN, "class_index": 0})
-    writer.close()
+    catalog = _named_stage(tmp_path, samples=2)
     script = (
         "import sys, pandas as pd\n"
         "from laionet.images.ocr import run_ocr\n"
@@ -278,6 +280,34 @@ class InkOcr:
 
     def read(self, image) -> str:
         return {0: "golden retriever", 1: "lion"}.get(image.getpixel((0, 0))[0] // 100, "nothing")
+
+
+class ClosingInk(InkOcr):
+    """``InkOcr`` that leaves a file in ``folder`` when closed (picklable through functools.partial)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def close(self) -> None:
+        import os
+
+        Path(self.folder, f"closed-{os.getpid()}").touch()
+
+
+def test_worker_processes_close_their_engines_at_exit(tmp_path) -> None:
+    """Each spawned worker closes the engine it built before its interpreter ends (native sessions released in their
+    order, not in module teardown); a given engine run in this process is closed when the stage is done."""
+    import functools
+
+    catalog, shards = _tiny_stage(tmp_path, shards=2)
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    run_ocr(shards, catalog, str(tmp_path / "a"), functools.partial(ClosingInk, str(closed)), workers=2)
+    assert len(list(closed.iterdir())) == 2  # one per worker process
+    for marker in closed.iterdir():
+        marker.unlink()
+    run_ocr(shards, catalog, str(tmp_path / "b"), functools.partial(ClosingInk, str(closed)))
+    assert [p.name for p in closed.iterdir()] == [f"closed-{os.getpid()}"]  # in this process
 
 
 def _tiny_stage(tmp_path, shards: int = 5) -> tuple[str, str]:

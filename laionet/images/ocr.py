@@ -243,10 +243,9 @@ def _ocr_all(
             progress(len(records), total)
 
     # The real engine always runs in processes of its own, one worker included: OpenVINO's and ONNX Runtime's thread
-    # pools then never live in the calling process (a Prefect worker, a test session), and the spawned workers leave
-    # with os._exit, so no native model is torn down in a process that goes on. (The full suite segfaulted once, at a
-    # random later test, after a flow had run the OpenVINO engine in-process.) A given factory runs in-process when
-    # one worker is asked for (tests' engines, no pickling needed).
+    # pools then never live in the calling process (a Prefect worker, a test session); a worker closes its engine at
+    # exit (``_start_worker``). The full suite segfaulted twice, at random later tests, after OpenVINO had run in the
+    # test process. A given factory runs in-process when one worker is asked for (tests' engines, no pickling needed).
     if workers > 1 or own_engine:
         context = get_context("spawn")
         with ProcessPoolExecutor(workers, context, _start_worker, (engine_factory, names, plan.bad)) as pool:
@@ -271,7 +270,16 @@ _worker: dict[str, Any] = {}  # a worker process's engine factory, engine, class
 
 
 def _start_worker(factory: Callable[[], OcrEngine], names: dict[str, str], bad: set[str]) -> None:
+    import atexit
+
     _worker.update(factory=factory, engine=None, names=names, bad=bad)
+    atexit.register(_close_worker_engine)  # a spawned worker ends with sys.exit: this runs before module teardown
+
+
+def _close_worker_engine() -> None:
+    close = getattr(_worker.get("engine"), "close", None)
+    if close is not None:
+        close()  # the native sessions in their order, before the interpreter tears the modules down
 
 
 def _worker_shard(shard: str, out_dir: str) -> dict[str, Any]:
