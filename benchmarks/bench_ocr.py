@@ -199,7 +199,7 @@ def compare(
 
 
 def _fast(spec: str) -> tuple[str, RapidOcrEngine]:
-    """``SIDE[:UPSCALE][@THREADS][/RUNTIME]`` → a labelled fast engine."""
+    """``SIDE[:UPSCALE][@THREADS][/RUNTIME][~PRECISION]`` → a labelled fast engine."""
     spec, _, precision = spec.partition("~")
     spec, _, runtime = spec.partition("/")
     spec, _, threads = spec.partition("@")
@@ -227,8 +227,8 @@ def main() -> None:
     parser.add_argument(
         "--fast",
         action="append",
-        help=f"a fast engine to compare, SIDE[:UPSCALE][@THREADS][/RUNTIME] (RUNTIME: openvino or onnxruntime; "
-        f"repeatable; default {DET_SIDE}: the defaults)",
+        help=f"a fast engine to compare, SIDE[:UPSCALE][@THREADS][/RUNTIME][~PRECISION] (RUNTIME: openvino or "
+        f"onnxruntime; PRECISION: OpenVINO's f32 or bf16; repeatable; default {DET_SIDE}: the defaults)",
     )
     args = parser.parse_args()
     t = time.perf_counter()
