@@ -37,5 +37,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
   touch "$stamp"
 fi
 
-# WordNet 3.0 for nltk, offline: copied from Debian's wordnet-base into the venv's nltk data path.
-"$VENV/bin/laionet" wordnet install --quiet
+# WordNet 3.0 for nltk, offline: copied from Debian's wordnet-base into the venv's nltk data path and loaded once to
+# check it. The check loads all of WordNet (~4 s), so it is not repeated by every `make demo` / `make test`: only when
+# the project was (re)installed since, or the copy is gone.
+wordnet_stamp="$VENV/.laionet-wordnet"
+if [ ! -f "$wordnet_stamp" ] || [ "$stamp" -nt "$wordnet_stamp" ] || [ ! -d "$VENV/nltk_data/corpora/wordnet" ]; then
+  "$VENV/bin/laionet" wordnet install --quiet
+  touch "$wordnet_stamp"
+fi

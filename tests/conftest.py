@@ -53,6 +53,10 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        # the server's task-run recorder writes in batches, as `laionet run` and `make demo` have it (no "database is
+        # locked" 503s and their 2 s client back-offs; laionet.cli.run.PREFECT_DEFAULTS)
+        "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "500",
+        "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "2",
     }
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():

@@ -15,14 +15,14 @@ import pytest
 from typer.testing import CliRunner
 
 from laionet.cli import app
+from laionet.cli.run import PREFECT_DEFAULTS
 from laionet.core.manifest import read_manifest
 from tests.conftest import final_task_runs, write_class_file, write_corpus_part
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_TASKS = ("catalog", "lemma-map", "match", "similarity", "select")
-PREFECT_ENV = ("PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_LOGGING_EXTRA_LOGGERS",
-               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")  # fmt: skip
+PREFECT_ENV = tuple(PREFECT_DEFAULTS)
 
 
 @pytest.fixture
@@ -153,3 +153,15 @@ def test_stage_flows_get_the_resolved_preset_and_diagnose_the_mirror() -> None:
         assert arguments["preset"].max_parts == 1, stage
     assert _stage_arguments("diagnose", "demo", config, None, mirror)["rewrite_urls"] == mirror
     assert _stage_arguments("acquire", "demo", config, 5, mirror)["image_limit"] == 5
+
+
+def test_make_demo_and_the_test_harness_run_with_laionet_runs_prefect_settings() -> None:
+    """``make demo`` sets in its environment what ``laionet run`` sets (the task-run recorder's batching among them),
+    and the tests' Prefect harness starts its server with the same server settings."""
+    makefile = (ROOT / "Makefile").read_text()
+    demo = makefile[makefile.index("\ndemo:") :].split("\n\n")[0]
+    conftest = (ROOT / "tests" / "conftest.py").read_text()
+    for name, value in PREFECT_DEFAULTS.items():
+        assert f"{name}={value}" in demo, f"make demo does not set {name}={value}"
+        if name.startswith("PREFECT_SERVER_"):
+            assert f'"{name}": "{value}"' in conftest, f"the test harness does not set {name}={value}"

@@ -28,12 +28,17 @@ _MARKS = {"complete": "ok", "stale": "STALE", "incomplete": "INCOMPLETE", "runni
 STAGES = ("build", "acquire", "infer", "evaluate", "diagnose", "report")
 # an Enum, not a Literal: Typer takes no list of Literal (`--stage` repeats)
 Stage = enum.Enum("Stage", {name: name for name in STAGES}, type=str)  # type: ignore[misc]
-# what `make demo` sets: no analytics (SQLite lock noise), the library's log lines in Prefect's logs, and time for the
-# ephemeral API to start on a fresh database (15-20 s on 2 cores; Prefect's default is 20 s)
+# what `make demo` sets: no analytics (SQLite lock noise), the library's log lines in Prefect's logs, time for the
+# ephemeral API to start on a fresh database (15-20 s on 2 cores; Prefect's default is 20 s), and the server's task-run
+# recorder writing the task runs' events in batches (every 2 s) instead of one transaction per event: on SQLite those
+# writes collided with the client's own (a new task run, a slot request), the API answered "database is locked" (503)
+# and the client waited ~2 s before its retry, five times in a cached demo run (14.6 s of flow runs; 4.5 s batched)
 PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_LOGGING_EXTRA_LOGGERS": "laionet",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "500",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "2",
 }
 
 
