@@ -24,6 +24,7 @@ the key as a miss, runs the driver, and stores the fresh manifest under the same
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -246,24 +247,28 @@ def resolve(futures: Mapping[K, PrefectFuture[Any]]) -> dict[K, Any]:
     return {key: future.result() for key, future in futures.items()}
 
 
-def _task_run_name(future: PrefectFuture[Any], wait_s: float = 5.0) -> str:
-    """The task run's name as the API has it. A run is created under Prefect's default name (``<task>-<3 hex>``) and
-    renamed from its ``task_run_name`` a moment later (an event): on a busy server the first read can still see the
-    default, so the name is read again, for at most ``wait_s``, until it is one of ours (``… · <run dir>``)."""
+def _task_run_name(future: PrefectFuture[Any], wait_s: float = 10.0) -> str:
+    """The task run's name as the API has it. The server records a task run from the client's events, in batches
+    (``PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_*``: every 2 s in ``laionet run``), first under Prefect's default name
+    (``<task>-<3 hex>``) and renamed from its ``task_run_name`` by a later event: so the run is read again, for at most
+    ``wait_s``, until it exists and has one of our names (``… · <run dir>``); the id if it never does."""
     import time
 
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
+    name = str(future.task_run_id)
     try:
         with get_client(sync_client=True) as client:
             deadline = time.monotonic() + wait_s
-            name = str(client.read_task_run(future.task_run_id).name)
-            while " · " not in name and time.monotonic() < deadline:
+            while True:
+                with contextlib.suppress(ObjectNotFound):  # not recorded yet
+                    name = str(client.read_task_run(future.task_run_id).name)
+                if " · " in name or time.monotonic() >= deadline:
+                    return name
                 time.sleep(0.25)
-                name = str(client.read_task_run(future.task_run_id).name)
-            return name
-    except Exception:  # the API is unreachable: the id still identifies it
-        return str(future.task_run_id)
+    except Exception:  # the API is unreachable: the id (or the name read so far) still identifies it
+        return name
 
 
 def is_transient(task: Any, task_run: Any, state: Any) -> bool:
