@@ -48,7 +48,7 @@ def test_each_svg_is_rendered_once_across_servers(tmp_path, monkeypatch) -> None
     calls = _count_renders(monkeypatch)
     bodies = []
     for _ in range(2):  # two runs: two server instances on the same cache
-        with ImageServer(root, svg_width=40, cache_dir=cache) as base:
+        with ImageServer(root, svg_width=40, cache_dir=cache, render_workers=0) as base:
             for _ in range(2):
                 with urllib.request.urlopen(f"{base}/a.svg") as response:
                     bodies.append(response.read())
@@ -57,10 +57,10 @@ def test_each_svg_is_rendered_once_across_servers(tmp_path, monkeypatch) -> None
                 assert err.value.code == 500
     assert len(set(bodies)) == 1 and bodies[0][:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(Path(c).name for c in calls) == ["a.svg", "b.svg"]  # a broken SVG is not tried again either
-    with ImageServer(root, svg_width=80, cache_dir=cache) as base:  # another render size is another PNG
+    with ImageServer(root, svg_width=80, cache_dir=cache, render_workers=0) as base:  # another size: another PNG
         urllib.request.urlopen(f"{base}/a.svg").read()
     (root / "a.svg").write_text(svg.format(h=4) + "\n")  # an edited SVG is rendered again
-    with ImageServer(root, svg_width=40, cache_dir=cache) as base:
+    with ImageServer(root, svg_width=40, cache_dir=cache, render_workers=0) as base:
         urllib.request.urlopen(f"{base}/a.svg").read()
     assert sorted(Path(c).name for c in calls) == ["a.svg", "a.svg", "a.svg", "b.svg"]
 
@@ -72,6 +72,44 @@ def test_concurrent_requests_render_once(tmp_path, monkeypatch) -> None:
         '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="5"><rect width="10" height="5"/></svg>'
     )
     calls = _count_renders(monkeypatch)
-    with ImageServer(tmp_path, svg_width=40, cache_dir=tmp_path / "cache") as base, ThreadPoolExecutor(8) as pool:
+    server = ImageServer(tmp_path, svg_width=40, cache_dir=tmp_path / "cache", render_workers=0)
+    with server as base, ThreadPoolExecutor(8) as pool:
         bodies = list(pool.map(lambda _: urllib.request.urlopen(f"{base}/a.svg").read(), range(16)))
     assert len(calls) == 1 and len(set(bodies)) == 1
+
+
+def test_render_processes_serve_what_the_serving_thread_renders(tmp_path, monkeypatch) -> None:
+    """With render workers, a miss is rendered in another process (this process's renderer is broken here, yet the
+    PNG comes back), byte for byte what the serving thread renders; a broken SVG is a 500 there too and remembered;
+    each SVG is rendered once however many ask at once; leaving the server ends the render processes."""
+    import multiprocessing
+    from concurrent.futures import ThreadPoolExecutor
+
+    from laionet.images import serve
+
+    root = tmp_path / "root"
+    root.mkdir()
+    svg = '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="5"><rect width="{w}" height="5"/></svg>'
+    for i in range(6):
+        (root / f"{i}.svg").write_text(svg.format(w=i + 1))
+    (root / "broken.svg").write_text("<svg not really")
+    expected = {i: serve.render_svg(root / f"{i}.svg", 40) for i in range(6)}
+
+    def broken_here(path, width):
+        raise AssertionError("rendered in the serving process")
+
+    monkeypatch.setattr(serve, "render_svg", broken_here)
+    server = ImageServer(root, svg_width=40, cache_dir=tmp_path / "cache", render_workers=2)
+    with server as base, ThreadPoolExecutor(8) as pool:
+        bodies = list(pool.map(lambda i: urllib.request.urlopen(f"{base}/{i % 6}.svg").read(), range(24)))
+        for _ in range(2):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(f"{base}/broken.svg")
+            assert err.value.code == 500
+        workers = multiprocessing.active_children()
+    assert bodies == [expected[i % 6] for i in range(24)]
+    assert server.cache.renders == 7  # six SVGs and the broken one, once each
+    assert list((tmp_path / "cache").rglob("*.err"))
+    assert workers and not any(child.is_alive() for child in workers)
+    with pytest.raises(ValueError, match=r"0 .* or more"):
+        ImageServer(root, render_workers=-1)

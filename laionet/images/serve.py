@@ -6,6 +6,10 @@ render width (``cache_dir``; default ``$LAIONET_CACHE/svg-png``, else ``$XDG_CAC
 ``~/.cache/laionet/svg-png``, else a directory under the system's temp dir), shared by every server instance and
 every run; an SVG that cannot be rendered is remembered too. An edited SVG (new size or mtime) is rendered again.
 
+Misses are rendered in ``render_workers`` spawned processes (default: one per core), so a cold cache renders on
+every core and outside the GIL of the process that serves (the demo's flow process); ``render_workers=0`` renders in
+the serving thread.
+
 Binds 127.0.0.1 only, on a free port; use it as a context manager. Requests outside the root or for missing files
 get 404; SVGs that cannot be rendered get 500 (the download stage counts both).
 """
@@ -18,6 +22,7 @@ import os
 import socketserver
 import tempfile
 import threading
+from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import unquote, urlparse
@@ -43,25 +48,61 @@ def render_svg(path: Path, width: int) -> bytes:
     return png
 
 
+def _render_or_error(path: Path, width: int) -> tuple[bytes | None, str | None]:
+    """``render_svg`` in a render worker: (PNG, None), or (None, the error as text) — an exception of cairosvg's
+    need not survive the trip back between processes."""
+    try:
+        return render_svg(path, width), None
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
 class SvgCache:
     """Rendered PNGs on disk, one file per (SVG path, size, mtime, width); each rendered at most once.
 
     ``get`` returns the PNG (rendering and storing it on a miss) or raises ``ValueError`` for an SVG that could not
     be rendered (remembered in a ``.err`` file beside where its PNG would be). Concurrent requests for the same SVG in
     one process wait for one rendering; files are written under a temporary name and renamed, so another process
-    never reads half a PNG. ``renders`` counts this instance's cairosvg calls.
+    never reads half a PNG. ``renders`` counts this instance's renderings. With ``workers`` > 0 a miss is rendered in
+    a pool of that many spawned processes (started on the first miss; ``close`` ends it), else in the calling thread.
     """
 
-    def __init__(self, directory: Path | None = None) -> None:
+    def __init__(self, directory: Path | None = None, workers: int = 0) -> None:
         self.directory = directory if directory is not None else default_cache_dir()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError:  # a read-only home: a cache for this machine's session still beats rendering per request
             self.directory = Path(tempfile.gettempdir()) / "laionet-svg-png"
             self.directory.mkdir(parents=True, exist_ok=True)
+        if workers < 0:
+            raise ValueError(f"render workers must be 0 (render in the calling thread) or more, not {workers}")
+        self.workers = workers
         self.renders = 0
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._pool: Executor | None = None
+
+    def _render(self, path: Path, width: int) -> bytes:
+        if self.workers == 0:
+            return render_svg(path, width)
+        with self._guard:
+            if self._pool is None:
+                import multiprocessing
+
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            pool = self._pool
+        png, error = pool.submit(_render_or_error, path, width).result()
+        if png is None:
+            raise ValueError(error)
+        return png
+
+    def close(self) -> None:
+        """End the render processes, if any were started (the cache on disk stays)."""
+        with self._guard:
+            pool, self._pool = self._pool, None
+            self.workers = 0  # a request still in flight renders in its own thread rather than start a new pool
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def key(self, path: Path, width: int) -> str:
         stat = path.stat()
@@ -81,7 +122,7 @@ class SvgCache:
             with self._guard:
                 self.renders += 1
             try:
-                data = render_svg(path, width)
+                data = self._render(path, width)
             except Exception as exc:  # a broken SVG: remembered, so it is not tried again on every request
                 _write_atomic(err, f"{type(exc).__name__}: {exc}".encode())
                 raise ValueError(f"{path} could not be rendered: {exc}") from exc
@@ -111,13 +152,17 @@ class _QuietServer(socketserver.ThreadingTCPServer):
 class ImageServer:
     """``with ImageServer(root) as base_url: ...`` serves ``root`` at ``base_url`` (``http://127.0.0.1:<port>``).
 
-    SVGs are rendered ``svg_width`` pixels wide through ``SvgCache(cache_dir)`` (``self.cache``).
+    SVGs are rendered ``svg_width`` pixels wide through ``SvgCache(cache_dir, render_workers)`` (``self.cache``);
+    ``render_workers`` None: one per core.
     """
 
-    def __init__(self, root: Path, svg_width: int = 512, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self, root: Path, svg_width: int = 512, cache_dir: Path | None = None, render_workers: int | None = None
+    ) -> None:
         self.root = root.resolve()
         self.svg_width = svg_width
-        self.cache = SvgCache(cache_dir)
+        workers = render_workers if render_workers is not None else len(os.sched_getaffinity(0))
+        self.cache = SvgCache(cache_dir, workers)
         self._httpd: socketserver.ThreadingTCPServer | None = None
 
     def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
@@ -162,3 +207,4 @@ class ImageServer:
             self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd = None
+        self.cache.close()
