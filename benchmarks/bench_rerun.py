@@ -6,7 +6,7 @@ writes task runs from the client's events) and the client's own writes (a new ta
 collide; the API answers "database is locked" (503) and the client retries after ~2 s. ``laionet run`` and ``make
 demo`` have the recorder write in batches (``laionet.cli.run.PREFECT_DEFAULTS``).
 
-Runs ``python -m flows.demo`` (what ``make demo`` runs, in a child process) ``--repeats`` times per setting, the
+Runs ``python -m flows demo`` (what ``make demo`` runs, in a child process) ``--repeats`` times per setting, the
 settings alternating, on the run directory and Prefect home of a finished demo (``make demo`` first), and prints per
 setting: the whole command's wall time, the flow runs' time (first to last log line of the ``demo`` flow run), the
 client's 503 retries and the task runs that came back Cached; then the ratio of the medians.
@@ -48,12 +48,12 @@ def run_once(run_dir: str, home: Path, recorder: dict[str, str] | None) -> dict[
     env.update(PREFECT_HOME=str(home), PREFECT_LOGGING_LEVEL="DEBUG")  # DEBUG: the client logs each retry
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "flows.demo", "--run-dir", run_dir], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "flows", "demo", "--run-dir", run_dir], env=env, capture_output=True, text=True
     )
     wall = time.perf_counter() - start
     log = done.stdout + done.stderr
     if done.returncode != 0:
-        raise SystemExit(f"flows.demo exited {done.returncode}:\n{log[-3000:]}")
+        raise SystemExit(f"flows demo exited {done.returncode}:\n{log[-3000:]}")
     cached = len(re.findall(r"Finished in state Cached", log))
     if cached < 40:
         raise SystemExit(f"only {cached} task runs came back Cached: run `make demo` once first (or use its RUN_DIR)")

@@ -1,7 +1,10 @@
 """The offline demo as a Prefect flow: the ``reproduce`` flow on the ``demo`` preset, with the openclipart images
 served over a loopback HTTP server started for the run.
 
-    .venv/bin/python -m flows.demo --run-dir runs/demo     (what ``make demo`` runs)
+    .venv/bin/python -m flows demo --run-dir runs/demo     (what ``make demo`` runs; see flows/__main__.py)
+
+``python -m flows.demo`` works too, but makes every process the stages spawn import this module again: so the flows
+are imported inside ``demo``, and such a child pays for Prefect's import only.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from prefect import flow, tags
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-from flows.reproduce import reproduce
 from laionet.images.serve import ImageServer
 from laionet.text.openclipart import DEFAULT_BASE_URL, DEFAULT_ROOT
 
@@ -22,6 +24,8 @@ from laionet.text.openclipart import DEFAULT_BASE_URL, DEFAULT_ROOT
 def demo(run_dir: str = "runs/demo", image_limit: int | None = None) -> dict[str, Any]:
     """Catalog → matching → similarity → selection → download (loopback) → verify → OCR → inference → metrics →
     report, offline, on Debian's openclipart clip art; returns every stage's manifest."""
+    from flows.reproduce import reproduce
+
     # the clip art, SVG rendered to PNG, at http://127.0.0.1:<port>/; the subflows carry this run's tags
     with ImageServer(DEFAULT_ROOT) as base, tags(*flow_run.tags):
         return reproduce(run_dir, "demo", image_limit=image_limit, rewrite_urls={DEFAULT_BASE_URL: base})

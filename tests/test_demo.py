@@ -37,3 +37,19 @@ def test_demo_runs_every_built_stage_on_the_real_openclipart_corpus(tmp_path) ->
         MatchConfig(mode="paper"),
     )
     assert paper.rows_out < match.rows_out
+
+
+def test_the_flows_package_launches_the_demo_flow_and_names_its_one_command() -> None:
+    """``python -m flows demo`` (what ``make demo`` runs) is the demo flow's command line; anything else is a usage
+    line and exit 2. (A package ``__main__``: processes the stages spawn do not import the flows again.)"""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    shown = subprocess.run([sys.executable, "-m", "flows", "demo", "--help"], cwd=root, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("usage: python -m flows demo") and "--run-dir" in shown.stdout
+    wrong = subprocess.run([sys.executable, "-m", "flows", "dmeo"], cwd=root, capture_output=True, text=True)
+    assert wrong.returncode == 2 and "python -m flows demo" in wrong.stderr and "(got dmeo)" in wrong.stderr
+    assert "python -m flows demo" in (root / "Makefile").read_text()

@@ -24,7 +24,7 @@ def demo(
     """The demo's data stages without Prefect, on real offline data: catalog, lemma maps, openclipart corpus,
     matching, MiniLM text-to-synset similarity, selection (threshold sweep, calibrated threshold), and the selected
     images downloaded over a loopback HTTP server into verified shards with the OCR filter. The whole pipeline
-    (inference, metrics, report) runs as the Prefect demo flow: `make demo` / `python -m flows.demo`."""
+    (inference, metrics, report) runs as the Prefect demo flow: `make demo` / `python -m flows demo`."""
     from laionet.demo import run_demo
 
     run_demo(run_dir, mode=mode, echo=typer.echo, images=images, image_limit=image_limit)

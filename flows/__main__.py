@@ -1,0 +1,20 @@
+"""``python -m flows demo [--run-dir runs/demo] [--image-limit N]``: the offline demo flow (what ``make demo`` runs).
+
+A package's ``__main__`` on purpose: the spawn start method of multiprocessing imports the parent's main module again
+in every child process it starts, unless that module is a ``__main__``. Started as ``python -m flows.demo``, each
+process a stage spawns (the download's img2dataset processes, the OCR workers, the SVG render workers; some twenty in
+a demo run) first imported Prefect, torch and every flow: ~3 s of CPU and a few hundred MB each, for nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from flows import demo
+
+if len(sys.argv) < 2 or sys.argv[1] != "demo":
+    given = " ".join(sys.argv[1:]) or "nothing"
+    print(f"usage: python -m flows demo [--run-dir DIR] [--image-limit N]  (got {given})", file=sys.stderr)
+    sys.exit(2)
+sys.argv = ["python -m flows demo", *sys.argv[2:]]  # argparse's program name in --help
+demo.main()
