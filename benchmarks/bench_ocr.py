@@ -198,23 +198,63 @@ def compare(
     return result
 
 
-def _fast(spec: str) -> tuple[str, RapidOcrEngine]:
-    """``SIDE[:UPSCALE][@THREADS][/RUNTIME][~PRECISION]`` → a labelled fast engine."""
+_WORKER_ENGINE: Any = None
+
+
+def _start_worker(kwargs: dict[str, Any]) -> None:
+    global _WORKER_ENGINE
+    _WORKER_ENGINE = RapidOcrEngine(**kwargs)
+
+
+def _worker_read(images: list[Image.Image]) -> list[str]:
+    return list(_WORKER_ENGINE.read_many(images))
+
+
+class ProcessFannedEngine:
+    """The fast engine as ``run_ocr(workers=N)`` runs it: N spawned processes with cores ÷ N threads each, every
+    chunk of images split among them (in order); ``read_many`` returns the texts in input order."""
+
+    def __init__(self, processes: int, **kwargs: Any) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.processes = processes
+        self.pool = ProcessPoolExecutor(
+            processes, multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(kwargs,)
+        )
+        list(self.pool.map(_worker_read, [[] for _ in range(processes)]))  # start them (engines built)
+
+    def read_many(self, images: list[Image.Image]) -> list[str]:
+        size = -(-len(images) // self.processes)
+        parts = [images[i : i + size] for i in range(0, len(images), size)]
+        return [text for part in self.pool.map(_worker_read, parts) for text in part]
+
+
+def _fast(spec: str) -> tuple[str, Any]:
+    """``SIDE[:UPSCALE][@THREADS][/RUNTIME][~PRECISION][*PROCESSES]`` → a labelled fast engine (``*N``: N processes of
+    THREADS threads, default cores ÷ N, each reading its share of every chunk)."""
+    spec, _, processes = spec.partition("*")
     spec, _, precision = spec.partition("~")
     spec, _, runtime = spec.partition("/")
     spec, _, threads = spec.partition("@")
     side, _, upscale = spec.partition(":")
-    engine = RapidOcrEngine(
-        engine="fast",
-        threads=int(threads) if threads else None,
-        det_side=int(side),
-        det_upscale=float(upscale) if upscale else None,
-        runtime=runtime or None,
-        precision=precision or "f32",
-    )
+    n = int(processes) if processes else 1
+    kwargs: dict[str, Any] = {
+        "engine": "fast",
+        "threads": int(threads) if threads else (max(1, len(os.sched_getaffinity(0)) // n) if processes else None),
+        "det_side": int(side),
+        "det_upscale": float(upscale) if upscale else None,
+        "runtime": runtime or None,
+        "precision": precision or "f32",
+    }
+    engine = RapidOcrEngine(**kwargs)
     cap = f", upscale <= {engine.det_upscale:g}" if engine.det_upscale else ""
     runs_on = engine.runtime + (f"~{precision}" if precision else "")
-    return f"fast (det {engine.det_side}{cap}, {engine.threads} thr, {runs_on})", engine
+    label = f"fast (det {engine.det_side}{cap}, {engine.threads} thr, {runs_on})"
+    if not processes:
+        return label, engine
+    engine.close()  # only built for its label; each process builds its own
+    return f"{label} x {n} processes", ProcessFannedEngine(n, **kwargs)
 
 
 def main() -> None:
@@ -227,8 +267,9 @@ def main() -> None:
     parser.add_argument(
         "--fast",
         action="append",
-        help=f"a fast engine to compare, SIDE[:UPSCALE][@THREADS][/RUNTIME][~PRECISION] (RUNTIME: openvino or "
-        f"onnxruntime; PRECISION: OpenVINO's f32 or bf16; repeatable; default {DET_SIDE}: the defaults)",
+        help=f"a fast engine to compare, SIDE[:UPSCALE][@THREADS][/RUNTIME][~PRECISION][*PROCESSES] (RUNTIME: "
+        f"openvino or onnxruntime; PRECISION: OpenVINO's f32 or bf16; *N: N processes, each with THREADS (default "
+        f"cores / N) threads, as run_ocr(workers=N); repeatable; default {DET_SIDE}: the defaults)",
     )
     args = parser.parse_args()
     t = time.perf_counter()

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import task
 from prefect.tasks import exponential_backoff
@@ -105,7 +105,7 @@ def ocr(
     catalog_path: str,
     out_dir: str,
     quarantine: str | None = None,
-    workers: int = 1,
+    workers: int | Literal["auto"] = 1,
     device: str = "cpu",
 ) -> Manifest:
     """Flag samples whose image shows their class name as text (evaluation excludes them); ``workers`` shards at once,
@@ -141,7 +141,7 @@ def ocr_shards(
     out_dir: str,
     shards: list[str],
     quarantine: str | None = None,
-    workers: int = 1,
+    workers: int | Literal["auto"] = 1,
     device: str = "cpu",
 ) -> int:
     """OCR one group of the shards of ``shards_dir`` (part records only; the ``ocr`` task writes the manifest once

@@ -234,6 +234,38 @@ def test_run_ocr_builds_its_engine_with_the_threads_and_device_given(tmp_path, m
     assert InlinePool.pools == [1, 1]
 
 
+def test_auto_workers_are_one_process_per_core_once_there_are_enough_shards(tmp_path, monkeypatch) -> None:
+    """``workers="auto"`` (the presets' default): one process per core with one thread each, but at most one per 4
+    shards still to do; the outputs are the serial run's. A demo's 2 shards stay one process with every core."""
+    from laionet.core.config import Preset
+    from laionet.images.ocr import auto_workers
+
+    assert [auto_workers(n, 4) for n in (0, 2, 7, 8, 12, 16, 1000)] == [1, 1, 1, 2, 3, 4, 4]
+    assert auto_workers(3, 16) == 1 and auto_workers(10_000, 16) == 16
+    assert Preset(name="x").ocr_workers == "auto"
+    for bad in (0, -2, "many"):
+        with pytest.raises(ValueError, match="ocr_workers"):
+            Preset(name="x", ocr_workers=bad)
+        with pytest.raises(ValueError, match="OCR workers"):
+            run_ocr("s", "c", str(tmp_path / "never"), workers=bad)
+
+    catalog, shards = _tiny_stage(tmp_path, shards=9)
+    built = []
+
+    class Recording(InkOcr):
+        def __init__(self, **kwargs) -> None:
+            built.append(kwargs)
+
+    monkeypatch.setattr(ocr, "RapidOcrEngine", Recording)
+    monkeypatch.setattr(ocr, "ProcessPoolExecutor", InlinePool)
+    monkeypatch.setattr(InlinePool, "pools", [])
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    fanned = run_ocr(shards, catalog, str(tmp_path / "auto"), workers="auto")
+    assert InlinePool.pools == [2] and built == [{"threads": 2, "device": "cpu"}]  # 9 shards: 2 processes × 2 threads
+    serial = run_ocr(shards, catalog, str(tmp_path / "serial"), InkOcr)
+    assert fanned.extra == serial.extra and _records(tmp_path / "auto") == _records(tmp_path / "serial")
+
+
 def test_the_default_engine_never_loads_in_the_calling_process(tmp_path) -> None:
     """The real engine (OpenVINO or ONNX Runtime sessions and their thread pools) lives in a spawned worker, one worker
     included: the process that ran the stage (a Prefect worker, this test session) never loads either runtime, and
@@ -367,23 +399,27 @@ def test_ocr_command_and_task_take_workers(tmp_path, monkeypatch) -> None:
     from laionet.core.config import Preset
     from laionet.core.manifest import Manifest
 
-    seen: list[int] = []
+    seen: list[int | str] = []
 
-    def fake(*args, workers: int = 1, **kwargs) -> Manifest:
+    def fake(*args, workers: int | str = 1, **kwargs) -> Manifest:
         seen.append(workers)
         return Manifest(stage="ocr", config={}, config_hash="0", rows_in=0, rows_out=0, extra={"flagged": 0})
 
     monkeypatch.setattr(ocr_module, "run_ocr", fake)
-    for argv, expected in ((["--workers", "3"], 3), ([], 1), (["--workers", "1"], 1)):
+    for argv, expected in ((["--workers", "3"], 3), ([], 1), (["--workers", "1"], 1), (["--workers", "auto"], "auto")):
         result = CliRunner().invoke(app, ["ocr", "--shards", "s", "--catalog", "c", "--out", str(tmp_path), *argv])
         assert result.exit_code == 0, result.output
         assert seen[-1] == expected
+    result = CliRunner().invoke(
+        app, ["ocr", "--shards", "s", "--catalog", "c", "--out", str(tmp_path), "--workers", "x"]
+    )
+    assert result.exit_code == 2 and "--workers 'x'" in result.output and len(seen) == 4
     assert "workers" in tasks.acquire.ocr.cache_policy.exclude
     assert Preset(name="x", ocr_workers=4).ocr_workers == 4
     result = CliRunner().invoke(
         app, ["ocr", "--shards", "s", "--catalog", "c", "--out", str(tmp_path), "--device", "cuda"]
     )
-    assert result.exit_code == 2 and "onnxruntime-gpu" in result.output and len(seen) == 3  # refused before running
+    assert result.exit_code == 2 and "onnxruntime-gpu" in result.output and len(seen) == 4  # refused before running
 
 
 def test_shard_groups_then_a_final_call_give_the_serial_run(tmp_path) -> None:

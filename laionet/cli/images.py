@@ -127,8 +127,12 @@ def ocr(
     catalog: Annotated[str, typer.Option(help="Catalog parquet (class head names).")],
     out: Annotated[str, typer.Option(help="Output directory: one flags parquet per shard + manifest.")],
     workers: Annotated[
-        int, typer.Option(help=f"{WORKERS_HELP}: shards OCR'd at once, one per process (1: as 0).", min=0)
-    ] = 0,
+        str,
+        typer.Option(
+            help=f"{WORKERS_HELP}: shards OCR'd at once, one per process (1: as 0); auto: one per core, at most one "
+            "per 4 shards, 1 thread each (the pipeline's default: the fastest on many shards)."
+        ),
+    ] = "0",
     device: Annotated[
         str,
         typer.Option(
@@ -144,8 +148,21 @@ def ocr(
     except ValueError as exc:
         fail(str(exc))
     try:
-        manifest = run_ocr(shards, catalog, out, workers=max(1, workers), device=device)
+        manifest = run_ocr(shards, catalog, out, workers=_ocr_workers(workers), device=device)
     except FileNotFoundError as exc:
         fail(str(exc))
     echo_manifest(manifest)
     typer.echo(f"  flagged: {manifest.extra['flagged']}")
+
+
+def _ocr_workers(text: str) -> int | Literal["auto"]:
+    """``--workers``: ``auto``, or a number (0 and 1: one process)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        number = int(text)
+    except ValueError:
+        fail(f"--workers {text!r}: expected a number (0 or more) or 'auto'")
+    if number < 0:
+        fail(f"--workers {number}: expected a number (0 or more) or 'auto'")
+    return max(1, number)

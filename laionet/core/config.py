@@ -126,7 +126,11 @@ class Preset(BaseModel):
     top_k: int | None = 50
     download: dict[str, Any] = Field(default_factory=dict, description="laionet.images.download.DownloadConfig fields")
     ocr: bool = True
-    ocr_workers: int = Field(1, ge=1, description="OCR processes, one shard each (threads per process: cores ÷ N)")
+    ocr_workers: int | Literal["auto"] = Field(
+        "auto",
+        description="OCR processes, one shard at a time each (threads per process: cores ÷ N); auto: one per core, "
+        "at most one per 4 shards (laionet.images.ocr.auto_workers)",
+    )
     ocr_device: str = Field(
         "cpu", description="OCR's ONNX Runtime device: cpu, auto, cuda or cuda:<i> (CUDA needs onnxruntime-gpu)"
     )
@@ -157,6 +161,13 @@ class Preset(BaseModel):
     def _reference_names(cls, value: dict[str, Reference]) -> dict[str, Reference]:
         for name in value:  # each becomes references/<name>/ and variants/<name>/ in the run directory
             check_name(name, "references")
+        return value
+
+    @field_validator("ocr_workers")
+    @classmethod
+    def _ocr_workers(cls, value: int | str) -> int | str:
+        if value != "auto" and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"ocr_workers must be a number ≥ 1 or 'auto', not {value!r}")
         return value
 
     @field_validator("compare")

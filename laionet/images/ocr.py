@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import pyarrow as pa
@@ -68,7 +68,7 @@ def run_ocr(
     engine_factory: Callable[[], OcrEngine] | None = None,
     progress: Callable[[int, int], None] | None = None,
     quarantine: str | None = None,
-    workers: int = 1,
+    workers: int | Literal["auto"] = 1,
     threads: int | None = None,
     device: str = "cpu",
 ) -> Manifest:
@@ -83,11 +83,13 @@ def run_ocr(
     one, or a fanned-out ``run_ocr_shards`` over a group of the shards (then this call only writes the manifest).
 
     ``workers`` > 1 OCRs that many shards at once, each in a process of its own (spawned; each builds its engine with
-    ``engine_factory``, which must then be picklable); outputs and part records are the serial run's. The default
+    ``engine_factory``, which must then be picklable); outputs and part records are the serial run's. ``"auto"``:
+    ``auto_workers`` of the shards still to do (one process per core once there are enough shards). The default
     engine is ``RapidOcrEngine`` with ``threads`` ONNX Runtime threads (default: this process's cores divided among
     the workers) on ``device`` (``ocr_providers``: ``cuda[:i]`` with onnxruntime-gpu; not part of the stage's hash,
     it changes how fast, not what).
     """
+    _check_workers(workers)
     timer = Timer()
     _log.info("OCR of %s (catalog %s, quarantine %s) → %s", shards_dir, catalog_path, quarantine, out_dir)
     plan = _plan(shards_dir, catalog_path, quarantine)
@@ -132,7 +134,7 @@ def run_ocr_shards(
     engine_factory: Callable[[], OcrEngine] | None = None,
     progress: Callable[[int, int], None] | None = None,
     quarantine: str | None = None,
-    workers: int = 1,
+    workers: int | Literal["auto"] = 1,
     threads: int | None = None,
     device: str = "cpu",
 ) -> int:
@@ -141,6 +143,7 @@ def run_ocr_shards(
     finds them done and writes it). Groups must be disjoint; they may run at once, in any process or machine that
     sees ``out_dir``. The output is marked incomplete before the first shard is touched. Returns the number of
     shards OCR'd by this call (0: all were done)."""
+    _check_workers(workers)
     plan = _plan(shards_dir, catalog_path, quarantine, only)
     records, todo = plan.records(out_dir)
     _log.info("OCR of %d of %d shards of %s → %s (%d done before)", len(todo), len(plan.shards), shards_dir, out_dir,
@@ -213,6 +216,25 @@ def _plan(shards_dir: str, catalog_path: str, quarantine: str | None, only: Sequ
     return _Plan(shards, identities, catalog_path, bad, part_hash, chash)
 
 
+SHARDS_PER_AUTO_WORKER = 4
+
+
+def auto_workers(shards: int, available: int | None = None) -> int:
+    """OCR processes for ``shards`` shards on ``available`` cores (default: this process's): one per core, one
+    thread each, but at most one per ``SHARDS_PER_AUTO_WORKER`` shards, so that the last shards do not leave most
+    processes idle while a few run one thread each (a demo's 2 shards: one process with every core's thread).
+
+    Why processes rather than threads: the fast engine read 11-29 % more images/s on 2 cores as 2 processes × 1
+    thread than as 1 process × 2 threads (``benchmarks/bench_ocr.py --fast 736/openvino --fast '736/openvino*2'``),
+    and one process's convolution threads scale worse still on more cores."""
+    return max(1, min(available or cores(), shards // SHARDS_PER_AUTO_WORKER))
+
+
+def _check_workers(workers: int | str) -> None:
+    if workers != "auto" and not (isinstance(workers, int) and workers >= 1):
+        raise ValueError(f"OCR workers must be a number ≥ 1 or 'auto', not {workers!r}")
+
+
 def _ocr_all(
     plan: _Plan,
     out_dir: str,
@@ -220,19 +242,19 @@ def _ocr_all(
     records: dict[str, dict[str, Any]],
     engine_factory: Callable[[], OcrEngine] | None,
     progress: Callable[[int, int], None] | None,
-    workers: int,
+    workers: int | Literal["auto"],
     threads: int | None,
     device: str = "cpu",
 ) -> None:
-    """OCR the shards of ``todo`` (``workers`` at once), writing each one's part record and adding it to
-    ``records``; ``progress(done, total)`` counts over ``records`` and ``todo``."""
+    """OCR the shards of ``todo`` (``workers`` at once; ``"auto"``: ``auto_workers``), writing each one's part record
+    and adding it to ``records``; ``progress(done, total)`` counts over ``records`` and ``todo``."""
     total = len(records) + len(todo)
     catalog = read_catalog(plan.catalog_path)
     names = dict(zip(catalog["wnid"], catalog["name"], strict=True))
-    workers = max(1, min(workers, len(todo)))
+    count = max(1, min(auto_workers(len(todo)) if workers == "auto" else workers, len(todo)))
     own_engine = engine_factory is None
     if engine_factory is None:
-        per_worker = threads or max(1, cores() // workers)
+        per_worker = threads or max(1, cores() // count)
         engine_factory = functools.partial(RapidOcrEngine, threads=per_worker, device=device)
 
     def finish(shard: str, record: dict[str, Any]) -> None:
@@ -246,9 +268,9 @@ def _ocr_all(
     # pools then never live in the calling process (a Prefect worker, a test session); a worker closes its engine at
     # exit (``_start_worker``). The full suite segfaulted twice, at random later tests, after OpenVINO had run in the
     # test process. A given factory runs in-process when one worker is asked for (tests' engines, no pickling needed).
-    if workers > 1 or own_engine:
+    if count > 1 or own_engine:
         context = get_context("spawn")
-        with ProcessPoolExecutor(workers, context, _start_worker, (engine_factory, names, plan.bad)) as pool:
+        with ProcessPoolExecutor(count, context, _start_worker, (engine_factory, names, plan.bad)) as pool:
             futures = {pool.submit(_worker_shard, shard, out_dir): shard for shard in todo}
             for future in tqdm(as_completed(futures), total=len(futures), desc="ocr", unit="shard", disable=None):
                 finish(futures[future], future.result())
