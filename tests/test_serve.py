@@ -113,3 +113,30 @@ def test_render_processes_serve_what_the_serving_thread_renders(tmp_path, monkey
     assert workers and not any(child.is_alive() for child in workers)
     with pytest.raises(ValueError, match=r"0 .* or more"):
         ImageServer(root, render_workers=-1)
+
+
+def test_a_render_process_that_dies_is_replaced_and_nothing_is_remembered(tmp_path) -> None:
+    """A render worker killed mid-run (or crashed inside the renderer) costs the request in flight a 500, but the SVG
+    is not remembered as broken (no ``.err``), and the next request renders it in a new pool."""
+    import os
+    import signal
+
+    root = tmp_path / "root"
+    root.mkdir()
+    svg = '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="5"><rect width="{w}" height="5"/></svg>'
+    for name in ("a", "b"):
+        (root / f"{name}.svg").write_text(svg.format(w=3 if name == "a" else 7))
+    cache = tmp_path / "cache"
+    server = ImageServer(root, svg_width=40, cache_dir=cache, render_workers=1)
+    with server as base:
+        assert urllib.request.urlopen(f"{base}/a.svg").read()[:4] == b"\x89PNG"
+        pool = server.cache._pool
+        assert pool is not None
+        for pid in list(pool._processes):  # the pool's one worker, killed between two requests
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{base}/b.svg")
+        assert err.value.code == 500
+        assert not list(cache.rglob("*.err"))
+        assert urllib.request.urlopen(f"{base}/b.svg").read()[:4] == b"\x89PNG"
+        assert server.cache._pool is not pool and server.cache.renders == 3

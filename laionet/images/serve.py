@@ -23,6 +23,7 @@ import socketserver
 import tempfile
 import threading
 from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import unquote, urlparse
@@ -46,6 +47,10 @@ def render_svg(path: Path, width: int) -> bytes:
     if not isinstance(png, bytes):
         raise ValueError(f"cairosvg returned no PNG for {path}")
     return png
+
+
+class RenderWorkerLostError(RuntimeError):
+    """A render process died before answering: the SVG may be fine, so nothing is remembered about it."""
 
 
 def _render_or_error(path: Path, width: int) -> tuple[bytes | None, str | None]:
@@ -91,7 +96,13 @@ class SvgCache:
 
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
             pool = self._pool
-        png, error = pool.submit(_render_or_error, path, width).result()
+        try:
+            png, error = pool.submit(_render_or_error, path, width).result()
+        except BrokenProcessPool as exc:  # a worker died (killed, or crashed inside the renderer): not this SVG's fault
+            with self._guard:
+                if self._pool is pool:
+                    self._pool = None  # the next miss starts a new pool
+            raise RenderWorkerLostError(f"the render process died while rendering {path}") from exc
         if png is None:
             raise ValueError(error)
         return png
@@ -123,6 +134,8 @@ class SvgCache:
                 self.renders += 1
             try:
                 data = self._render(path, width)
+            except RenderWorkerLostError:  # not remembered: a later request tries again (a 500 the download retries)
+                raise
             except Exception as exc:  # a broken SVG: remembered, so it is not tried again on every request
                 _write_atomic(err, f"{type(exc).__name__}: {exc}".encode())
                 raise ValueError(f"{path} could not be rendered: {exc}") from exc
