@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cachetools
 import pandas as pd
@@ -87,6 +87,23 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         # settings too, in case Prefect was imported before this fixture ran (then the environment came too late)
         with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=None):
             yield home
+
+
+T = TypeVar("T")
+
+
+def eventually(read: Callable[[], T], ready: Callable[[T], bool], timeout: float = 20) -> T:
+    """``read()`` again (every 0.3 s) until ``ready`` of its result, or ``timeout`` seconds: the server records task
+    runs from the client's events in batches (every 2 s; the harness's recorder settings), so a read joined with task
+    runs, such as artifacts read with a task-run filter, can miss the newest for a moment after a flow returns."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = read()
+        if ready(result) or time.monotonic() > deadline:
+            return result
+        time.sleep(0.3)
 
 
 def final_task_runs(flow_run_id: Any, expected: int, timeout: float = 20) -> list[tuple[str, str]]:

@@ -22,7 +22,7 @@ import yaml
 from laionet.core.manifest import manifest_path, read_manifest
 from laionet.selection.select import DROP_REASONS as SELECT_DROP_REASONS
 from laionet.text.match import read_matches
-from tests.conftest import final_task_runs, write_corpus_part
+from tests.conftest import eventually, final_task_runs, write_corpus_part
 
 pytestmark = pytest.mark.prefect
 
@@ -188,18 +188,21 @@ def test_build_flow_on_tiny_data(prefect_harness: Path, inputs: dict[str, Any]) 
     assert chosen["config"]["similarity"] == str(run_dir / SIM_DIR)
     assert selected(inputs["run_dir"]) == SELECTED
 
-    with get_client(sync_client=True) as client:
-        artifacts = {
-            key: client.read_artifacts(  # every field explicit: the server here rejects the client's None defaults
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-                flow_run_filter=FlowRunFilter(),
-                task_run_filter=TaskRunFilter(),
-                sort=ArtifactSort.CREATED_DESC,
-                limit=10,
-                offset=0,
-            )
-            for key in ("run-match-matches", "run-similarity-st-all-minilm-l6-v2", "run-select-selection")
-        }  # <run dir name>-<stage>-<output below the run dir>
+    def read() -> dict[str, list[Any]]:
+        with get_client(sync_client=True) as client:
+            return {
+                key: client.read_artifacts(  # every field explicit: the server here rejects the client's None defaults
+                    artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                    flow_run_filter=FlowRunFilter(),
+                    task_run_filter=TaskRunFilter(),
+                    sort=ArtifactSort.CREATED_DESC,
+                    limit=10,
+                    offset=0,
+                )
+                for key in ("run-match-matches", "run-similarity-st-all-minilm-l6-v2", "run-select-selection")
+            }  # <run dir name>-<stage>-<output below the run dir>
+
+    artifacts = eventually(read, lambda found: all(found.values()))
     assert all(artifacts.values()), "every stage task publishes a Markdown summary"
     match_summary = artifacts["run-match-matches"][0]
     assert match_summary.type == "markdown"

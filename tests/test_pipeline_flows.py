@@ -15,7 +15,7 @@ import pytest
 from laionet.core.manifest import read_manifest
 from laionet.images.serve import ImageServer
 from laionet.text.catalog import run_catalog
-from tests.conftest import final_task_runs, write_class_file
+from tests.conftest import eventually, final_task_runs, write_class_file
 
 pytestmark = pytest.mark.prefect
 
@@ -153,23 +153,36 @@ def test_evaluate_and_report_flows_after_inference(prefect_harness: Path, tiny_r
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType, FlowRunFilter, TaskRunFilter
     from prefect.client.schemas.sorting import ArtifactSort
 
-    with get_client(sync_client=True) as client:
-        kinds = {  # every field explicit: the server rejects the client's None defaults
-            kind: client.read_artifacts(
-                artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=[kind])),
-                flow_run_filter=FlowRunFilter(),
-                task_run_filter=TaskRunFilter(),
-                sort=ArtifactSort.CREATED_DESC,
-                limit=50,
-                offset=0,
-            )
-            for kind in ("table", "progress")
-        }
-    tables = [a for a in kinds["table"] if a.key and "-accuracy-laionet" in a.key]  # <run dir name>-accuracy-...
+    def read() -> dict[str, list[Any]]:
+        with get_client(sync_client=True) as client:
+            return {  # every field explicit: the server rejects the client's None defaults
+                kind: client.read_artifacts(
+                    artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=[kind])),
+                    flow_run_filter=FlowRunFilter(),
+                    task_run_filter=TaskRunFilter(),
+                    sort=ArtifactSort.CREATED_DESC,
+                    limit=50,
+                    offset=0,
+                )
+                for kind in ("table", "progress")
+            }
+
+    def accuracy_tables(kinds: dict[str, list[Any]]) -> list[Any]:  # <run dir name>-accuracy-...
+        return [a for a in kinds["table"] if a.key and "-accuracy-laionet" in a.key]
+
+    def our_progress(kinds: dict[str, list[Any]]) -> list[Any]:  # the session's API also holds other tests' runs
+        return [a for a in kinds["progress"] if str(run_dir) in (a.description or "")]
+
+    def ready(kinds: dict[str, list[Any]]) -> bool:
+        ours = our_progress(kinds)
+        return bool(accuracy_tables(kinds)) and bool(ours) and all(float(a.data) == 100.0 for a in ours)
+
+    kinds = eventually(read, ready)
+    tables = accuracy_tables(kinds)
     assert tables and {"k", "weighting", "accuracy"} <= set(tables[0].data[0] if isinstance(tables[0].data, list)
                                                            else json.loads(tables[0].data)[0])  # fmt: skip
     # this test's progress artifacts (the session's Prefect API also holds other tests', some deliberately failed)
-    ours = [a for a in kinds["progress"] if str(run_dir) in (a.description or "")]
+    ours = our_progress(kinds)
     assert ours and all(float(a.data) == 100.0 for a in ours), [
         (a.description, a.data) for a in ours
     ]  # inference and OCR report their progress, to the end
