@@ -6,9 +6,9 @@ render width (``cache_dir``; default ``$LAIONET_CACHE/svg-png``, else ``$XDG_CAC
 ``~/.cache/laionet/svg-png``, else a directory under the system's temp dir), shared by every server instance and
 every run; an SVG that cannot be rendered is remembered too. An edited SVG (new size or mtime) is rendered again.
 
-Misses are rendered in ``render_workers`` spawned processes (default: one per core), so a cold cache renders on
-every core and outside the GIL of the process that serves (the demo's flow process); ``render_workers=0`` renders in
-the serving thread.
+Misses are rendered in ``render_workers`` spawned processes (default: one per core, at most 8), so a cold cache
+renders on every core and outside the GIL of the process that serves (the demo's flow process); ``render_workers=0``
+renders in the serving thread.
 
 Binds 127.0.0.1 only, on a free port; use it as a context manager. Requests outside the root or for missing files
 get 404; SVGs that cannot be rendered get 500 (the download stage counts both).
@@ -28,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import unquote, urlparse
 
+MAX_RENDER_WORKERS = 8
 _RENDER_VERSION = "1"  # bump when the rendering (options, library) changes what a cached PNG would hold
 
 
@@ -166,7 +167,8 @@ class ImageServer:
     """``with ImageServer(root) as base_url: ...`` serves ``root`` at ``base_url`` (``http://127.0.0.1:<port>``).
 
     SVGs are rendered ``svg_width`` pixels wide through ``SvgCache(cache_dir, render_workers)`` (``self.cache``);
-    ``render_workers`` None: one per core.
+    ``render_workers`` None: one per core, at most ``MAX_RENDER_WORKERS`` (each holds cairosvg; a big machine's cores
+    would mostly wait for requests).
     """
 
     def __init__(
@@ -174,7 +176,9 @@ class ImageServer:
     ) -> None:
         self.root = root.resolve()
         self.svg_width = svg_width
-        workers = render_workers if render_workers is not None else len(os.sched_getaffinity(0))
+        workers = (
+            render_workers if render_workers is not None else min(len(os.sched_getaffinity(0)), MAX_RENDER_WORKERS)
+        )
         self.cache = SvgCache(cache_dir, workers)
         self._httpd: socketserver.ThreadingTCPServer | None = None
 
