@@ -15,6 +15,7 @@ from prefect import flow
 from laionet.core.config import Preset, load_preset
 from laionet.core.layout import shards_dir
 from laionet.core.manifest import join
+from laionet.images.ocr import per_task_workers
 from laionet.images.shards import shard_groups
 from tasks._common import flow_name, resolve
 from tasks.acquire import download, download_index, ingest_reference, ocr, ocr_shards, verify
@@ -63,10 +64,12 @@ def acquire(
         if config.ocr:  # after verify: quarantined samples are skipped, a truncated shard never reaches OCR unseen
             settings = (quarantine, config.ocr_workers, config.ocr_device)
             if config.shard_batches > 1:  # one task per shard group (the shards exist once verify is done)
+                # the tasks are the fan-out: with "auto", one OCR process each, not one per core each
+                per_task = (quarantine, per_task_workers(config.ocr_workers, config.shard_batches), config.ocr_device)
                 verified.wait()
                 if verified.state.is_completed():
                     groups = [
-                        ocr_shards.submit(out, catalog, ocr_dir, group, *settings)
+                        ocr_shards.submit(out, catalog, ocr_dir, group, *per_task)
                         for group in shard_groups(out, config.shard_batches)
                     ]
             flagged = ocr.submit(out, catalog, ocr_dir, *settings, wait_for=[verified, *groups])

@@ -238,10 +238,12 @@ def test_auto_workers_are_one_process_per_core_once_there_are_enough_shards(tmp_
     """``workers="auto"`` (the presets' default): one process per core with one thread each, but at most one per 4
     shards still to do; the outputs are the serial run's. A demo's 2 shards stay one process with every core."""
     from laionet.core.config import Preset
-    from laionet.images.ocr import auto_workers
+    from laionet.images.ocr import auto_workers, per_task_workers
 
     assert [auto_workers(n, 4) for n in (0, 2, 7, 8, 12, 16, 1000)] == [1, 1, 1, 2, 3, 4, 4]
     assert auto_workers(3, 16) == 1 and auto_workers(10_000, 16) == 16
+    # a flow's shard-group tasks are the fan-out themselves: one process each under "auto"
+    assert (per_task_workers("auto", 8), per_task_workers("auto", 1), per_task_workers(3, 8)) == (1, "auto", 3)
     assert Preset(name="x").ocr_workers == "auto"
     for bad in (0, -2, "many"):
         with pytest.raises(ValueError, match="ocr_workers"):

@@ -226,8 +226,16 @@ def auto_workers(shards: int, available: int | None = None) -> int:
 
     Why processes rather than threads: the fast engine read 11-29 % more images/s on 2 cores as 2 processes × 1
     thread than as 1 process × 2 threads (``benchmarks/bench_ocr.py --fast 736/openvino --fast '736/openvino*2'``),
-    and one process's convolution threads scale worse still on more cores."""
+    and one process's convolution threads scale worse still on more cores. Where a flow fans OCR out as tasks
+    (``shard_batches`` > 1), each task runs one process instead (``per_task_workers``)."""
     return max(1, min(available or cores(), shards // SHARDS_PER_AUTO_WORKER))
+
+
+def per_task_workers(workers: int | Literal["auto"], tasks: int) -> int | Literal["auto"]:
+    """The ``workers`` of each OCR task of a flow that fans OCR out as ``tasks`` tasks (shard groups): the tasks are
+    the fan-out then (several at once on one machine, or one per Ray worker), so ``"auto"`` is one process each
+    rather than one per core each; a number is kept."""
+    return 1 if workers == "auto" and tasks > 1 else workers
 
 
 def _check_workers(workers: int | str) -> None:
