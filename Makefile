@@ -10,15 +10,13 @@ setup:
 	@bash scripts/setup.sh
 
 # The demo runs the Prefect `demo` flow with an ephemeral local API (no server needed); Prefect's home (its SQLite
-# database and the task result cache that makes a second run fast) lives beside the run directory. The variables are
-# laionet.cli.run.PREFECT_DEFAULTS (what `laionet run` sets; tests/test_cli_run.py checks that they agree).
+# database and the task result cache that makes a second run fast) lives beside the run directory; `python -m flows`
+# sets the rest of its settings (laionet.core.runtime.PREFECT_DEFAULTS, as `laionet run` does).
 PREFECT_HOME_DIR ?= $(abspath $(dir $(RUN_DIR)).prefect)
 
 demo: setup
 	@mkdir -p $(PREFECT_HOME_DIR)
-	PREFECT_HOME=$(PREFECT_HOME_DIR) PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_LOGGING_EXTRA_LOGGERS=laionet \
-	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE=500 \
-	PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL=2 $(VENV)/bin/python -m flows demo --run-dir $(RUN_DIR)
+	PREFECT_HOME=$(PREFECT_HOME_DIR) $(VENV)/bin/python -m flows demo --run-dir $(RUN_DIR)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -4,7 +4,7 @@ Every stage of a finished demo run comes back ``Cached``, so what is left is Pre
 subflows, one API round trip per task run. On its SQLite database the server's task-run recorder (the service that
 writes task runs from the client's events) and the client's own writes (a new task run, a concurrency-slot request)
 collide; the API answers "database is locked" (503) and the client retries after ~2 s. ``laionet run`` and ``make
-demo`` have the recorder write in batches (``laionet.cli.run.PREFECT_DEFAULTS``).
+demo`` have the recorder write in batches (``laionet.core.runtime.PREFECT_DEFAULTS``).
 
 Runs ``python -m flows demo`` (what ``make demo`` runs, in a child process) ``--repeats`` times per setting, the
 settings alternating, on the run directory and Prefect home of a finished demo (``make demo`` first), and prints per
@@ -26,7 +26,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from laionet.cli.run import PREFECT_DEFAULTS
+from laionet.core.runtime import PREFECT_DEFAULTS
 
 RECORDER = {k: v for k, v in PREFECT_DEFAULTS.items() if "TASK_RUN_RECORDER" in k}
 STAMP = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) \| ")
@@ -41,10 +41,9 @@ def _flow_seconds(log: str) -> float:
     return (last - first).total_seconds()
 
 
-def run_once(run_dir: str, home: Path, recorder: dict[str, str] | None) -> dict[str, float]:
+def run_once(run_dir: str, home: Path, recorder: dict[str, str]) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if "TASK_RUN_RECORDER" not in k}
-    env.update({k: v for k, v in PREFECT_DEFAULTS.items() if "TASK_RUN_RECORDER" not in k})
-    env.update(recorder or {})
+    env.update(recorder)  # the launcher sets the rest of PREFECT_DEFAULTS (and these, where not given)
     env.update(PREFECT_HOME=str(home), PREFECT_LOGGING_LEVEL="DEBUG")  # DEBUG: the client logs each retry
     start = time.perf_counter()
     done = subprocess.run(
@@ -74,7 +73,9 @@ def main() -> None:
     home = Path(args.prefect_home or Path(args.run_dir).resolve().parent / ".prefect")
     if not (Path(args.run_dir) / "summary.json").exists() and not (Path(args.run_dir) / "report").exists():
         raise SystemExit(f"{args.run_dir} holds no finished demo: run `make demo` first")
-    settings = {"prefect defaults": None, "batched recorder": RECORDER}
+    # Prefect's own defaults spelled out (the launcher would otherwise apply laionet's): one event per write, 5 s
+    prefect = {k: v for k, v in zip(RECORDER, ("1", "5"), strict=True)}
+    settings = {"prefect defaults": prefect, "batched recorder": RECORDER}
     results: dict[str, list[dict[str, float]]] = {name: [] for name in settings}
     for i in range(args.repeats):
         for name, recorder in settings.items():

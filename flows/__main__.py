@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import sys
 
-from flows import demo
+from laionet.core.runtime import apply_prefect_defaults
+
+apply_prefect_defaults()  # before Prefect is imported: `laionet run`'s settings (laionet.core.runtime.PREFECT_DEFAULTS)
+
+from flows import demo  # noqa: E402
 
 if len(sys.argv) < 2 or sys.argv[1] != "demo":
     given = " ".join(sys.argv[1:]) or "nothing"

@@ -47,17 +47,12 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     Not autouse: only tests that run flows pay its ~15 s start-up. Prefect is imported here, after the environment
     is set, so that importing it does not create ``~/.prefect``; tests import flows/tasks inside the test body.
     """
+    from laionet.core.runtime import PREFECT_DEFAULTS
+
     home = tmp_path_factory.mktemp("prefect-home")
-    env = {
-        "PREFECT_HOME": str(home),
-        "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-        # the server's task-run recorder writes in batches, as `laionet run` and `make demo` have it (no "database is
-        # locked" 503s and their 2 s client back-offs; laionet.cli.run.PREFECT_DEFAULTS)
-        "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "500",
-        "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "2",
-    }
+    # the server's settings of `laionet run` and `make demo` (its task-run recorder writing in batches among them)
+    server = {name: value for name, value in PREFECT_DEFAULTS.items() if name.startswith("PREFECT_SERVER_")}
+    env = {"PREFECT_HOME": str(home), "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"), **server}
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
-import os
 from typing import Annotated, Any
 
 import typer
 
 from laionet.cli.common import fail
+from laionet.core.runtime import apply_prefect_defaults
 
 app = typer.Typer()
 
@@ -28,18 +28,6 @@ _MARKS = {"complete": "ok", "stale": "STALE", "incomplete": "INCOMPLETE", "runni
 STAGES = ("build", "acquire", "infer", "evaluate", "diagnose", "report")
 # an Enum, not a Literal: Typer takes no list of Literal (`--stage` repeats)
 Stage = enum.Enum("Stage", {name: name for name in STAGES}, type=str)  # type: ignore[misc]
-# what `make demo` sets: no analytics (SQLite lock noise), the library's log lines in Prefect's logs, time for the
-# ephemeral API to start on a fresh database (15-20 s on 2 cores; Prefect's default is 20 s), and the server's task-run
-# recorder writing the task runs' events in batches (every 2 s) instead of one transaction per event: on SQLite those
-# writes collided with the client's own (a new task run, a slot request), the API answered "database is locked" (503)
-# and the client waited ~2 s before its retry, five times in a cached demo run (14.6 s of flow runs; 4.5 s batched)
-PREFECT_DEFAULTS = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "laionet",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "500",
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "2",
-}
 
 
 def _import_flows() -> dict[str, Any]:
@@ -132,8 +120,7 @@ def run(
     if "diagnose" in chosen and config.diagnose is None:
         typer.echo(f"preset {config.name!r} has no diagnostics (diagnose: null): skipping the diagnose stage")
         chosen.remove("diagnose")
-    for name, value in PREFECT_DEFAULTS.items():
-        os.environ.setdefault(name, value)
+    apply_prefect_defaults()
     flows = _import_flows()
 
     with contextlib.ExitStack() as stack:

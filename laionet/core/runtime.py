@@ -1,4 +1,5 @@
-"""Process-level settings: CPU inference tuning, and the one pixel limit of every image decode.
+"""Process-level settings: CPU inference tuning, the one pixel limit of every image decode, and the Prefect settings
+flows run with (``PREFECT_DEFAULTS``).
 
 ``limit_image_pixels()``: the largest image (width × height) any stage decodes, ``LAIONET_MAX_IMAGE_PIXELS`` or 50 MP.
 Every module that decodes with PIL calls it first (download, references, verify, OCR, inference batches, report
@@ -21,6 +22,29 @@ import os
 import warnings
 
 MAX_IMAGE_PIXELS = 50_000_000
+
+# The Prefect settings every entry point that runs flows starts with (`laionet run`, `python -m flows demo` = `make
+# demo`; the tests' harness takes the server's): no analytics (SQLite lock noise), the library's log lines in Prefect's
+# logs, time for the ephemeral API to start on a fresh database (15-20 s on 2 cores; Prefect's default is 20 s), and the
+# server's task-run recorder writing the task runs' events in batches (every 2 s) instead of one transaction per
+# event: on SQLite those writes collided with the client's own (a new task run, a slot request), the API answered
+# "database is locked" (503) and the client waited ~2 s before each retry (benchmarks/bench_rerun.py: 6 retries and
+# 14.5 s of flow runs in a cached demo run, against 1 and 4.0 s batched)
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "laionet",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "500",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "2",
+}
+
+
+def apply_prefect_defaults() -> None:
+    """``PREFECT_DEFAULTS`` into this process's environment where not set already (a user's own value wins). Call it
+    before Prefect is imported (its logging reads them then); an ephemeral API started later inherits them."""
+    for name, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _tuned = False
