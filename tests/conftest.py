@@ -101,19 +101,35 @@ def eventually(read: Callable[[], T], ready: Callable[[T], bool], timeout: float
         time.sleep(0.3)
 
 
+def read_artifacts(artifact_filter: Any, limit: int = 50) -> list[Any]:
+    """The artifacts ``artifact_filter`` selects, newest first, joined with their task runs (Prefect's task-run and
+    flow-run filters given, empty: every field explicit, as the server rejects the client's None defaults)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, TaskRunFilter
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        return list(
+            client.read_artifacts(
+                artifact_filter=artifact_filter,
+                flow_run_filter=FlowRunFilter(),
+                task_run_filter=TaskRunFilter(),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=limit,
+                offset=0,
+            )
+        )
+
+
 def final_task_runs(flow_run_id: Any, expected: int, timeout: float = 20) -> list[tuple[str, str]]:
     """(task name, final state name) of a flow run's task runs, once ``expected`` of them are final (task-run states
     reach the API as events, a moment after the flow returns) or after ``timeout`` seconds."""
-    import time
-
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import TaskRunSort
 
-    final: list[Any] = []
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
+    def read() -> list[Any]:
+        with get_client(sync_client=True) as client:
             runs = (
                 client.read_task_runs(  # prefect 3.8.8's client sends None sort/limit/offset, which the server rejects
                     flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
@@ -122,10 +138,9 @@ def final_task_runs(flow_run_id: Any, expected: int, timeout: float = 20) -> lis
                     offset=0,
                 )
             )
-            final = [run for run in runs if run.state and run.state.is_final()]
-            if len(final) >= expected:
-                break
-            time.sleep(0.2)
+        return [run for run in runs if run.state and run.state.is_final()]
+
+    final = eventually(read, lambda runs: len(runs) >= expected, timeout)
     return [(task_name(run.name), run.state.name) for run in final]
 
 

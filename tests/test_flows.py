@@ -22,7 +22,7 @@ import yaml
 from laionet.core.manifest import manifest_path, read_manifest
 from laionet.selection.select import DROP_REASONS as SELECT_DROP_REASONS
 from laionet.text.match import read_matches
-from tests.conftest import eventually, final_task_runs, write_corpus_part
+from tests.conftest import eventually, final_task_runs, read_artifacts, write_corpus_part
 
 pytestmark = pytest.mark.prefect
 
@@ -130,9 +130,7 @@ def assert_select_counts(manifest: dict[str, Any]) -> None:
 
 
 def test_build_flow_on_tiny_data(prefect_harness: Path, inputs: dict[str, Any]) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, TaskRunFilter
-    from prefect.client.schemas.sorting import ArtifactSort
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     manifests, states = run_build(**inputs)
 
@@ -188,19 +186,9 @@ def test_build_flow_on_tiny_data(prefect_harness: Path, inputs: dict[str, Any]) 
     assert chosen["config"]["similarity"] == str(run_dir / SIM_DIR)
     assert selected(inputs["run_dir"]) == SELECTED
 
-    def read() -> dict[str, list[Any]]:
-        with get_client(sync_client=True) as client:
-            return {
-                key: client.read_artifacts(  # every field explicit: the server here rejects the client's None defaults
-                    artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-                    flow_run_filter=FlowRunFilter(),
-                    task_run_filter=TaskRunFilter(),
-                    sort=ArtifactSort.CREATED_DESC,
-                    limit=10,
-                    offset=0,
-                )
-                for key in ("run-match-matches", "run-similarity-st-all-minilm-l6-v2", "run-select-selection")
-            }  # <run dir name>-<stage>-<output below the run dir>
+    def read() -> dict[str, list[Any]]:  # <run dir name>-<stage>-<output below the run dir>
+        keys = ("run-match-matches", "run-similarity-st-all-minilm-l6-v2", "run-select-selection")
+        return {key: read_artifacts(ArtifactFilter(key=ArtifactFilterKey(any_=[key])), limit=10) for key in keys}
 
     artifacts = eventually(read, lambda found: all(found.values()))
     assert all(artifacts.values()), "every stage task publishes a Markdown summary"

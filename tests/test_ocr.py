@@ -212,11 +212,11 @@ class InlinePool:
         return future
 
 
-def test_run_ocr_builds_its_engine_with_the_threads_and_device_given(tmp_path, monkeypatch) -> None:
-    """The default engine is built in a worker process (a pool even for one worker) with the threads and device
-    given; here the pool runs in this process so that the engine's arguments can be recorded."""
-    catalog, shards = _tiny_stage(tmp_path, shards=1)
-    built = []
+@pytest.fixture
+def recorded_engines(monkeypatch) -> list[dict]:
+    """The default engine's build arguments, recorded: pools run in this process (``InlinePool.pools`` lists their
+    sizes), the engine is ``InkOcr``, and the process sees 4 cores."""
+    built: list[dict] = []
 
     class Recording(InkOcr):
         def __init__(self, **kwargs) -> None:
@@ -226,6 +226,14 @@ def test_run_ocr_builds_its_engine_with_the_threads_and_device_given(tmp_path, m
     monkeypatch.setattr(ocr, "ProcessPoolExecutor", InlinePool)
     monkeypatch.setattr(InlinePool, "pools", [])
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    return built
+
+
+def test_run_ocr_builds_its_engine_with_the_threads_and_device_given(tmp_path, recorded_engines) -> None:
+    """The default engine is built in a worker process (a pool even for one worker) with the threads and device
+    given; here the pool runs in this process so that the engine's arguments can be recorded."""
+    catalog, shards = _tiny_stage(tmp_path, shards=1)
+    built = recorded_engines
     run_ocr(shards, catalog, str(tmp_path / "a"))
     run_ocr(shards, catalog, str(tmp_path / "b"), threads=1, device="cuda:1")
     assert built == [{"threads": 4, "device": "cpu"}, {"threads": 1, "device": "cuda:1"}]
@@ -234,7 +242,7 @@ def test_run_ocr_builds_its_engine_with_the_threads_and_device_given(tmp_path, m
     assert InlinePool.pools == [1, 1]
 
 
-def test_auto_workers_are_one_process_per_core_once_there_are_enough_shards(tmp_path, monkeypatch) -> None:
+def test_auto_workers_are_one_process_per_core_once_there_are_enough_shards(tmp_path, recorded_engines) -> None:
     """``workers="auto"`` (the presets' default): one process per core with one thread each, but at most one per 4
     shards still to do; the outputs are the serial run's. A demo's 2 shards stay one process with every core."""
     from laionet.core.config import Preset
@@ -252,16 +260,7 @@ def test_auto_workers_are_one_process_per_core_once_there_are_enough_shards(tmp_
             run_ocr("s", "c", str(tmp_path / "never"), workers=bad)
 
     catalog, shards = _tiny_stage(tmp_path, shards=9)
-    built = []
-
-    class Recording(InkOcr):
-        def __init__(self, **kwargs) -> None:
-            built.append(kwargs)
-
-    monkeypatch.setattr(ocr, "RapidOcrEngine", Recording)
-    monkeypatch.setattr(ocr, "ProcessPoolExecutor", InlinePool)
-    monkeypatch.setattr(InlinePool, "pools", [])
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    built = recorded_engines
     fanned = run_ocr(shards, catalog, str(tmp_path / "auto"), workers="auto")
     assert InlinePool.pools == [2] and built == [{"threads": 2, "device": "cpu"}]  # 9 shards: 2 processes × 2 threads
     serial = run_ocr(shards, catalog, str(tmp_path / "serial"), InkOcr)

@@ -19,6 +19,7 @@ import pytest
 
 from laionet.core.config import load_preset
 from laionet.images.child import ChildError, is_transient, run_in_child
+from tests.conftest import eventually
 
 # --- the retry rule ------------------------------------------------------------------------------------------------
 
@@ -120,18 +121,18 @@ def _logs(flow_run_id: Any, timeout: float = 20, want: str = "") -> list[Any]:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.client.schemas.sorting import LogSort
 
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while True:
-            logs = client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
-                sort=LogSort.TIMESTAMP_ASC,
-                limit=200,
-                offset=0,
+    def read() -> list[Any]:
+        with get_client(sync_client=True) as client:
+            return list(
+                client.read_logs(
+                    log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                    sort=LogSort.TIMESTAMP_ASC,
+                    limit=200,
+                    offset=0,
+                )
             )
-            if any(want in log.message for log in logs) or time.monotonic() > deadline:
-                return list(logs)
-            time.sleep(0.3)
+
+    return eventually(read, lambda logs: any(want in log.message for log in logs), timeout)
 
 
 @pytest.mark.prefect

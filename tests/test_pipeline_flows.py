@@ -15,7 +15,7 @@ import pytest
 from laionet.core.manifest import read_manifest
 from laionet.images.serve import ImageServer
 from laionet.text.catalog import run_catalog
-from tests.conftest import eventually, final_task_runs, write_class_file
+from tests.conftest import eventually, final_task_runs, read_artifacts, write_class_file
 
 pytestmark = pytest.mark.prefect
 
@@ -149,23 +149,12 @@ def test_evaluate_and_report_flows_after_inference(prefect_harness: Path, tiny_r
     top = read_manifest(f"{run_dir}/variants/laionet-top50")
     assert top.rows_in == 4 and top.rows_out + sum(top.dropped.values()) == 4
 
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType, FlowRunFilter, TaskRunFilter
-    from prefect.client.schemas.sorting import ArtifactSort
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
 
     def read() -> dict[str, list[Any]]:
-        with get_client(sync_client=True) as client:
-            return {  # every field explicit: the server rejects the client's None defaults
-                kind: client.read_artifacts(
-                    artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=[kind])),
-                    flow_run_filter=FlowRunFilter(),
-                    task_run_filter=TaskRunFilter(),
-                    sort=ArtifactSort.CREATED_DESC,
-                    limit=50,
-                    offset=0,
-                )
-                for kind in ("table", "progress")
-            }
+        return {
+            kind: read_artifacts(ArtifactFilter(type=ArtifactFilterType(any_=[kind]))) for kind in ("table", "progress")
+        }
 
     def accuracy_tables(kinds: dict[str, list[Any]]) -> list[Any]:  # <run dir name>-accuracy-...
         return [a for a in kinds["table"] if a.key and "-accuracy-laionet" in a.key]
