@@ -2,8 +2,8 @@
 
 A package's ``__main__`` on purpose: the spawn start method of multiprocessing imports the parent's main module again
 in every child process it starts, unless that module is a ``__main__``. Started as ``python -m flows.demo``, each
-process a stage spawns (the download's img2dataset processes, the OCR workers, the SVG render workers; some twenty in
-a demo run) first imported Prefect, torch and every flow: ~3 s of CPU and a few hundred MB each, for nothing.
+process a stage spawns (the download's img2dataset processes, the OCR workers, the SVG render workers) first imported
+Prefect, torch and every flow, for nothing: `import flows.reproduce` alone takes 3.9 s and 772 MB (peak RSS, 2 cores).
 """
 
 from __future__ import annotations

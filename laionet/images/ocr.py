@@ -224,9 +224,9 @@ def auto_workers(shards: int, available: int | None = None) -> int:
     thread each, but at most one per ``SHARDS_PER_AUTO_WORKER`` shards, so that the last shards do not leave most
     processes idle while a few run one thread each (a demo's 2 shards: one process with every core's thread).
 
-    Why processes rather than threads: the fast engine read 11-29 % more images/s on 2 cores as 2 processes × 1
-    thread than as 1 process × 2 threads (``benchmarks/bench_ocr.py --fast 736/openvino --fast '736/openvino*2'``),
-    and one process's convolution threads scale worse still on more cores. Where a flow fans OCR out as tasks
+    Why processes rather than threads: the fast engine read 4-29 % more images/s on 2 cores as 2 processes × 1
+    thread than as 1 process × 2 threads (``benchmarks/bench_ocr.py --fast 736/openvino --fast '736/openvino*2'``,
+    two runs, two image sets; more cores not measured). Where a flow fans OCR out as tasks
     (``shard_batches`` > 1), each task runs one process instead (``per_task_workers``)."""
     return max(1, min(available or cores(), shards // SHARDS_PER_AUTO_WORKER))
 
