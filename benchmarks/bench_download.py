@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
+from laionet.core.runtime import cores
 from laionet.images.download import DownloadConfig, run_download
 from laionet.images.ocr import RapidOcrEngine
 
@@ -100,7 +101,7 @@ def bench_svgs(count: int, threads: int, root: Path) -> None:
         cache = Path(tmp) / "cache"
         urls = [f"/{p.relative_to(root)}" for p in svgs]
         rows = []
-        workers = len(os.sched_getaffinity(0))
+        workers = cores()
         # the old first serve (rendered in the serving threads, one GIL) on a cache of its own, then the default
         serves = (
             ("first serve, rendered in serving threads", Path(tmp) / "threads", 0),

@@ -23,6 +23,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from laionet.core.runtime import cores
 from laionet.images.ocr import DET_SIDE, RapidOcrEngine, shows_name
 
 CLASS_NAMES = [
@@ -241,7 +242,7 @@ def _fast(spec: str) -> tuple[str, Any]:
     n = int(processes) if processes else 1
     kwargs: dict[str, Any] = {
         "engine": "fast",
-        "threads": int(threads) if threads else (max(1, len(os.sched_getaffinity(0)) // n) if processes else None),
+        "threads": int(threads) if threads else (max(1, cores() // n) if processes else None),
         "det_side": int(side),
         "det_upscale": float(upscale) if upscale else None,
         "runtime": runtime or None,

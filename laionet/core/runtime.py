@@ -62,12 +62,18 @@ def keep_freed_memory(threshold: int = 1 << 30) -> bool:
         return False
 
 
+def cores() -> int:
+    """The cores this process may run on (all of the machine's where the OS cannot say)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
 def tune_cpu() -> None:
     """All cores for torch; large freed blocks kept by the allocator (see the module docstring). Idempotent."""
     global _tuned
     import torch
 
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    torch.set_num_threads(cores())
     if not _tuned:
         keep_freed_memory()
         _tuned = True

@@ -50,7 +50,7 @@ from fsspec.core import url_to_fs
 from pydantic import BaseModel, Field, field_validator
 
 from laionet.core.manifest import Manifest, Timer, atomic_path, config_hash, join, write_manifest, write_parquet_atomic
-from laionet.core.runtime import MAX_IMAGE_PIXELS
+from laionet.core.runtime import MAX_IMAGE_PIXELS, cores
 from laionet.core.stage import require_file_input, stage_rebuild
 from laionet.images.child import run_in_child
 from laionet.images.fetch import Policy, RefusedError, fetch, host_port, image_pixels, parse_allowed, refusal_reason
@@ -76,7 +76,7 @@ class DownloadConfig(BaseModel):
 
     image_size: int = Field(448, gt=0)
     encode_quality: int = Field(95, ge=1, le=100)
-    processes: int = Field(default_factory=lambda: max(1, len(os.sched_getaffinity(0))))
+    processes: int = Field(default_factory=cores)
     threads: int = Field(64, gt=0)
     samples_per_shard: int = Field(10_000, gt=0)
     timeout: int = Field(10, gt=0)

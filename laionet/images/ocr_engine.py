@@ -9,6 +9,8 @@ import importlib.util
 import os
 from typing import Any, Protocol
 
+from laionet.core.runtime import cores
+
 
 class OcrEngine(Protocol):
     def read(self, image: Any) -> str:
@@ -190,12 +192,6 @@ class RapidOcrEngine:
             self.calls["rec"] += 1
             texts.append(" ".join(str(text) for text, score, *_ in recognised if float(score) >= self._text_score))
         return texts
-
-
-def cores() -> int:
-    """The cores this process may run on (all of the machine's where the OS cannot say)."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
 OCR_DEVICES = "cpu, auto, cuda or cuda:<i>"

@@ -28,6 +28,8 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import unquote, urlparse
 
+from laionet.core.runtime import cores
+
 MAX_RENDER_WORKERS = 8
 _RENDER_VERSION = "1"  # bump when the rendering (options, library) changes what a cached PNG would hold
 
@@ -176,9 +178,7 @@ class ImageServer:
     ) -> None:
         self.root = root.resolve()
         self.svg_width = svg_width
-        workers = (
-            render_workers if render_workers is not None else min(len(os.sched_getaffinity(0)), MAX_RENDER_WORKERS)
-        )
+        workers = render_workers if render_workers is not None else min(cores(), MAX_RENDER_WORKERS)
         self.cache = SvgCache(cache_dir, workers)
         self._httpd: socketserver.ThreadingTCPServer | None = None
 
