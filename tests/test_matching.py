@@ -168,3 +168,50 @@ def test_punctuation_table_is_ascii_punctuation() -> None:
     from laionet.text.normalize import paper_normalize
 
     assert paper_normalize(string.punctuation + "é–") == " " * len(string.punctuation) + "é–"
+
+
+def _haystack_rows(texts: list[str | None]) -> list[list[str]]:
+    from laionet.text.normalize import default_haystack
+
+    haystack = default_haystack(pa.array(texts, type=pa.string()))
+    starts = [0, *(haystack.row_ends[:-1] + 1).tolist()]
+    return [bytes(haystack.data[s:e]).decode().split() for s, e in zip(starts, haystack.row_ends.tolist(), strict=True)]
+
+
+def test_the_fast_haystack_has_the_definitions_words_for_every_bmp_character() -> None:
+    """``default_haystack`` normalises non-ASCII rows with Python's NFKC and a per-character classification instead
+    of the definition's Arrow kernels: every BMP character, alone and between letters, gives the same words."""
+    from laionet.text.normalize import default_normalize_array
+
+    texts: list[str | None] = [
+        f"A{chr(c)}b {chr(c)}x{chr(c)} İ{chr(c)}" for c in range(0x80, 0x10000) if not 0xD800 <= c <= 0xDFFF
+    ]
+    texts += [
+        "ΟΔΟΣ Σ",  # Arrow's simple lower-casing: final sigma is σ, as in the definition (Python's lower gives ς)
+        "e\u0301 cafe\u0301",  # combining acute: NFKC composes it
+        "\u1100\u1161\u11a8 \u1100\x00\u1161",  # Hangul jamo compose, except across a NUL (a word break)
+        "ﬁsh Ⅻ x² ＬＩＯＮ",  # compatibility forms
+        "हिन्दी தமிழ்",  # marks inside words (Mn, Mc) stay word characters
+        "日本\u3000語、テスト",
+        None,
+        "",
+        "plain ascii, row",
+    ]
+    expected = [
+        [] if t is None else w.split()
+        for t, w in zip(texts, default_normalize_array(pa.array(texts)).to_pylist(), strict=True)
+    ]
+    assert _haystack_rows(texts) == expected
+
+
+def test_rows_with_characters_newer_than_pythons_unicode_database_take_the_definition() -> None:
+    import unicodedata
+
+    from laionet.text.normalize import default_normalize_array
+
+    newer = [chr(c) for c in range(0x11F00, 0x11F5A) if unicodedata.category(chr(c)) == "Cn"][:20]  # Kawi (15.0)
+    if not newer:
+        pytest.skip(f"this Python's Unicode database ({unicodedata.unidata_version}) knows Kawi")
+    texts: list[str | None] = ["café " + "".join(newer) + " lion", "über lion", "LION " + newer[0]]
+    expected = [str(w).split() for w in default_normalize_array(pa.array(texts)).to_pylist()]
+    assert _haystack_rows(texts) == expected

@@ -8,7 +8,10 @@ lemma normalises to is what a caption must contain.
 
 from __future__ import annotations
 
+import functools
 import string
+import unicodedata
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -63,29 +66,97 @@ def default_normalize(text: str) -> str:
     return str(result)
 
 
-def default_haystack(texts: pa.Array) -> bytes:
-    """All captions in default-mode normal form as one buffer: ``' w1 w2 … \x00'`` per row, single spaces.
+@dataclass(frozen=True)
+class Haystack:
+    """Captions in default-mode normal form, concatenated: ``' w1 w2 … \x00'`` per row, single spaces.
 
-    Same words as ``default_normalize_array``, but only rows with non-ASCII characters pay for the Unicode
-    kernels (NFKC, lower-case, regex); ASCII rows are lower-cased and split by one byte-table translation.
-    Row ``i`` is the text between the ``i``-th and ``i+1``-th NUL; nulls give empty rows.
+    ``row_ends[i]`` is the position of row ``i``'s NUL, so a match at byte ``p`` belongs to row
+    ``searchsorted(row_ends, p)``.
+    """
+
+    data: np.ndarray  # uint8: the automaton reads it through the buffer protocol, no copy
+    row_ends: np.ndarray  # int64 (rows,)
+
+
+def default_haystack(texts: pa.Array) -> Haystack:
+    """All captions of ``texts`` in default-mode normal form as one buffer (nulls give empty rows).
+
+    Same words as ``default_normalize_array``, computed faster: ASCII rows are lower-cased and split by one
+    byte-table translation; rows with non-ASCII characters go through ``_normalize_non_ascii`` first. Whitespace
+    runs then collapse to one space over the whole buffer.
     """
     ascii_mask = pc.fill_null(pc.string_is_ascii(texts), True)
     if not pc.all(ascii_mask).as_py():
         unicode_mask = pc.invert(ascii_mask)
-        fixed = default_normalize_array(pc.filter(texts, unicode_mask))
-        texts = pc.replace_with_mask(texts, unicode_mask, fixed)
+        fixed = _normalize_non_ascii(pc.filter(texts, unicode_mask))
+        texts = pc.replace_with_mask(texts, unicode_mask, fixed.cast(texts.type))
     joined = pc.binary_join_element_wise(" ", texts, " \x00", "")
     joined = pc.fill_null(joined, " \x00").cast(pa.large_string())
+    offsets = np.frombuffer(joined.buffers()[1], np.int64)[joined.offset : joined.offset + len(joined) + 1]
     data_buf = joined.buffers()[2]
-    start, stop = (
-        int(x) for x in np.frombuffer(joined.buffers()[1], np.int64)[[joined.offset, joined.offset + len(joined)]]
-    )
-    data = b"" if data_buf is None else data_buf.to_pybytes()[start:stop]
-    if data.count(b"\x00") != len(texts):  # a NUL inside a caption would split its row: it is a space there
-        return default_haystack(pc.replace_substring(texts, "\x00", " "))
-    buf = np.frombuffer(b" " + data.translate(DEFAULT_BYTE_TABLE) + b" ", dtype=np.uint8)
-    # a space that follows a space is dropped, so whitespace runs collapse to one (np.delete of the few positions
-    # is ~5x faster than a boolean mask over the whole buffer)
+    raw = b"" if data_buf is None else bytes(memoryview(data_buf)[offsets[0] : offsets[-1]])
+    buf = np.frombuffer(raw.translate(DEFAULT_BYTE_TABLE), dtype=np.uint8)
+    # a space that follows a space is dropped, so whitespace runs collapse to one; every row starts with a space and
+    # ends with ' \x00', so no row loses a byte it needs (a boolean mask is ~1.7x faster than np.delete here)
     space = buf == 32
-    return np.delete(buf, np.flatnonzero(space[1:] & space[:-1]) + 1).tobytes()
+    keep = np.empty(len(buf), dtype=bool)
+    keep[:1] = True
+    np.logical_and(space[1:], space[:-1], out=keep[1:])
+    np.logical_not(keep[1:], out=keep[1:])
+    data = buf[keep]
+    row_ends = np.flatnonzero(data == 0)
+    if len(row_ends) != len(texts):  # a NUL inside a caption would split its row: it is a space there
+        return default_haystack(pc.replace_substring(texts, "\x00", " "))
+    return Haystack(data, row_ends)
+
+
+_KIND_UNKNOWN, _KIND_WORD, _KIND_BREAK = 0, 1, 2
+
+
+@functools.cache
+def _char_kind(code: int) -> int:
+    """Whether a code point is a word character (letter, number or mark) in this Python's Unicode database."""
+    category = unicodedata.category(chr(code))
+    if category == "Cn":
+        return _KIND_UNKNOWN
+    return _KIND_WORD if category[0] in "LNM" else _KIND_BREAK
+
+
+def _normalize_non_ascii(texts: pa.Array) -> pa.Array:
+    """``default_normalize_array`` for non-null rows with non-ASCII characters, up to whitespace and ASCII.
+
+    Returns a large_string array whose rows have the definition's words once ASCII is lower-cased, every other
+    ASCII character that is not a letter or digit is read as a space, and whitespace runs as one space (what
+    ``default_haystack`` does next). About 2.5x faster than the definition's Arrow kernels: the rows are
+    joined by NUL (a character that never composes, so normalising the join normalises each row), NFKC runs once
+    in C over the join, lower-casing is Arrow's (the same simple case mapping as the definition), and instead of a
+    Unicode regex each distinct non-ASCII character is classified once. Rows holding a character this Python's
+    Unicode database does not know (newer than its version) are left to the definition itself.
+    """
+    texts = pc.replace_substring(texts, "\x00", " ")  # a word break in the definition; the row separator here
+    joined = unicodedata.normalize("NFKC", "\x00".join(texts.to_pylist()))
+    joined = pc.utf8_lower(pa.array([joined], pa.large_string()))[0].as_py()
+    codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+    high = np.flatnonzero(codes >= 0x80)
+    distinct, which = np.unique(codes[high], return_inverse=True)
+    kinds = np.array([_char_kind(code) for code in distinct.tolist()], dtype=np.int8)[which]
+    if (kinds == _KIND_UNKNOWN).any():
+        row_of = np.cumsum(codes == 0)  # the row of each code point
+        unknown = np.zeros(len(texts), dtype=bool)
+        unknown[row_of[high[kinds == _KIND_UNKNOWN]]] = True
+        known = pa.array(~unknown)
+        out = pc.replace_with_mask(texts.cast(pa.large_string()), known, _normalize_non_ascii(texts.filter(known)))
+        exact = default_normalize_array(texts.filter(pa.array(unknown))).cast(pa.large_string())
+        return pc.replace_with_mask(out, pa.array(unknown), exact)
+    drop = high[kinds == _KIND_BREAK]
+    if len(drop):
+        words = codes.copy()
+        words[drop] = 32
+        joined = words.tobytes().decode("utf-32-le")
+    data = np.frombuffer(joined.encode("utf-8"), dtype=np.uint8).copy()
+    ends = np.flatnonzero(data == 0)
+    if len(ends) != len(texts) - 1:
+        raise AssertionError(f"{len(ends) + 1} rows after normalisation, {len(texts)} before")
+    data[ends] = 32
+    offsets = np.concatenate(([0], ends + 1, [len(data)])).astype(np.int64)
+    return pa.Array.from_buffers(pa.large_string(), len(texts), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
