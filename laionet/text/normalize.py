@@ -98,11 +98,10 @@ def default_haystack(texts: pa.Array) -> Haystack:
     buf = np.frombuffer(raw.translate(DEFAULT_BYTE_TABLE), dtype=np.uint8)
     # a space that follows a space is dropped, so whitespace runs collapse to one; every row starts with a space and
     # ends with ' \x00', so no row loses a byte it needs (a boolean mask is ~1.7x faster than np.delete here)
-    space = buf == 32
+    word = buf != 32
     keep = np.empty(len(buf), dtype=bool)
     keep[:1] = True
-    np.logical_and(space[1:], space[:-1], out=keep[1:])
-    np.logical_not(keep[1:], out=keep[1:])
+    np.logical_or(word[1:], word[:-1], out=keep[1:])
     data = buf[keep]
     row_ends = np.flatnonzero(data == 0)
     if len(row_ends) != len(texts):  # a NUL inside a caption would split its row: it is a space there
@@ -133,8 +132,11 @@ def _normalize_non_ascii(texts: pa.Array) -> pa.Array:
     Unicode regex each distinct non-ASCII character is classified once. Rows holding a character this Python's
     Unicode database does not know (newer than its version) are left to the definition itself.
     """
-    texts = pc.replace_substring(texts, "\x00", " ")  # a word break in the definition; the row separator here
-    joined = unicodedata.normalize("NFKC", "\x00".join(texts.to_pylist()))
+    joined = "\x00".join(texts.to_pylist())
+    if joined.count("\x00") != len(texts) - 1:  # a NUL is a word break in the definition and the row separator here
+        texts = pc.replace_substring(texts, "\x00", " ")
+        joined = "\x00".join(texts.to_pylist())
+    joined = unicodedata.normalize("NFKC", joined)
     joined = pc.utf8_lower(pa.array([joined], pa.large_string()))[0].as_py()
     codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
     high = np.flatnonzero(codes >= 0x80)
