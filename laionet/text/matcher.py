@@ -25,6 +25,8 @@ import pyarrow.compute as pc
 
 from laionet.text.normalize import PAPER_BYTE_TABLE, Mode, default_haystack, paper_normalize
 
+DFA_MAX_PATTERNS = 4_000
+
 
 @dataclass(frozen=True)
 class Matches:
@@ -72,7 +74,12 @@ class LemmaMatcher:
         # non-overlapping ones per caption
         patterns = [f" {lemma if mode == 'paper' else ' '.join(lemma.split())} ".encode() for lemma in lemmas]
         self._pattern_length = np.array([len(p) for p in patterns], dtype=np.int64)
-        self._automaton = ahocorasick_rs.BytesAhoCorasick(patterns, matchkind=ahocorasick_rs.MatchKind.Standard)
+        # a DFA scans ~15% faster than the library's default (contiguous NFA) at ImageNet-1k's 1,823 patterns, but
+        # ~30% slower at ImageNet-21k's 34,892 (62 MB, out of cache), measured on LAION-like captions
+        implementation = ahocorasick_rs.Implementation.DFA if len(patterns) <= DFA_MAX_PATTERNS else None
+        self._automaton = ahocorasick_rs.BytesAhoCorasick(
+            patterns, matchkind=ahocorasick_rs.MatchKind.Standard, implementation=implementation
+        )
 
     @property
     def n_lemmas(self) -> int:
@@ -86,7 +93,10 @@ class LemmaMatcher:
                 padded.offset : padded.offset + len(padded) + 1
             ]
             data_buf = padded.buffers()[2]
-            data = b"" if data_buf is None else data_buf.to_pybytes().translate(PAPER_BYTE_TABLE)
+            # only the rows' bytes (to_pybytes copies the whole buffer), positions relative to the first row's
+            data = b"" if data_buf is None else bytes(memoryview(data_buf)[offsets[0] : offsets[-1]])
+            data = data.translate(PAPER_BYTE_TABLE)
+            offsets = offsets - offsets[0]
         else:
             haystack = default_haystack(texts)
             data = haystack.data
