@@ -87,6 +87,7 @@ class LemmaMatcher:
 
     def _find(self, texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """All occurrences of all patterns: (row, pattern) pairs, one per occurrence."""
+        data: bytes | np.ndarray
         if self.mode == "paper":
             padded = pc.binary_join_element_wise(" ", texts, " ", "").cast(pa.large_string())
             offsets = np.frombuffer(padded.buffers()[1], dtype=np.int64)[
