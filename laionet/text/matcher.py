@@ -87,7 +87,7 @@ class LemmaMatcher:
 
     def _find(self, texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """All occurrences of all patterns: (row, pattern) pairs, one per occurrence."""
-        data: bytes | np.ndarray
+        data: bytes | memoryview
         if self.mode == "paper":
             padded = pc.binary_join_element_wise(" ", texts, " ", "").cast(pa.large_string())
             offsets = np.frombuffer(padded.buffers()[1], dtype=np.int64)[
@@ -100,7 +100,7 @@ class LemmaMatcher:
             offsets = offsets - offsets[0]
         else:
             haystack = default_haystack(texts)
-            data = haystack.data
+            data = memoryview(haystack.data)
         found = self._automaton.find_matches_as_indexes(data, overlapping=True) if len(data) else []
         if not found:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
