@@ -100,7 +100,7 @@ class LemmaMatcher:
             offsets = offsets - offsets[0]
         else:
             haystack = default_haystack(texts)
-            data = memoryview(haystack.data)
+            data = haystack.data.data  # a memoryview of the array
         found = self._automaton.find_matches_as_indexes(data, overlapping=True) if len(data) else []
         if not found:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
