@@ -215,3 +215,6 @@ def test_rows_with_characters_newer_than_pythons_unicode_database_take_the_defin
     texts: list[str | None] = ["café " + "".join(newer) + " lion", "über lion", "LION " + newer[0]]
     expected = [str(w).split() for w in default_normalize_array(pa.array(texts)).to_pylist()]
     assert _haystack_rows(texts) == expected
+    only_newer: list[str | None] = ["lion " + newer[1] + " x", "tiger"]  # no other non-ASCII row in the batch
+    expected = [str(w).split() for w in default_normalize_array(pa.array(only_newer)).to_pylist()]
+    assert _haystack_rows(only_newer) == expected

@@ -132,6 +132,8 @@ def _normalize_non_ascii(texts: pa.Array) -> pa.Array:
     Unicode regex each distinct non-ASCII character is classified once. Rows holding a character this Python's
     Unicode database does not know (newer than its version) are left to the definition itself.
     """
+    if len(texts) == 0:
+        return pa.array([], type=pa.large_string())
     joined = "\x00".join(texts.to_pylist())
     if joined.count("\x00") != len(texts) - 1:  # a NUL is a word break in the definition and the row separator here
         texts = pc.replace_substring(texts, "\x00", " ")
