@@ -1,6 +1,7 @@
 """Tasks of the evaluate flow: label sets (variants), accuracies, intra-class comparisons, recall differences,
-image-to-own-synset similarity and the per-class relations. Each wraps one driver of ``laionet.evaluation.variants``,
-``laionet.evaluation.evaluate`` or ``laionet.evaluation.relations``; paths in, the manifest out; cached across runs."""
+image-to-own-synset similarity and the per-class relations. Each wraps one driver of ``laionet.evaluation``'s
+``variants``, ``accuracy``, ``intra_class``, ``recall``, ``own_similarity`` or ``relations``; paths in, the manifest
+out; cached across runs."""
 
 from __future__ import annotations
 
@@ -10,18 +11,10 @@ import pandas as pd
 from prefect import task
 
 from laionet.core.manifest import join
-from laionet.evaluation.evaluate import (
-    merge_intra_class,
-    merge_own_similarity,
-    merge_recall_difference,
-    run_accuracy,
-    run_intra_class,
-    run_intra_class_group,
-    run_own_similarity,
-    run_own_similarity_group,
-    run_recall_difference,
-    run_recall_difference_group,
-)
+from laionet.evaluation.accuracy import run_accuracy
+from laionet.evaluation.intra_class import merge_intra_class, run_intra_class, run_intra_class_group
+from laionet.evaluation.own_similarity import merge_own_similarity, run_own_similarity, run_own_similarity_group
+from laionet.evaluation.recall import merge_recall_difference, run_recall_difference, run_recall_difference_group
 from tasks._common import below, publish, publish_table, run_name, stage_cache
 
 Manifest = dict[str, Any]

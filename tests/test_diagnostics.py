@@ -18,7 +18,7 @@ from laionet.diagnostics.text_alone import (
     run_text_alone,
     sufficient_similarity,
 )
-from laionet.evaluation.evaluate import run_intra_class
+from laionet.evaluation.intra_class import run_intra_class
 from laionet.text.catalog import run_catalog
 from tests.conftest import write_class_file
 

@@ -5,7 +5,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from laionet.core.manifest import read_manifest
-from laionet.evaluation.evaluate import read_embeddings, run_accuracy, run_intra_class
+from laionet.evaluation.accuracy import run_accuracy
+from laionet.evaluation.intra_class import run_intra_class
+from laionet.evaluation.samples import read_embeddings
 
 
 def _write(path, **columns) -> str:
@@ -120,8 +122,8 @@ def _per_class(path, classes, n, correct) -> str:
 
 
 def test_recall_difference_by_hand(tmp_path) -> None:
-    from laionet.evaluation.evaluate import run_recall_difference
     from laionet.evaluation.metrics import wilson_interval
+    from laionet.evaluation.recall import run_recall_difference
 
     # class 0: 8/10 vs 4/10; class 1: 20/20 vs 5/20; class 2 only in A; class 3 only in B; class 4 unscored in B
     a = _per_class(tmp_path / "a.parquet", [0, 1, 2, 4], [10, 20, 5, 5], [8, 20, 1, 5])
@@ -147,7 +149,7 @@ def test_recall_difference_by_hand(tmp_path) -> None:
 
 
 def test_own_similarity_matches_b_class_counts(tmp_path) -> None:
-    from laionet.evaluation.evaluate import run_own_similarity
+    from laionet.evaluation.own_similarity import run_own_similarity
 
     rng = np.random.default_rng(0)
     counts_a, counts_b = {0: 60, 1: 40, 2: 30, 3: 10}, {0: 5, 1: 7, 2: 9, 9: 4}  # class 3 only in A, 9 only in B
@@ -204,7 +206,7 @@ def test_laion_weighting_by_the_reference_beside_the_renormalised_default(tmp_pa
 
 
 def test_pair_accuracy_over_the_classes_both_have_and_all_classes_as_its_own_row(tmp_path) -> None:
-    from laionet.evaluation.evaluate import run_recall_difference
+    from laionet.evaluation.recall import run_recall_difference
 
     # A (LAIONet-like) has classes 0, 1; B (val-like) has 0-3, its extra classes easy (recall 1)
     a = _per_class(tmp_path / "a.parquet", [0, 1], [4, 6], [1, 3])

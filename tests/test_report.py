@@ -20,7 +20,8 @@ from laionet.cli import app
 from laionet.core.config import DEMO_DISCLAIMER
 from laionet.core.layout import accuracy_dir, intra_dir, relations_dir, report_dir, variant_labels
 from laionet.core.manifest import Manifest, config_hash, join, read_manifest, write_manifest
-from laionet.evaluation.evaluate import run_accuracy, run_intra_class
+from laionet.evaluation.accuracy import run_accuracy
+from laionet.evaluation.intra_class import run_intra_class
 from laionet.evaluation.metrics import compared_accuracy, recall_difference
 from laionet.evaluation.stats import compare_means
 from laionet.images.shards import ShardWriter

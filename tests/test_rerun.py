@@ -28,7 +28,7 @@ from PIL import Image
 
 from laionet.core.manifest import Manifest, read_manifest, write_manifest
 from laionet.core.stage import StageBusyError, UpstreamError, stage_lock
-from laionet.evaluation.evaluate import run_accuracy
+from laionet.evaluation.accuracy import run_accuracy
 from laionet.evaluation.variants import run_variants
 from laionet.images.ocr import run_ocr, run_ocr_shards
 from laionet.images.references import ingest

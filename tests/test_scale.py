@@ -270,15 +270,17 @@ def test_grouped_and_single_evaluation_give_identical_tables(
 ) -> None:
     """Intra-class comparison, Appendix C and recall differences (both interval methods): the groups' parts merged
     are exactly the single pass's tables, bootstrap bounds included (every draw is seeded per class)."""
-    from laionet.evaluation import evaluate as ev
     from laionet.evaluation.groups import part_dirs
+    from laionet.evaluation.intra_class import merge_intra_class, run_intra_class, run_intra_class_group
+    from laionet.evaluation.own_similarity import merge_own_similarity, run_own_similarity, run_own_similarity_group
+    from laionet.evaluation.recall import merge_recall_difference, run_recall_difference, run_recall_difference_group
 
     args = _stage_args(*two_variants)
     stages = {
-        "intra": (ev.run_intra_class, ev.run_intra_class_group, ev.merge_intra_class, {"cap": 5, "n_boot": 60}),
-        "own": (ev.run_own_similarity, ev.run_own_similarity_group, ev.merge_own_similarity, {"n_boot": 60}),
-        "recall": (ev.run_recall_difference, ev.run_recall_difference_group, ev.merge_recall_difference, {}),
-        "recall-boot": (ev.run_recall_difference, ev.run_recall_difference_group, ev.merge_recall_difference,
+        "intra": (run_intra_class, run_intra_class_group, merge_intra_class, {"cap": 5, "n_boot": 60}),
+        "own": (run_own_similarity, run_own_similarity_group, merge_own_similarity, {"n_boot": 60}),
+        "recall": (run_recall_difference, run_recall_difference_group, merge_recall_difference, {}),
+        "recall-boot": (run_recall_difference, run_recall_difference_group, merge_recall_difference,
                         {"method": "bootstrap", "n_boot": 60}),
     }  # fmt: skip
     for name, (single, group, merge, options) in stages.items():
@@ -294,8 +296,8 @@ def test_grouped_and_single_evaluation_give_identical_tables(
 
 
 def test_merge_refuses_an_incomplete_split(two_variants: tuple[dict[str, str], dict[str, str]], tmp_path: Path) -> None:
-    from laionet.evaluation import evaluate as ev
     from laionet.evaluation.groups import class_group, part_dirs
+    from laionet.evaluation.recall import merge_recall_difference, run_recall_difference_group
 
     assert [class_group(c, 4) for c in (0, 5, 7, 1000)] == [0, 1, 3, 0]
     args = _stage_args(*two_variants)["recall"]
@@ -303,13 +305,13 @@ def test_merge_refuses_an_incomplete_split(two_variants: tuple[dict[str, str], d
     dirs = part_dirs(out, str(tmp_path / "evaluate"), 3)
     assert dirs[0] == f"{tmp_path}/evaluate/_groups/recall/0-of-3"
     for g, part in enumerate(dirs[:2]):
-        ev.run_recall_difference_group(*args, part, g, 3)
+        run_recall_difference_group(*args, part, g, 3)
     with pytest.raises(Exception, match="2-of-3"):
-        ev.merge_recall_difference(*args, out, dirs)
+        merge_recall_difference(*args, out, dirs)
     with pytest.raises(ValueError, match="not every group"):
-        ev.merge_recall_difference(*args, out, dirs[:2])
+        merge_recall_difference(*args, out, dirs[:2])
     with pytest.raises(ValueError, match="class group 3 of 3"):
-        ev.run_recall_difference_group(*args, dirs[2], 3, 3)
+        run_recall_difference_group(*args, dirs[2], 3, 3)
 
 
 def _run_dir(root: Path) -> Path:

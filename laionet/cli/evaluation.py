@@ -92,7 +92,7 @@ def accuracy(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Per-class recall@1/5 and equally/LAION-weighted accuracy with paper (Wilson) and bootstrap intervals."""
-    from laionet.evaluation.evaluate import run_accuracy
+    from laionet.evaluation.accuracy import run_accuracy
 
     try:
         manifest = run_accuracy(predictions, labels, out, weights=weights, flags=flags, n_boot=n_boot, seed=seed)
@@ -113,7 +113,7 @@ def intra_class_command(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Intra-class similarity of A and B, per-class differences, share of classes significantly lower/higher."""
-    from laionet.evaluation.evaluate import run_intra_class
+    from laionet.evaluation.intra_class import run_intra_class
 
     try:
         manifest = run_intra_class(embeddings_a, labels_a, embeddings_b, labels_b, out, cap, n_boot, seed)
@@ -143,7 +143,7 @@ def recall_difference_command(
 ) -> None:
     """Per-class recall@k of A minus B with confidence bounds (paper Appendix B), and the share of classes where A
     is significantly lower / higher."""
-    from laionet.evaluation.evaluate import run_recall_difference
+    from laionet.evaluation.recall import run_recall_difference
 
     if method not in ("bootstrap", "newcombe"):
         fail(f"unknown --method {method!r}; expected bootstrap or newcombe")
@@ -178,7 +178,7 @@ def own_similarity_command(
 ) -> None:
     """Image-to-own-synset similarity (paper Appendix C): distributions with A resampled to B's per-class counts,
     and per-class mean differences A − B with bootstrap bounds."""
-    from laionet.evaluation.evaluate import run_own_similarity
+    from laionet.evaluation.own_similarity import run_own_similarity
 
     try:
         manifest = run_own_similarity(

@@ -1,6 +1,6 @@
 """Section 4.1 — weakening the image-to-selection link (paper Fig. 8).
 
-The pairwise intra-class comparisons themselves are ``laionet intra-class`` runs (``laionet.evaluation.evaluate``:
+The pairwise intra-class comparisons themselves are ``laionet intra-class`` runs (``laionet.evaluation.intra_class``:
 bootstrap and paper test on one class set): one per ordered pair (LAIONet vs ImageNetV2-x, ImageNet val vs
 ImageNetV2-x). This module collects them against the versions' average MTurk selection frequency (a 0.85, b 0.73,
 c 0.93) — Fig. 8b/8c, the proportion of shared classes where each side is significantly lower, with a Wilson
@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from laionet.core.manifest import Manifest, Timer, config_hash, join, write_manifest, write_parquet_atomic
 from laionet.core.stage import require_complete, stage_run
 from laionet.core.tables import read_columns
-from laionet.evaluation.evaluate import read_embeddings, variant_samples
+from laionet.evaluation.samples import read_embeddings, variant_samples
 from laionet.evaluation.stats import pair_similarities, pooled_pairs, sample_by_class
 
 STAGE = "selection-frequency"

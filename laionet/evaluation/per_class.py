@@ -1,7 +1,7 @@
 """Per-class statistics of two datasets as stage drivers, in one pass or split by class group: a ``PerClassStatistic``
 says how one statistic reads its inputs, computes its per-class tables for a set of classes and finishes its stage
 tables; ``run_statistic``, ``run_statistic_group`` and ``merge_statistic`` are the drivers all of them share
-(``laionet.evaluation.evaluate``: intra-class similarity, recall differences, own-synset similarity).
+(``intra_class``: intra-class similarity, ``recall``: recall differences, ``own_similarity``: own-synset similarity).
 
 A group's part directory (``groups.part_dirs``) holds its per-class tables (``<kind>.parquet``) and a manifest of stage
 ``<stage>-group`` (the stage's config plus ``group`` and ``groups``; ``extra["counts"]``: the counts of the whole
