@@ -112,7 +112,7 @@ def default_haystack(texts: pa.Array) -> Haystack:
 _KIND_UNKNOWN, _KIND_WORD, _KIND_BREAK = 0, 1, 2
 
 
-@functools.cache
+@functools.lru_cache(maxsize=1 << 16)  # bounded: a corpus may hold any of Unicode's 1.1M code points
 def _char_kind(code: int) -> int:
     """Whether a code point is a word character (letter, number or mark) in this Python's Unicode database."""
     category = unicodedata.category(chr(code))
