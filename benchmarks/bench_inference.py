@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from laionet.images.shards import ShardWriter
+from laionet.images.shard_writer import ShardWriter
 from laionet.inference import batches
 from laionet.inference import engine as inference
 from laionet.inference.engine import InferConfig, run_inference

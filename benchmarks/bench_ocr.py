@@ -151,7 +151,8 @@ def demo_images(shards_dir: str, catalog_path: str | None) -> list[tuple[Image.I
     """The images of a demo run's shards with their class names (from the run's catalog)."""
     import json
 
-    from laionet.images.shards import iter_raw, list_shards
+    from laionet.images.shard_list import list_shards
+    from laionet.images.shards import iter_raw
     from laionet.text.catalog import read_catalog
 
     catalog = read_catalog(catalog_path or str(Path(shards_dir).parent / "catalog.parquet"))

@@ -16,7 +16,7 @@ from laionet.core.config import Preset, load_preset
 from laionet.core.layout import shards_dir
 from laionet.core.manifest import join
 from laionet.images.ocr import per_task_workers
-from laionet.images.shards import shard_groups
+from laionet.images.shard_list import shard_groups
 from tasks._common import flow_name, resolve
 from tasks.acquire import download, download_index, ingest_reference, ocr, ocr_shards, verify
 from tasks.runners import gpu_options, task_runner

@@ -16,7 +16,7 @@ from typing import Any
 from prefect import task
 
 from laionet.core.manifest import read_manifest
-from laionet.images.shards import shard_groups
+from laionet.images.shard_list import shard_groups
 from laionet.inference.engine import InferConfig, run_inference
 from tasks._common import IO_RETRIES, below, progress_artifact, publish, run_name, stage_cache
 from tasks.devices import gpu_slot

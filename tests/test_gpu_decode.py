@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from laionet.core.layout import slug
-from laionet.images.shards import ShardWriter, safe_key
+from laionet.images.shard_writer import ShardWriter
+from laionet.images.shards import safe_key
 from laionet.inference import batches
 from laionet.inference.batches import DeviceDecoder, decode_mode, decode_shard
 from laionet.inference.engine import InferConfig, run_inference

@@ -16,7 +16,7 @@ from PIL import Image
 
 from laionet.core.layout import slug
 from laionet.core.manifest import read_manifest
-from laionet.images.shards import ShardWriter, encode_rgb_jpeg
+from laionet.images.shard_writer import ShardWriter, encode_rgb_jpeg
 from laionet.inference import batches
 from laionet.inference import engine as inference
 from laionet.inference.engine import InferConfig, run_inference

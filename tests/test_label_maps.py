@@ -60,7 +60,7 @@ def test_zero_shot_prompts_are_the_catalogs_synset_texts(tmp_path: Path, tiny_cl
     order — not bare class names."""
     from PIL import Image
 
-    from laionet.images.shards import ShardWriter
+    from laionet.images.shard_writer import ShardWriter
     from laionet.inference.engine import run_inference
 
     buffer = io.BytesIO()

@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from laionet.images import ocr
 from laionet.images.ocr import RapidOcrEngine, run_ocr, shows_name
-from laionet.images.shards import ShardWriter, encode_rgb_jpeg
+from laionet.images.shard_writer import ShardWriter, encode_rgb_jpeg
 from laionet.text.catalog import run_catalog
 from tests.conftest import in_child
 
@@ -430,7 +430,7 @@ def test_shard_groups_then_a_final_call_give_the_serial_run(tmp_path) -> None:
     from laionet.core.manifest import read_manifest
     from laionet.core.stage import incomplete_marker
     from laionet.images.ocr import run_ocr_shards
-    from laionet.images.shards import list_shards, shard_groups
+    from laionet.images.shard_list import list_shards, shard_groups
 
     catalog, shards = _tiny_stage(tmp_path)
     serial = run_ocr(shards, catalog, str(tmp_path / "serial"), InkOcr)
@@ -459,7 +459,7 @@ def test_a_shard_group_stats_only_its_own_shards(tmp_path, monkeypatch) -> None:
     """A group task looks at its shards only (on object storage every look is a request; 80k shards per task
     would be 80k requests), not at every shard of the stage."""
     from laionet.images.ocr import run_ocr_shards
-    from laionet.images.shards import shard_groups
+    from laionet.images.shard_list import shard_groups
 
     catalog, shards = _tiny_stage(tmp_path)
     seen: list[str] = []

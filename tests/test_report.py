@@ -24,7 +24,7 @@ from laionet.evaluation.accuracy import run_accuracy
 from laionet.evaluation.intra_class import run_intra_class
 from laionet.evaluation.metrics import compared_accuracy, recall_difference
 from laionet.evaluation.stats import compare_means
-from laionet.images.shards import ShardWriter
+from laionet.images.shard_writer import ShardWriter
 from laionet.report.html import run_report
 
 CHROMIUM = "/usr/bin/chromium-headless-shell"

@@ -177,7 +177,7 @@ STAGES: dict[str, tuple[str, Callable[[dict[str, str], str, str], Any]]] = {
 def _ocr_groups(world: dict[str, str], config: str, out: str) -> Any:
     """OCR as the acquire flow fans it out: one ``run_ocr_shards`` per shard group (unlocked), then ``run_ocr``
     writes the manifest; a kill inside any group must leave the output visibly incomplete."""
-    from laionet.images.shards import shard_groups
+    from laionet.images.shard_list import shard_groups
 
     quarantine = world["quarantine"] if config == "b" else None
     for group in shard_groups(world["shards_a"], 2):

@@ -430,7 +430,9 @@ def test_every_pil_decode_applies_the_one_pixel_limit(tmp_path) -> None:
     report's image reader."""
     from laionet.core.runtime import MAX_IMAGE_PIXELS, max_image_pixels
     from laionet.images.ocr import _ocr_shard
-    from laionet.images.shards import ShardWriter, encode_rgb_jpeg, read_images, verify_shard
+    from laionet.images.shard_writer import ShardWriter, encode_rgb_jpeg
+    from laionet.images.shards import read_images
+    from laionet.images.verify import verify_shard
 
     big = tmp_path / "big.png"
     write_png_bomb(big, 8000, 8000)

@@ -5,7 +5,8 @@ import tarfile
 import pandas as pd
 from PIL import Image
 
-from laionet.images.shards import ShardWriter, encode_rgb_jpeg, safe_key
+from laionet.images.shard_writer import ShardWriter, encode_rgb_jpeg
+from laionet.images.shards import safe_key
 from laionet.images.verify import run_verify
 
 

@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from laionet.core.manifest import Manifest, config_hash, write_manifest
-from laionet.images.shards import ShardWriter, encode_rgb_jpeg
+from laionet.images.shard_writer import ShardWriter, encode_rgb_jpeg
 
 ROOT = Path(__file__).resolve().parents[1]
 TENCH, GOLDFISH, LION = "n01440764", "n01443537", "n02129165"  # ImageNet-1k classes 0, 1, 291
@@ -193,7 +193,8 @@ def test_inference_and_verify_stream_shards_over_http_like_local_files(tmp_path:
 def test_damage_is_recorded_with_shard_key_and_reason(tmp_path: Path) -> None:
     """Inference's last batch of a shard names each problem (shard-level ones with key ``*``); a shard read by a
     ``pipe:`` command is read the same way, a failing command recorded as a truncated shard."""
-    from laionet.images.shards import ErrorLog, iter_raw, verify_shard
+    from laionet.images.shards import ErrorLog, iter_raw
+    from laionet.images.verify import verify_shard
     from laionet.inference.batches import decode_shard
 
     shards = _shard_dir(tmp_path)
@@ -265,7 +266,7 @@ def test_cls_and_info_json_read_by_plain_webdataset(tmp_path: Path) -> None:
     assert len(dataset) == 5 and [target for _, target in dataset] == [0, 1, 291, 291, 0]
 
     # outside ImageNet-1k: no cls (the json keeps the wnid and the run's own class index), counted in _info.json
-    from laionet.images.shards import write_shard_info
+    from laionet.images.shard_writer import write_shard_info
 
     with ShardWriter(str(tmp_path / "mixed"), per_shard=10) as writer:
         writer.write("a", _jpeg(1), "", {"wnid": LION, "class_index": 0})

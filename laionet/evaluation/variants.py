@@ -38,7 +38,7 @@ from laionet.core.config import ImageFilter
 from laionet.core.manifest import Manifest, Timer, config_hash, join, write_manifest, write_parquet_atomic
 from laionet.core.stage import begin, stage_lock
 from laionet.core.tables import read_columns
-from laionet.images.shards import list_shards
+from laionet.images.shard_list import list_shards
 
 LABEL_COLUMNS = ["key", "wnid", "class_index"]
 

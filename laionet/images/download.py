@@ -54,16 +54,14 @@ from laionet.core.runtime import MAX_IMAGE_PIXELS, cores
 from laionet.core.stage import require_file_input, stage_rebuild
 from laionet.images.child import run_in_child
 from laionet.images.fetch import Policy, RefusedError, fetch, host_port, image_pixels, parse_allowed, refusal_reason
-from laionet.images.shards import (
-    ErrorLog,
+from laionet.images.shard_writer import (
     TarStream,
     encode_rgb_jpeg,
-    iter_raw,
     remove_shard_info,
-    safe_key,
     sample_members,
     write_shard_info,
 )
+from laionet.images.shards import ErrorLog, iter_raw, safe_key
 
 OPT_OUT_DIRECTIVES = ["noai", "noimageai", "noindex", "noimageindex"]
 TRANSIENT = ("timeout", "connection", "http_error")  # reasons worth another attempt

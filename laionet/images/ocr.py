@@ -44,7 +44,8 @@ from laionet.core.runtime import cores
 from laionet.core.stage import begin, input_identity, prune, prune_records, require_file_input, stage_run
 from laionet.core.tables import read_columns
 from laionet.images.ocr_engine import DET_SIDE, ENGINES, OCR_DEVICES, OcrEngine, RapidOcrEngine, ocr_providers
-from laionet.images.shards import ErrorLog, iter_raw, list_shards, original_key
+from laionet.images.shard_list import list_shards
+from laionet.images.shards import ErrorLog, iter_raw, original_key
 from laionet.text.catalog import read_catalog
 from laionet.text.normalize import paper_normalize
 

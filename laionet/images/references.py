@@ -4,7 +4,7 @@ Reads one of three layouts and writes ``<out>/NNNNN.tar`` + ``NNNNN.parquet`` sh
 json with ``key``, ``wnid``, ``class_index``, ``dataset``, and ``cls``: the ImageNet-1k class index as text), then
 ``_info.json`` (classes, counts, timm's split: ``SPLITS``) and the manifest; unreadable images and rows whose wnid
 is not an ImageNet-1k class are skipped and counted. Samples stream into the shards one at a time
-(``shards.ShardWriter``): memory holds one image, not a shard.
+(``shard_writer.ShardWriter``): memory holds one image, not a shard.
 - ImageNet val: a folder of ``ILSVRC2012_val_%08d.JPEG`` and a labels file, either ``<filename> <wnid>`` lines
   (whitespace or comma separated) or Kaggle's ``LOC_val_solution.csv`` (``ImageId,PredictionString``).
 - ImageNetV2: a variant folder of class-id sub-folders ``0..999`` and ``class_info.json`` (``cid`` → ``wnid``).
@@ -26,7 +26,7 @@ from pathlib import Path
 from laionet.core.layout import check_name
 from laionet.core.manifest import Manifest, Timer, config_hash, write_manifest
 from laionet.core.stage import prune, stage_rebuild
-from laionet.images.shards import ShardWriter, encode_rgb_jpeg, remove_shard_info, write_shard_info
+from laionet.images.shard_writer import ShardWriter, encode_rgb_jpeg, remove_shard_info, write_shard_info
 from laionet.text.catalog import load_class_set
 
 IMAGENETV2_VARIANTS = {"a": "threshold0.7", "b": "matched-frequency", "c": "top-images"}

@@ -1,4 +1,4 @@
-"""WebDataset shards: tar-safe keys, the streaming shard writer, and reading samples back through webdataset.
+"""WebDataset shards: the format (tar-safe keys, the ``cls`` label, ``_info.json``) and reading samples back.
 
 A shard is a tar of samples ``<__key__>.jpg`` / ``.txt`` / ``.json`` / ``.cls``. ``__key__`` is our sample key made
 tar-safe by percent-encoding everything but letters, digits, ``-`` and ``_`` (so no ``.`` or ``/`` reaches webdataset's
@@ -12,13 +12,11 @@ directory's ``_info.json`` counts it under ``counts.without_cls`` (a loader that
 ``.select(lambda s: "cls" in s)``). An index in the run's catalog was not used: it changes with the class set, so
 the same ``cls`` would name different classes in different runs.
 
-Each shard directory written by a stage also has ``_info.json`` (``write_shard_info``): the format, the 1000 wnids in
-``cls`` order, counts (samples, by wnid, with and without ``cls``) and timm's ``splits`` entry (``num_samples``,
-``filenames``, ``shard_lengths``), written atomically just before the stage's manifest (and removed when a stage
-starts over); the per-shard ``.parquet`` listings stay the source of truth for what each shard should hold.
-
-Writing (``ShardWriter``) streams sample by sample into ``webdataset.TarWriter`` inside ``atomic_path``: memory is
-bounded by one sample (plus each sample's few metadata fields for the shard's listing), not by a shard.
+Each shard directory written by a stage also has ``_info.json`` (``shard_writer.write_shard_info``): the format, the
+1000 wnids in ``cls`` order, counts (samples, by wnid, with and without ``cls``) and timm's ``splits`` entry
+(``num_samples``, ``filenames``, ``shard_lengths``), written atomically just before the stage's manifest (and removed
+when a stage starts over); the per-shard ``.parquet`` listings stay the source of truth for what each shard should
+hold.
 
 Reading (``iter_raw`` and everything built on it) goes through a webdataset pipeline (``shard_pipeline``): a shard
 URL may be a local path, any fsspec URL (``http(s)://`` is streamed without range requests; ``s3://``, ``gs://``…)
@@ -29,6 +27,10 @@ semantics of ``ends_cleanly``) and ``duplicate_member`` (key ``*``) at the shard
 reasons (``undecodable_image``, ``no_image``, ``no_metadata``…) in the same log. The sample being read when a shard
 was cut is passed on with the members read completely (a member is never half-read), so its missing members are
 counted like any other sample's.
+
+Writing (``ShardWriter``, ``TarStream``, ``write_shard_info``) is ``laionet.images.shard_writer``; listing the shards
+of a directory, a glob or webdataset's URL notation (``list_shards``) is ``laionet.images.shard_list``; checking every
+sample of a shard (``verify_shard``) is ``laionet.images.verify``.
 """
 
 from __future__ import annotations
@@ -36,17 +38,12 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from types import TracebackType
 from typing import IO, Any
 from urllib.parse import quote, unquote
 
-import fsspec
-import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from laionet.core.runtime import limit_image_pixels
@@ -54,7 +51,6 @@ from laionet.core.runtime import limit_image_pixels
 _log = logging.getLogger("laionet.shards")
 
 TRUNCATED = "truncated_shard"  # the shard-level reason (key "*") of a shard that could not be read to a clean end
-INFO_NAME = "_info.json"
 
 
 def safe_key(key: str) -> str:
@@ -68,7 +64,8 @@ def original_key(safe: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def _imagenet1k() -> dict[str, int]:
+def imagenet1k_classes() -> dict[str, int]:
+    """The 1000 ImageNet-1k wnids, each mapped to its class index (sorted-wnid order, as timm and torchvision)."""
     from laionet.text.catalog import load_class_set
 
     return {w: i for i, w in enumerate(load_class_set("imagenet1k"))}
@@ -76,7 +73,7 @@ def _imagenet1k() -> dict[str, int]:
 
 def imagenet1k_index(wnid: object) -> int | None:
     """The ImageNet-1k class index (sorted-wnid order) of ``wnid``, or None when it is not an ImageNet-1k class."""
-    return _imagenet1k().get(str(wnid)) if wnid is not None else None
+    return imagenet1k_classes().get(str(wnid)) if wnid is not None else None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -298,361 +295,6 @@ def iter_samples(path: str, errors: ErrorLog | None = None) -> Iterator[tuple[st
         yield original_key(key), image, meta
 
 
-def encode_rgb_jpeg(data: bytes, quality: int = 95) -> bytes:
-    """The image in ``data`` as an RGB JPEG (kept byte-for-byte when it already is one).
-
-    Raises:
-        OSError: if PIL cannot decode it, or it has more pixels than ``laionet.core.runtime.limit_image_pixels``.
-    """
-    from PIL import Image
-
-    limit = limit_image_pixels()
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.mode == "RGB" and image.format == "JPEG":
-                return data
-            out = io.BytesIO()
-            image.convert("RGB").save(out, format="JPEG", quality=quality)
-            return out.getvalue()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise OSError(f"image over {limit} pixels: {exc}") from exc
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# writing
-
-
-class TarStream:
-    """One tar written sample by sample through ``webdataset.TarWriter`` under a temporary name (``atomic_path``),
-    renamed to ``path`` by ``close``; ``abort`` (or leaving a ``with`` block by an exception) deletes it. Holds no
-    sample after ``write`` returns."""
-
-    def __init__(self, path: str) -> None:
-        from webdataset import TarWriter
-
-        from laionet.core.manifest import atomic_path
-
-        self.path, self.samples = path, 0
-        self._stack = ExitStack()
-        try:
-            tmp = self._stack.enter_context(atomic_path(path))
-            f = self._stack.enter_context(fsspec.open(tmp, "wb"))
-            # no encoding (bytes in, bytes out), PAX headers (keys of any length, as tarfile's default), mtime 0: the
-            # same samples always give the same bytes
-            self._tar = TarWriter(f, encoder=False, mtime=0, format="PAX_FORMAT")
-            self._stack.callback(self._tar.close)  # the end-of-archive blocks, before the file is closed and renamed
-        except BaseException:
-            self._stack.close()
-            raise
-
-    def write(self, sample: Mapping[str, Any]) -> None:
-        """Write one sample: ``__key__`` (tar-safe) and ``{extension: bytes}``."""
-        self._tar.write(dict(sample))
-        self.samples += 1
-
-    def close(self) -> str:
-        self._stack.close()
-        return self.path
-
-    def abort(self, exc: BaseException | None = None) -> None:
-        error = exc or RuntimeError(f"{self.path}: writing abandoned")
-        try:
-            self._stack.__exit__(type(error), error, error.__traceback__)
-        except BaseException as raised:
-            if raised is not error:
-                raise
-
-    def __enter__(self) -> TarStream:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if exc is None:
-            self.close()
-        else:
-            self.abort(exc)
-
-
-def sample_members(key: str, jpg: bytes, text: str, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """A sample as written: ``jpg``, ``txt``, ``json`` (``meta``, with ``key`` first) and ``cls`` when the wnid is an
-    ImageNet-1k class."""
-    members: dict[str, Any] = {
-        "__key__": safe_key(key),
-        "jpg": jpg,
-        "txt": text.encode(),
-        "json": json.dumps({"key": key, **{k: v for k, v in meta.items() if k != "key"}}).encode(),
-    }
-    cls = imagenet1k_index(meta.get("wnid"))
-    if cls is not None:
-        members["cls"] = str(cls).encode()
-    return members
-
-
-class ShardWriter:
-    """Write samples into ``<out>/NNNNN.tar`` shards of at most ``per_shard`` samples, streaming each sample into the
-    open shard (``TarStream``: temporary name, renamed when the shard is full or the writer closed), with
-    ``NNNNN.parquet`` (its samples' metadata) beside it. Memory: one sample and the shard's metadata rows.
-
-    Use it as a context manager (an exception deletes the unfinished shard) or call ``close``."""
-
-    def __init__(self, out_dir: str, per_shard: int = 10_000, start: int = 0) -> None:
-        self.out_dir, self.per_shard, self.shard = out_dir, per_shard, start
-        self.outputs: list[str] = []
-        self.lengths: list[int] = []
-        self.by_wnid: dict[str, int] = {}
-        self._rows: list[dict[str, Any]] = []
-        self._tar: TarStream | None = None
-
-    def write(self, key: str, jpg: bytes, text: str, meta: dict[str, Any]) -> None:
-        from laionet.core.manifest import join
-
-        if self._tar is None:
-            self._tar = TarStream(join(self.out_dir, f"{self.shard:05d}.tar"))
-        self._tar.write(sample_members(key, jpg, text, meta))
-        self._rows.append({"key": key, **meta})
-        wnid = str(meta.get("wnid"))
-        self.by_wnid[wnid] = self.by_wnid.get(wnid, 0) + 1
-        if self._tar.samples >= self.per_shard:
-            self.flush()
-
-    def flush(self) -> None:
-        """Finish the open shard (rename it, write its listing)."""
-        if self._tar is None:
-            return
-        import pandas as pd
-        import pyarrow as pa
-
-        from laionet.core.manifest import write_parquet_atomic
-
-        tar = self._tar.close()
-        self._tar = None
-        rows = pd.DataFrame(self._rows)
-        write_parquet_atomic(pa.Table.from_pandas(rows, preserve_index=False), tar.removesuffix(".tar") + ".parquet")
-        self.outputs.append(tar)
-        self.lengths.append(len(self._rows))
-        self._rows = []
-        self.shard += 1
-
-    def close(self) -> list[str]:
-        self.flush()
-        return self.outputs
-
-    def abort(self, exc: BaseException | None = None) -> None:
-        """Delete the unfinished shard (finished ones stay)."""
-        if self._tar is not None:
-            self._tar.abort(exc)
-            self._tar, self._rows = None, []
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if exc is None:
-            self.close()
-        else:
-            self.abort(exc)
-
-
-def shard_size(url: str) -> int | None:
-    """The size of a shard file (None for a ``pipe:`` command, which has none until it runs)."""
-    if url.startswith("pipe:"):
-        return None
-    fs, real = url_to_fs(url)
-    return int(fs.size(real))
-
-
-def info_path(shards_dir: str) -> str:
-    from laionet.core.manifest import join
-
-    return join(shards_dir, INFO_NAME)
-
-
-def remove_shard_info(shards_dir: str) -> None:
-    """Remove ``_info.json`` (a stage starting over: it is written again, with the manifest, when the stage ends)."""
-    fs, real = url_to_fs(info_path(shards_dir))
-    if fs.exists(real):
-        fs.rm(real)
-
-
-def write_shard_info(
-    shards_dir: str,
-    shards: Sequence[tuple[str, int]],
-    by_wnid: Mapping[str, int],
-    split: str,
-    name: str,
-) -> str:
-    """Write ``<shards_dir>/_info.json`` (atomically) for timm's and webdataset users' loaders: ``shards`` are
-    (tar path, samples) in order, ``by_wnid`` the samples per wnid."""
-    from laionet.core.manifest import write_json_atomic
-
-    classes = list(_imagenet1k())
-    total = sum(n for _, n in shards)
-    with_cls = sum(n for w, n in by_wnid.items() if w in _imagenet1k())
-    info = {
-        "name": name,
-        "format": {
-            "type": "webdataset",
-            "layout": "img2dataset (NNNNN.tar, NNNNN.parquet listing)",
-            "key": "__key__ is the sample key percent-encoded (laionet.images.shards.safe_key); json.key is the key",
-            "members": {
-                "jpg": "RGB JPEG",
-                "txt": "caption (UTF-8)",
-                "json": "metadata: key, wnid, class_index (the run's catalog), ...",
-                "cls": "ImageNet-1k class index (sorted wnids, as timm/torchvision) as text; absent for other wnids",
-            },
-        },
-        "num_classes": len(classes),
-        "classes": classes,
-        "counts": {
-            "samples": total,
-            "with_cls": with_cls,
-            "without_cls": total - with_cls,
-            "by_wnid": {w: int(n) for w, n in sorted(by_wnid.items())},
-        },
-        "splits": {
-            split: {
-                "name": split,
-                "num_samples": total,
-                "filenames": [tar.rstrip("/").rsplit("/", 1)[-1] for tar, _ in shards],
-                "shard_lengths": [int(n) for _, n in shards],
-            }
-        },
-    }
-    path = info_path(shards_dir)
-    write_json_atomic(path, info)
-    return path
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# stage helpers
-
-
-def _check_sample(sample: dict[str, bytes]) -> str | None:
-    """The reason a sample is unusable, or None."""
-    if "jpg" not in sample:
-        return "no_image"
-    if "json" not in sample:
-        return "no_metadata"
-    try:
-        meta = json.loads(sample["json"])
-    except ValueError:
-        return "bad_metadata"
-    if not isinstance(meta, dict) or "key" not in meta:
-        return "bad_metadata"
-    try:
-        decode_rgb(sample["jpg"]).load()
-    except Exception:  # PIL raises a zoo of types for broken images
-        return "undecodable_image"
-    return None
-
-
-def verify_shard(path: str, errors: ErrorLog | None = None) -> tuple[list[str], list[tuple[str, str]]]:
-    """Read a whole shard: (keys of good samples, [(key, reason)] of bad ones). A shard that cannot be read to a clean
-    end adds ``("*", "truncated_shard")``; samples its ``.parquet`` lists as downloaded but the tar lacks are
-    ``missing_from_tar``. Each sample is checked as it streams by (one sample in memory)."""
-    log = errors if errors is not None else ErrorLog()
-    good: list[str] = []
-    bad: list[tuple[str, str]] = []
-    for safe, sample in iter_raw(path, log):
-        key = original_key(safe)
-        reason = _check_sample(sample)
-        if reason is None:
-            good.append(key)
-        else:
-            bad.append((key, reason))
-            log.add(path, key, reason)
-    shard_level = [(e.key, e.reason) for e in log.of(path) if e.key == "*"]
-    bad[:0] = shard_level
-    listing = path.removesuffix(".tar") + ".parquet"
-    if not listing.startswith("pipe:"):
-        fs, real = url_to_fs(listing)
-        if fs.exists(real):
-            with fs.open(real, "rb") as f:
-                table = pq.read_table(f).to_pandas()
-            expected = table.loc[table["status"] == "success", "key"] if "status" in table.columns else table["key"]
-            seen = set(good) | {k for k, _ in bad}
-            missing = [str(k) for k in expected if str(k) not in seen]
-            bad.extend((k, "missing_from_tar") for k in missing)
-            for k in missing:
-                log.add(path, k, "missing_from_tar")
-    return good, bad
-
-
-_BRACES = re.compile(r"\{[^{}]*(\.\.|,)[^{}]*\}")  # webdataset's brace notation: {00000..00099} or {a,b}
-
-
-def list_shards(shards: str, missing_ok: bool = False) -> list[str]:
-    """The ``.tar`` shards of a directory or a glob, sorted; or the URLs of webdataset's notation, in its order.
-
-    A directory written by a stage (download, ingest) is listed from its manifest — exactly the shards of its
-    current input, never a leftover of an earlier one — and must be complete; a directory without a manifest or
-    marker (shards made elsewhere) and a glob are listed as they are. A ``pipe:`` command or a URL with braces
-    (``https://host/shards/{00000..00099}.tar``, ``pipe:curl -s https://host/{00000..00009}.tar``; ``::`` joins
-    several) is expanded as ``webdataset.WebDataset`` expands it, without checking that each exists: a missing one is
-    read as a damaged shard.
-
-    Raises:
-        FileNotFoundError: when there are none (unless ``missing_ok``); ``UpstreamError`` (a FileNotFoundError) for a
-            stage directory that is incomplete.
-    """
-    from laionet.core.manifest import incomplete_marker, join, read_manifest
-    from laionet.core.stage import UpstreamError
-
-    if shards.startswith("pipe:") or _BRACES.search(shards) or "::" in shards:
-        from webdataset.shardlists import expand_urls
-
-        urls = [str(u) for u in expand_urls(shards)]
-        if not urls and not missing_ok:
-            raise FileNotFoundError(f"no shards in {shards!r}")
-        return urls
-    fs, real = url_to_fs(shards)
-    if not any(c in real for c in "*?[") and fs.isdir(real):
-        manifest = read_manifest(shards)
-        if manifest is not None:
-            # the manifest's shards, by name inside this directory (a copied or synced run directory still reads)
-            tars = sorted(
-                join(shards, o.rstrip("/").rsplit("/", 1)[-1]) for o in manifest.outputs if o.endswith(".tar")
-            )
-            gone = [t for t in tars if not fs.exists(url_to_fs(t)[1])]
-            if gone:
-                raise UpstreamError(f"{shards}: shards listed by its manifest are gone ({gone[:3]}); re-run that stage")
-            if tars or missing_ok:
-                return tars
-            raise FileNotFoundError(f"no .tar shards in {shards!r} (its manifest lists none)")
-        marker_fs, marker = url_to_fs(incomplete_marker(shards))
-        if marker_fs.exists(marker) and not missing_ok:
-            raise UpstreamError(
-                f"{shards}: the shards are incomplete (a download or ingest was interrupted); re-run that stage"
-            )
-    pattern = real if any(c in real for c in "*?[") else real.rstrip("/") + "/*.tar"
-    found = sorted(fs.glob(pattern))
-    if not found and not missing_ok:
-        raise FileNotFoundError(f"no .tar shards match {shards!r}")
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return found if protocol in ("file", "local") else [f"{protocol}://{p}" for p in found]
-
-
-def keys_by_tar(shards: str) -> dict[str, str]:
-    """Which tar of a shard directory holds each key: from the parquet beside each tar, or, without one, by listing
-    the tar's members."""
-    where: dict[str, str] = {}
-    for tar in list_shards(shards, missing_ok=True):
-        index = tar.removesuffix(".tar") + ".parquet"
-        try:
-            if url_to_fs(index)[0].exists(url_to_fs(index)[1]):
-                with fsspec.open(index, "rb") as f:
-                    keys = pq.read_table(f, columns=["key"]).column("key").to_pylist()
-            else:
-                errors = ErrorLog()
-                keys = [original_key(safe) for safe, _ in iter_raw(tar, errors)]
-                for error in errors.errors:
-                    _log.warning("%s: %s %s (%s)", error.shard, error.key, error.reason, error.detail)
-        except Exception:  # an unreadable index: its images are not shown
-            _log.warning("%s: its listing cannot be read; its images are not shown", index, exc_info=True)
-            continue
-        where.update(dict.fromkeys((str(k) for k in keys), tar))
-    return where
-
-
 def read_images(tar: str, keys: set[str]) -> dict[str, Any]:
     """Decoded RGB images of ``keys`` from one shard, read up to the last of them. Undecodable samples and the
     samples after a truncation are left out, each logged (shard, key, reason) as a warning."""
@@ -676,11 +318,3 @@ def read_images(tar: str, keys: set[str]) -> dict[str, Any]:
     for error in errors.errors:
         _log.warning("%s: %s left out of the images: %s (%s)", error.shard, error.key, error.reason, error.detail)
     return out
-
-
-def shard_groups(shards: str, groups: int) -> list[list[str]]:
-    """The shards of ``shards`` (``list_shards``) split into at most ``groups`` contiguous, disjoint groups of
-    near-equal size: the unit of work of a fanned-out per-shard stage (inference, OCR)."""
-    listed = list_shards(shards)
-    size = -(-len(listed) // max(1, groups))
-    return [listed[i : i + size] for i in range(0, len(listed), size)]

@@ -3,7 +3,7 @@ and quarantine bad samples with their reason.
 
 Reads ``<shards>/*.tar`` (+ the per-shard ``.parquet`` listings when present) through webdataset, one sample in
 memory at a time (local, any fsspec URL — ``http(s)://`` included: shards are streamed — or webdataset's notation,
-``pipe:`` commands and brace ranges: ``shards.list_shards``);
+``pipe:`` commands and brace ranges: ``shard_list.list_shards``);
 writes ``<out>/quarantine.parquet`` (``shard``, ``key``, ``reason``: ``truncated_shard`` with key ``*``,
 ``undecodable_image``, ``no_image``, ``no_metadata``, ``bad_metadata``, ``missing_from_tar``) and the manifest (samples
 in = good + quarantined by reason). Nothing is deleted: downstream stages skip the quarantined keys.
@@ -11,17 +11,72 @@ in = good + quarantined by reason). Nothing is deleted: downstream stages skip t
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
 from laionet.core.manifest import Manifest, Timer, config_hash, join, write_manifest, write_parquet_atomic
 from laionet.core.stage import stage_rebuild
-from laionet.images.shards import ErrorLog, list_shards, shard_size, verify_shard
+from laionet.images.shard_list import list_shards, shard_size
+from laionet.images.shards import ErrorLog, decode_rgb, iter_raw, original_key
 
 _log = logging.getLogger("laionet.verify")
+
+
+def _check_sample(sample: dict[str, bytes]) -> str | None:
+    """The reason a sample is unusable, or None."""
+    if "jpg" not in sample:
+        return "no_image"
+    if "json" not in sample:
+        return "no_metadata"
+    try:
+        meta = json.loads(sample["json"])
+    except ValueError:
+        return "bad_metadata"
+    if not isinstance(meta, dict) or "key" not in meta:
+        return "bad_metadata"
+    try:
+        decode_rgb(sample["jpg"]).load()
+    except Exception:  # PIL raises a zoo of types for broken images
+        return "undecodable_image"
+    return None
+
+
+def verify_shard(path: str, errors: ErrorLog | None = None) -> tuple[list[str], list[tuple[str, str]]]:
+    """Read a whole shard: (keys of good samples, [(key, reason)] of bad ones). A shard that cannot be read to a clean
+    end adds ``("*", "truncated_shard")``; samples its ``.parquet`` lists as downloaded but the tar lacks are
+    ``missing_from_tar``. Each sample is checked as it streams by (one sample in memory)."""
+    log = errors if errors is not None else ErrorLog()
+    good: list[str] = []
+    bad: list[tuple[str, str]] = []
+    for safe, sample in iter_raw(path, log):
+        key = original_key(safe)
+        reason = _check_sample(sample)
+        if reason is None:
+            good.append(key)
+        else:
+            bad.append((key, reason))
+            log.add(path, key, reason)
+    shard_level = [(e.key, e.reason) for e in log.of(path) if e.key == "*"]
+    bad[:0] = shard_level
+    listing = path.removesuffix(".tar") + ".parquet"
+    if not listing.startswith("pipe:"):
+        fs, real = url_to_fs(listing)
+        if fs.exists(real):
+            with fs.open(real, "rb") as f:
+                table = pq.read_table(f).to_pandas()
+            expected = table.loc[table["status"] == "success", "key"] if "status" in table.columns else table["key"]
+            seen = set(good) | {k for k, _ in bad}
+            missing = [str(k) for k in expected if str(k) not in seen]
+            bad.extend((k, "missing_from_tar") for k in missing)
+            for k in missing:
+                log.add(path, k, "missing_from_tar")
+    return good, bad
 
 
 def run_verify(shards_dir: str, out_dir: str) -> Manifest:

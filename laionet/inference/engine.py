@@ -57,7 +57,7 @@ from laionet.core.manifest import (
 from laionet.core.runtime import tune_cpu
 from laionet.core.stage import begin, input_identity, prune, prune_records, require_file_input, stage_lock
 from laionet.core.tables import read_columns
-from laionet.images.shards import list_shards
+from laionet.images.shard_list import list_shards
 from laionet.inference.batches import Decode, DeviceDecoder, ShardStream, check_decode, decode_mode, make_loader
 from laionet.inference.models import ImageModel, Recipe, canonical_model_spec, load_image_model
 

@@ -1,5 +1,6 @@
-"""Building blocks of the report page (``laionet.report.html``): the context the sections share (the run, tables
-read, figures written, class names) and the HTML formatting helpers.
+"""Building blocks of the report page (``laionet.report.html``, its sections in ``sections``, ``comparisons`` and
+``section4``): the context the sections share (the run, tables read, figures written, class names) and the HTML
+formatting helpers.
 """
 
 from __future__ import annotations
