@@ -32,7 +32,8 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from laionet.core.runtime import cores
-from laionet.images.download import DownloadConfig, run_download
+from laionet.images.attempt import DownloadConfig
+from laionet.images.download import run_download
 from laionet.images.ocr import RapidOcrEngine
 
 

@@ -37,8 +37,10 @@ from PIL import Image
 from laionet.images.shard_writer import ShardWriter
 from laionet.inference import batches
 from laionet.inference import engine as inference
-from laionet.inference.engine import InferConfig, run_inference
+from laionet.inference.engine import run_inference
 from laionet.inference.models import load_image_model
+from laionet.inference.runner import Runner
+from laionet.inference.stream import InferConfig, default_workers
 
 SKIMAGE = Path(__import__("skimage").__file__).parent / "data"
 PHOTOS = ["coffee.png", "chelsea.png", "astronaut.png", "motorcycle_left.png", "rocket.jpg", "camera.png"]
@@ -73,7 +75,7 @@ def decode_only(shards: str, specs: list[str], config: InferConfig, device: str,
     ``decode="device"`` also ``DeviceDecoder``, synchronised at the end), no model."""
     recipes = list(dict.fromkeys(load_image_model(s).recipe for s in specs))
     paths = inference.list_shards(shards)
-    workers = config.workers if config.workers is not None else inference.default_workers(device)
+    workers = config.workers if config.workers is not None else default_workers(device)
     batch_size = config.batch_size or (256 if device.startswith("cuda") else 32)
     stream = batches.ShardStream(paths, recipes, set(), batch_size, decode="device" if decode == "device" else "cpu")
     decoder = batches.DeviceDecoder(recipes, device) if decode == "device" else None
@@ -103,7 +105,7 @@ def transfer_only(n: int, batch: int, crop: int, device: str) -> float:
 
 def model_only(spec: str, n: int, batch: int, device: str, precision: str) -> float:
     model = load_image_model(spec).to(device, channels_last=True)
-    runner = inference._Runner(model, device, precision, 5)
+    runner = Runner(model, device, precision, 5)
     x = torch.randn(batch, 3, model.recipe.crop, model.recipe.crop).to(device)
     if device.startswith("cuda"):
         x = x.contiguous(memory_format=torch.channels_last)

@@ -15,7 +15,8 @@ import pandas as pd
 import pyarrow as pa
 
 from laionet.core.manifest import join, read_manifest, write_json_atomic, write_parquet_atomic
-from laionet.images.download import DownloadConfig, run_download
+from laionet.images.attempt import DownloadConfig
+from laionet.images.download import run_download
 from laionet.images.fetch import host_port
 from laionet.images.ocr import run_ocr
 from laionet.images.serve import ImageServer

@@ -20,7 +20,8 @@ from typing import Any, Literal
 from prefect import task
 from prefect.tasks import exponential_backoff
 
-from laionet.images.download import DownloadConfig, prepare_index, run_download
+from laionet.images.attempt import DownloadConfig
+from laionet.images.download import prepare_index, run_download
 from laionet.images.ocr import ocr_providers, run_ocr, run_ocr_shards
 from laionet.images.references import ingest
 from laionet.images.verify import run_verify

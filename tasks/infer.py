@@ -17,7 +17,8 @@ from prefect import task
 
 from laionet.core.manifest import read_manifest
 from laionet.images.shard_list import shard_groups
-from laionet.inference.engine import InferConfig, run_inference
+from laionet.inference.engine import run_inference
+from laionet.inference.stream import InferConfig
 from tasks._common import IO_RETRIES, below, progress_artifact, publish, run_name, stage_cache
 from tasks.devices import gpu_slot
 

@@ -33,8 +33,14 @@ STAGE_PACKAGES = (
 # libraries that no module may load at import time (each is imported inside the function that needs it)
 HEAVY = ("open_clip", "timm", "sentence_transformers", "img2dataset", "matplotlib", "rapidocr_onnxruntime", "openvino",
          "prefect")  # fmt: skip
-# the only modules that need torch at import time: the inference engine and its decoding (torch tensors throughout)
-TORCH_AT_IMPORT = {"laionet.inference.batches", "laionet.inference.engine"}
+# the only modules that need torch at import time: the inference engine (driver, streaming pass, model runner) and its
+# decoding (torch tensors throughout)
+TORCH_AT_IMPORT = {
+    "laionet.inference.batches",
+    "laionet.inference.engine",
+    "laionet.inference.runner",
+    "laionet.inference.stream",
+}
 
 
 def _modules() -> list[str]:

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from laionet.images.download import DownloadConfig, failure_reason, run_download
+from laionet.images.attempt import DownloadConfig
+from laionet.images.download import failure_reason, run_download
 from laionet.images.shards import iter_samples, original_key, safe_key
 
 
@@ -127,7 +128,7 @@ def test_failure_reasons() -> None:
 
 def test_shards_finished_before_a_kill_are_kept(tmp_path, server) -> None:
     """img2dataset finished its shards but the run died before they were finalised: the next run keeps them."""
-    from laionet.images.download import _attempt
+    from laionet.images.attempt import run_attempt
 
     base, hits = server
     names = ["rgb.jpg", "gray.png", "missing.jpg"]
@@ -138,7 +139,7 @@ def test_shards_finished_before_a_kill_are_kept(tmp_path, server) -> None:
     config = DownloadConfig(
         processes=1, threads=2, timeout=1, samples_per_shard=2, image_size=32, retries=0, allow_host=["127.0.0.1"]
     )
-    _attempt(index, str(tmp_path / "out" / "_attempts" / "000"), config)  # the part of a run that got done
+    run_attempt(index, str(tmp_path / "out" / "_attempts" / "000"), config)  # the part of a run that got done
     assert hits["/rgb.jpg"] == 1
     manifest = run_download(str(tmp_path / "index.parquet"), str(tmp_path / "out"), config)
     assert hits["/rgb.jpg"] == 1 and hits["/missing.jpg"] == 1  # nothing fetched again

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from laionet.cli import app
 from laionet.core.manifest import Manifest, write_manifest
-from laionet.export.hf import shard_pattern
+from laionet.export.data import shard_pattern
 from laionet.images.shards import safe_key
 from laionet.selection.select import SelectionConfig, run_select
 from laionet.selection.similarity import SimilarityConfig, run_similarity

@@ -22,8 +22,9 @@ from laionet.images.shard_writer import ShardWriter
 from laionet.images.shards import safe_key
 from laionet.inference import batches
 from laionet.inference.batches import DeviceDecoder, decode_mode, decode_shard
-from laionet.inference.engine import InferConfig, run_inference
+from laionet.inference.engine import run_inference
 from laionet.inference.models import Recipe, load_image_model
+from laionet.inference.stream import InferConfig
 
 SKIMAGE = Path(__import__("skimage").__file__).parent / "data"
 PHOTOS = ["coffee.png", "chelsea.png", "astronaut.png", "motorcycle_left.png", "rocket.jpg", "camera.png"]

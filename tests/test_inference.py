@@ -18,9 +18,10 @@ from laionet.core.layout import slug
 from laionet.core.manifest import read_manifest
 from laionet.images.shard_writer import ShardWriter, encode_rgb_jpeg
 from laionet.inference import batches
-from laionet.inference import engine as inference
-from laionet.inference.engine import InferConfig, run_inference
+from laionet.inference.engine import run_inference
 from laionet.inference.models import ZOO, ModelError, label_map_22k_to_1k, load_image_model
+from laionet.inference.runner import Runner
+from laionet.inference.stream import InferConfig
 
 SKIMAGE = Path(__import__("skimage").__file__).parent / "data"
 ESPRESSO, CATS = 967, {281, 282, 283, 284, 285}  # 1k indices: espresso; the domestic cats
@@ -100,7 +101,7 @@ def test_rerun_reads_no_shard_and_a_crash_resumes(shards: Path, tmp_path: Path, 
     out = tmp_path / "inference"
     spec = "timm:test_resnet@random"
     calls = {"n": 0}
-    real_forward = inference._Runner.forward
+    real_forward = Runner.forward
 
     def crash_on_second_shard(self, x):
         calls["n"] += 1
@@ -108,7 +109,7 @@ def test_rerun_reads_no_shard_and_a_crash_resumes(shards: Path, tmp_path: Path, 
             raise RuntimeError("simulated crash")
         return real_forward(self, x)
 
-    monkeypatch.setattr(inference._Runner, "forward", crash_on_second_shard)
+    monkeypatch.setattr(Runner, "forward", crash_on_second_shard)
     config = InferConfig(batch_size=4, workers=0)
     with pytest.raises(RuntimeError, match=r"model 'timm:test_resnet@random' failed on shard .*00001.tar: .*simulated"):
         run_inference(str(shards), [spec], str(out), config=config)
@@ -117,7 +118,7 @@ def test_rerun_reads_no_shard_and_a_crash_resumes(shards: Path, tmp_path: Path, 
     assert not list(model_dir.glob("*.tmp*")) and not list(model_dir.glob("00001*"))
     first = (model_dir / "00000.predictions.parquet").stat().st_mtime_ns
 
-    monkeypatch.setattr(inference._Runner, "forward", real_forward)
+    monkeypatch.setattr(Runner, "forward", real_forward)
     manifest = run_inference(str(shards), [spec], str(out), config=config)[spec]
     assert manifest.rows_out == 5 and manifest.dropped == {"undecodable": 1}  # no quarantine given this time
     assert (model_dir / "00000.predictions.parquet").stat().st_mtime_ns == first  # finished shard not redone
@@ -271,7 +272,7 @@ def test_out_of_memory_halves_the_batch_instead_of_failing() -> None:
         return real(x)
 
     model.forward = small_memory
-    runner = inference._Runner(model, "cpu", "fp32", 5)
+    runner = Runner(model, "cpu", "fp32", 5)
     x = torch.randn(10, 3, 160, 160)
     emb, scores = runner.forward(x)
     assert emb.shape == (10, 96) and scores.shape == (10, 1000)

@@ -95,9 +95,9 @@ def test_child_failures_are_classified(kind: str, transient: bool, named: str) -
 def test_download_runs_img2dataset_through_the_classifying_child() -> None:
     import inspect
 
-    from laionet.images import download
+    from laionet.images import attempt
 
-    source = inspect.getsource(download._attempt)
+    source = inspect.getsource(attempt.run_attempt)
     assert "run_in_child(_img2dataset_download" in source and "RuntimeError" not in source
 
 

@@ -189,7 +189,8 @@ def _infer(world: dict[str, str], config: str, out: str) -> Any:
     """A tiny random-weight timm model, seeded: the same weights in every process, so outputs repeat byte for byte."""
     import torch
 
-    from laionet.inference.engine import InferConfig, run_inference
+    from laionet.inference.engine import run_inference
+    from laionet.inference.stream import InferConfig
 
     torch.manual_seed(0)
     settings = InferConfig(device="cpu", batch_size=4, workers=0, top_k=5 if config == "a" else 3)

@@ -30,7 +30,8 @@ import pytest
 from PIL import Image
 
 from laionet.images import fetch as fetch_module
-from laionet.images.download import TRANSIENT, DownloadConfig, failure_reason
+from laionet.images.attempt import DownloadConfig
+from laionet.images.download import TRANSIENT, failure_reason
 from laionet.images.fetch import REFUSAL_REASONS, Policy, RefusedError, fetch, is_public, parse_allowed
 
 CAP = 2_000_000  # the size cap of these tests (the default is 20 MB)
@@ -502,7 +503,7 @@ def test_img2dataset_is_given_the_guarded_downloader_and_opencvs_limit(monkeypat
     import importlib
     import pickle
 
-    from laionet.images import download as download_module
+    from laionet.images import attempt as attempt_module
 
     seen: dict = {}
 
@@ -515,11 +516,11 @@ def test_img2dataset_is_given_the_guarded_downloader_and_opencvs_limit(monkeypat
     real_import = importlib.import_module
     monkeypatch.setattr(importlib, "import_module", lambda n: fake if n == "img2dataset.main" else real_import(n))
     monkeypatch.delenv("OPENCV_IO_MAX_IMAGE_PIXELS", raising=False)
-    guard = download_module._Guard(Policy.of(["mirror.lan"]), 1000, 1234)
-    download_module._img2dataset_download(guard, url_list="x")
+    guard = attempt_module._Guard(Policy.of(["mirror.lan"]), 1000, 1234)
+    attempt_module._img2dataset_download(guard, url_list="x")
     assert seen["env"] == "1234" and seen["kwargs"] == {"url_list": "x"}
     wrapped = seen["downloader"]
-    assert isinstance(wrapped, download_module._GuardedDownloader) and wrapped.inner == {"thread_count": 1}
+    assert isinstance(wrapped, attempt_module._GuardedDownloader) and wrapped.inner == {"thread_count": 1}
     again = pickle.loads(pickle.dumps(wrapped))  # as img2dataset sends it to its worker processes
     assert again.inner == {"thread_count": 1} and again.guard == guard
     assert fake.Downloader is dict and "OPENCV_IO_MAX_IMAGE_PIXELS" not in os.environ  # undone

@@ -143,7 +143,8 @@ def test_inference_and_verify_stream_shards_over_http_like_local_files(tmp_path:
     the shards between them (each shard read once)."""
     from laionet.core.layout import slug
     from laionet.images.verify import run_verify
-    from laionet.inference.engine import InferConfig, run_inference
+    from laionet.inference.engine import run_inference
+    from laionet.inference.stream import InferConfig
 
     shards = _shard_dir(tmp_path)
     base, requests = serve(tmp_path)
@@ -314,7 +315,8 @@ def test_attempts_removed_after_a_complete_download_and_later_retries_get_new_na
     the final shards carry ``cls`` and the directory ``_info.json``."""
     import webdataset as wds
 
-    from laionet.images.download import DownloadConfig, run_download
+    from laionet.images.attempt import DownloadConfig
+    from laionet.images.download import run_download
 
     hits: collections.Counter[str] = collections.Counter()
     payload = encode_rgb_jpeg(_jpeg(3, (64, 48)))
@@ -421,7 +423,8 @@ def test_inference_over_pipe_shards(tmp_path: Path) -> None:
     """webdataset's ``pipe:`` URLs (a command that prints the tar) reach inference too: the part records identify such
     a shard by its command, so a second run resumes every part."""
     from laionet.core.stage import input_identity
-    from laionet.inference.engine import InferConfig, run_inference
+    from laionet.inference.engine import run_inference
+    from laionet.inference.stream import InferConfig
 
     shards = _shard_dir(tmp_path)
     spec = f"timm:test_resnet@{_test_resnet_weights(tmp_path / 'w.pth')}"

@@ -31,7 +31,8 @@ def export_hf_command(
     as parquet configs, the image shards, and a dataset card (README.md) with features, class names, counts by class,
     the pipeline's settings and code version, the licence situation and the citation. Load it with
     `datasets.load_dataset(OUT)` or `webdataset.WebDataset(OUT/shards/...)`."""
-    from laionet.export.hf import ExportError, export_hf
+    from laionet.export.data import ExportError
+    from laionet.export.hf import export_hf
 
     try:
         manifest = export_hf(run_dir, out, force=force, shards=shards, rows_per_file=rows_per_file)

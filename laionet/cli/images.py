@@ -41,7 +41,8 @@ def download(
     Only http(s) URLs of public addresses are fetched (see the README's "Security"); refusals are counted by reason."""
     import sys
 
-    from laionet.images.download import DownloadConfig, run_download
+    from laionet.images.attempt import DownloadConfig
+    from laionet.images.download import run_download
 
     main = getattr(sys.modules.get("__main__"), "__spec__", None)
     if (main is not None and main.name in ("laionet", "laionet.__main__")) or Path(sys.argv[0]).name == "laionet":

@@ -52,8 +52,9 @@ def infer(
     """Run image models over shards in one streaming pass (each image decoded once, shared by all models): per shard
     and model, L2-normalised float16 embeddings (.npy + .keys.parquet) and top-k predictions with the score of the
     sample's own class (.predictions.parquet). Resumable per shard; models and weights are checked first."""
-    from laionet.inference.engine import InferConfig, run_inference
+    from laionet.inference.engine import run_inference
     from laionet.inference.models import ModelError
+    from laionet.inference.stream import InferConfig
 
     config = InferConfig(
         device=device, precision=precision, batch_size=batch_size, workers=workers, top_k=top_k, decode=decode

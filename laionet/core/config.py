@@ -124,7 +124,7 @@ class Preset(BaseModel):
     encoder: str = "minilm"
     threshold: float | Literal["auto"] = "auto"
     top_k: int | None = 50
-    download: dict[str, Any] = Field(default_factory=dict, description="laionet.images.download.DownloadConfig fields")
+    download: dict[str, Any] = Field(default_factory=dict, description="laionet.images.attempt.DownloadConfig fields")
     ocr: bool = True
     ocr_workers: int | Literal["auto"] = Field(
         "auto",
@@ -143,7 +143,7 @@ class Preset(BaseModel):
         default_factory=lambda: [("laionet", "laionet-image")],
         description="variant pairs (A, B) compared: intra-class similarity, recall differences, relations",
     )
-    infer: dict[str, Any] = Field(default_factory=dict, description="laionet.inference.engine.InferConfig fields")
+    infer: dict[str, Any] = Field(default_factory=dict, description="laionet.inference.stream.InferConfig fields")
     shard_batches: int = Field(
         1, ge=1, description="tasks per dataset of the per-shard stages, inference and OCR (fan-out over shard groups)"
     )

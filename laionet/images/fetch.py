@@ -20,7 +20,7 @@ LAION's URLs are written by strangers, so ``fetch`` opens only what it should an
   caller can refuse a small file that declares a huge image (``too_many_pixels``) before anything decodes it.
 
 Refusals raise ``RefusedError`` whose message starts ``refused (<reason>)``; ``refusal_reason`` reads the reason back
-from such a message (img2dataset passes error messages, not exceptions). ``laionet.images.download`` is the only
+from such a message (img2dataset passes error messages, not exceptions). ``laionet.images.attempt`` is the only
 user: it gives this fetch to img2dataset (see its module docstring). Standard library only, PIL for headers.
 """
 

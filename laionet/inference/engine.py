@@ -4,9 +4,10 @@ One pass over the shards feeds every model. Decoding happens once per image (``l
 DataLoader worker process taking whole shards: on the CPU in the workers, or — ``decode="device"``, the default on a
 GPU — batched on the device, the workers only reading the bytes; every distinct preprocessing ``Recipe`` among the
 models is applied once per image and its tensor shared by all models that use it. The main process moves each batch to
-the device once per recipe (pinned memory, non-blocking copies, channels-last on a GPU), runs the models under autocast
-(fp16 on a GPU; fp32 on a CPU unless bf16 is asked for), and collects outputs per (shard, model). When a shard's
-last batch arrives its outputs are written, per model, into ``<out_root>/<model slug>/`` (``laionet.core.layout``):
+the device once per recipe (pinned memory, non-blocking copies, channels-last on a GPU; ``laionet.inference.stream``),
+runs the models under autocast (fp16 on a GPU; fp32 on a CPU unless bf16 is asked for; ``laionet.inference.runner``),
+and collects outputs per (shard, model). When a shard's last batch arrives its outputs are written, per model, into
+``<out_root>/<model slug>/`` (``laionet.core.layout``):
 
 * ``<shard>.npy`` float16 (N, D) L2-normalised embeddings and ``<shard>.keys.parquet`` (``key``);
 * ``<shard>.predictions.parquet``: ``key``, ``topk`` (list<int32> class indices, best first), ``scores``
@@ -18,63 +19,41 @@ last batch arrives its outputs are written, per model, into ``<out_root>/<model 
 Each model directory gets a ``_manifest.json`` when all its shards are done, and ``<out_root>/_manifest.json``
 summarises the call (its models; samples in / out / skipped are the same for every model).
 
-Every file is written under a temporary name and renamed. A re-run skips (shard, model) pairs whose record matches
-the shard (size, quarantined keys) and the settings; a model's ``_manifest.json`` is written when all its shards are
-done. Samples are skipped and counted when quarantined (``laionet verify``) or undecodable; outputs are keyed by
-``key``, never by position. On a GPU, out-of-memory halves the batch for that model instead of failing.
+This module is the stage driver (``run_inference``): which (shard, model) pairs are left, the models, the lock and the
+manifests. Every file is written under a temporary name and renamed. A re-run skips (shard, model) pairs whose record
+matches the shard (size, quarantined keys) and the settings; a model's ``_manifest.json`` is written when all its
+shards are done. Samples are skipped and counted when quarantined (``laionet verify``) or undecodable; outputs are
+keyed by ``key``, never by position. On a GPU, out-of-memory halves the batch for that model instead of failing.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict
 
-import fsspec
-import numpy as np
-import pyarrow as pa
 import torch
-from tqdm.auto import tqdm
 
 from laionet.core.layout import slug
 from laionet.core.manifest import (
     Manifest,
     Timer,
-    atomic_path,
     config_hash,
     join,
-    part_stem,
     read_manifest,
     read_part_record,
     write_manifest,
-    write_parquet_atomic,
-    write_part_record,
 )
 from laionet.core.runtime import tune_cpu
 from laionet.core.stage import begin, input_identity, prune, prune_records, require_file_input, stage_lock
 from laionet.core.tables import read_columns
 from laionet.images.shard_list import list_shards
-from laionet.inference.batches import Decode, DeviceDecoder, ShardStream, check_decode, decode_mode, make_loader
-from laionet.inference.models import ImageModel, Recipe, canonical_model_spec, load_image_model
+from laionet.inference.batches import check_decode
+from laionet.inference.models import ImageModel, canonical_model_spec, load_image_model
+from laionet.inference.runner import Runner
+from laionet.inference.stream import InferConfig, run, shard_stem
 
 ModelBuilder = Callable[[str], ImageModel]
-
-
-@dataclass
-class InferConfig:
-    """How inference runs (none of it changes the outputs beyond float rounding, except ``top_k``; the device decoder
-    resizes within 2 uint8 levels of PIL's, see ``Recipe.apply``)."""
-
-    device: str = "auto"  # auto: cuda if available
-    precision: str = "auto"  # auto (fp16 on a GPU, fp32 on a CPU) | fp32 | fp16 | bf16 (autocast)
-    batch_size: int | None = None  # images per batch; auto: 256 on a GPU, 32 on a CPU
-    workers: int | None = None  # decode processes (0: in-process); auto: see default_workers
-    top_k: int = 5
-    decode: Decode = "auto"  # auto: device (nvjpeg) on a GPU, else cpu (PIL in the workers) | cpu | device
 
 
 def _device(device: str) -> str:
@@ -84,111 +63,12 @@ def _device(device: str) -> str:
     return device
 
 
-def default_workers(device: str) -> int:
-    """Decode processes: all cores but one feeding a GPU. On a CPU the model needs the cores: decode in-process up to
-    4 cores (a separate decoder process made a 2-core machine 13% slower), else a quarter of them."""
-    cores = os.cpu_count() or 1
-    if device != "cpu":
-        return max(1, cores - 1)
-    return 0 if cores <= 4 else cores // 4
-
-
 def read_quarantine(path: str | None) -> set[str]:
     """Keys quarantined by ``laionet verify`` (``quarantine.parquet``: shard, key, reason); ``*`` marks a truncated
     shard, not a key."""
     if not path:
         return set()
     return set(read_columns(path, ["key"])["key"].astype(str)) - {"*"}
-
-
-def shard_stem(shard: str) -> str:
-    return part_stem(shard.removesuffix(".tar"))
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# the models side (main process)
-
-
-class _Runner:
-    """One model on the device: forward with autocast and out-of-memory back-off; per-shard output buffers."""
-
-    def __init__(self, model: ImageModel, device: str, precision: str, top_k: int) -> None:
-        self.model, self.device, self.top_k = model, device, top_k
-        self.cuda = device.startswith("cuda")
-        self.dtype = precision
-        self.chunk: int | None = None
-        wnids = model.info.get("class_wnids")
-        self.column = {w: j for j, w in enumerate(wnids)} if wnids is not None else {}
-        self.buffers: dict[str, list[dict[str, Any]]] = {}
-
-    def _autocast(self) -> Any:
-
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.dtype)
-        return torch.autocast("cuda" if self.cuda else "cpu", dtype=dtype) if dtype else nullcontext()
-
-    def forward(self, x: Any) -> tuple[Any, Any]:
-
-        chunk = self.chunk or len(x)
-        while True:
-            try:
-                embs: list[Any] = []
-                scores: list[Any] = []
-                with torch.inference_mode(), self._autocast():
-                    for start in range(0, len(x), chunk):
-                        e, s = self.model.forward(x[start : start + chunk])
-                        embs.append(e.float())
-                        scores.append(None if s is None else s.float())
-                return torch.cat(embs), (None if scores[0] is None else torch.cat(scores))
-            except torch.cuda.OutOfMemoryError:
-                if chunk <= 1:
-                    raise
-                chunk = max(1, chunk // 2)
-                self.chunk = chunk
-                torch.cuda.empty_cache()
-                tqdm.write(f"[infer] {self.model.spec}: out of GPU memory, batch reduced to {chunk}")
-
-    def add(self, shard: str, keys: list[str], wnids: list[str | None], x: Any) -> None:
-
-        emb, scores = self.forward(x)
-        out: dict[str, Any] = {"keys": keys, "emb": emb.half().cpu().numpy()}
-        if scores is not None and self.model.class_index is not None:
-            k = min(self.top_k, scores.shape[1])
-            values, columns = scores.topk(k, dim=1)
-            cols = torch.as_tensor([self.column.get(w, -1) if w else -1 for w in wnids], device=scores.device)
-            own = torch.full((len(keys),), float("nan"), device=scores.device)
-            has = cols >= 0
-            own[has] = scores[torch.nonzero(has).squeeze(1), cols[has]]
-            out["topk"] = self.model.class_index[columns.cpu().numpy()].astype(np.int32)
-            out["scores"] = values.cpu().numpy().astype(np.float32)
-            out["own"] = own.cpu().numpy().astype(np.float32)
-        self.buffers.setdefault(shard, []).append(out)
-
-
-def _write_outputs(out_dir: str, stem: str, parts: list[dict[str, Any]], dim: int) -> list[str]:
-    """Write one shard's outputs for one model; return the paths (predictions last, when the model has them)."""
-    keys = [k for p in parts for k in p["keys"]]
-    emb = np.concatenate([p["emb"] for p in parts]) if keys else np.zeros((0, dim), np.float16)
-    npy = join(out_dir, f"{stem}.npy")
-    with atomic_path(npy) as tmp, fsspec.open(tmp, "wb") as f:
-        np.save(f, emb.astype(np.float16))
-    keys_path = join(out_dir, f"{stem}.keys.parquet")
-    write_parquet_atomic(pa.table({"key": pa.array(keys, pa.string())}), keys_path)
-    outputs = [npy, keys_path]
-    if any("topk" in p for p in parts):
-        topk = np.concatenate([p["topk"] for p in parts])
-        scores = np.concatenate([p["scores"] for p in parts])
-        table = pa.table(
-            {
-                "key": pa.array(keys, pa.string()),
-                "topk": pa.array(list(topk), pa.list_(pa.int32())),
-                "scores": pa.array(list(scores), pa.list_(pa.float32())),
-                "own_score": pa.array(np.concatenate([p["own"] for p in parts]), pa.float32()),
-            }
-        )
-        path = join(out_dir, f"{stem}.predictions.parquet")
-        write_parquet_atomic(table, path)
-        outputs.append(path)
-    return outputs
 
 
 def _shard_hashes(shards: list[str], specs: list[str], top_k: int, skip: set[str]) -> dict[tuple[str, str], str]:
@@ -297,7 +177,7 @@ def run_inference(
 
 def _run_or_report(
     todo: dict[str, list[str]],
-    runners: dict[str, _Runner],
+    runners: dict[str, Runner],
     out_dirs: dict[str, str],
     hashes: dict[tuple[str, str], str],
     skip: set[str],
@@ -306,7 +186,7 @@ def _run_or_report(
     progress: Callable[[int, int], None] | None,
 ) -> None:
     if todo:
-        _run(todo, runners, out_dirs, hashes, skip, config, device, progress)
+        run(todo, runners, out_dirs, hashes, skip, config, device, progress)
     elif progress:  # nothing left to do: done
         progress(1, 1)
 
@@ -322,7 +202,7 @@ def _prepare(
     builder: Callable[..., ImageModel],
     only: Sequence[str] | None,
     skip: set[str],
-) -> tuple[dict[str, list[str]], dict[str, _Runner], dict[tuple[str, str], str]]:
+) -> tuple[dict[str, list[str]], dict[str, Runner], dict[tuple[str, str], str]]:
     """The (shard → models) still to run (of ``only``, when given), the loaded models if any, and the shard hashes.
     ``classes``: the catalog's synset texts, class indices and wnids (zero-shot prompts), or Nones."""
     texts, index, wnids = classes
@@ -337,13 +217,13 @@ def _prepare(
         ]
         if need:
             todo[shard] = need
-    runners: dict[str, _Runner] = {}
+    runners: dict[str, Runner] = {}
     if todo:
         for spec in specs:
             model = builder(spec, class_texts=texts, class_index=index)
             if model.kind == "open_clip" and wnids is not None:
                 model.info["class_wnids"] = wnids
-            runners[spec] = _Runner(model.to(device, channels_last=True), device, precision, config.top_k)
+            runners[spec] = Runner(model.to(device, channels_last=True), device, precision, config.top_k)
     return todo, runners, hashes
 
 
@@ -442,71 +322,3 @@ def _write_manifests(
     )
     write_manifest(out_root, summary)  # the whole call, for caches and the report: same counts for every model
     return manifests
-
-
-def _run(
-    todo: dict[str, list[str]],
-    runners: dict[str, _Runner],
-    out_dirs: dict[str, str],
-    hashes: dict[tuple[str, str], str],
-    skip: set[str],
-    config: InferConfig,
-    device: str,
-    progress: Callable[[int, int], None] | None = None,
-) -> None:
-    """Stream the shards of ``todo`` through the models each still needs; write outputs and records per shard."""
-    batch_size = config.batch_size or (256 if device.startswith("cuda") else 32)
-    workers = config.workers if config.workers is not None else default_workers(device)
-    recipes = list(dict.fromkeys(r.model.recipe for r in runners.values()))
-    decode = decode_mode(config.decode, device)
-    stream = ShardStream(list(todo), recipes, skip, batch_size, decode=decode)
-    decoder = DeviceDecoder(recipes, device) if decode == "device" else None
-    bar = tqdm(total=len(todo), desc="infer", unit="shard", disable=None)
-    done = 0
-    for batch in make_loader(stream, min(workers, len(todo)), device.startswith("cuda")):
-        if decoder is not None:  # decode and preprocess on the device: the batch the CPU path would have given
-            batch = decoder(batch)
-        shard = batch["shard"]
-        on_device: dict[Recipe, Any] = {}
-        for spec in todo[shard]:
-            runner = runners[spec]
-            recipe = runner.model.recipe
-            if batch["images"][recipe] is None:
-                continue
-            if recipe not in on_device:  # one host-to-device copy per recipe, shared by the models using it
-                x = batch["images"][recipe].to(device, non_blocking=True)
-                on_device[recipe] = x.contiguous(memory_format=torch.channels_last) if runner.cuda else x
-            try:
-                runner.add(shard, batch["keys"], batch["wnids"], on_device[recipe])
-            except Exception as exc:  # name the model and the shard: a fanned-out run fails on one of many
-                raise RuntimeError(f"model {spec!r} failed on shard {shard}: {type(exc).__name__}: {exc}") from exc
-        if not batch["last"]:
-            continue
-        counts = batch["counts"]
-        for spec in todo[shard]:
-            runner = runners[spec]
-            parts = runner.buffers.pop(shard, [])
-            outputs = _write_outputs(out_dirs[spec], shard_stem(shard), parts, runner.model.dim)
-            model = runner.model
-            record = {
-                "config_hash": hashes[shard, spec],
-                "output": outputs[-1],
-                "outputs": outputs,
-                "rows_in": counts["read"],
-                "rows_out": sum(len(p["keys"]) for p in parts),
-                "dropped": {k: v for k, v in counts.items() if k != "read" and v},
-                "truncated": bool(batch["truncated"]),
-                "decode": decode,
-                "model": {
-                    "dim": model.dim,
-                    "recipe": json.loads(json.dumps(asdict(model.recipe))),
-                    "classes": None if model.class_index is None else len(model.class_index),
-                    **{k: v for k, v in model.info.items() if k in ("timm_name", "paper_name", "group", "note")},
-                },
-            }
-            write_part_record(out_dirs[spec], shard_stem(shard), record)
-        bar.update(1)
-        done += 1
-        if progress:  # not bar.n: a disabled bar (no terminal) does not count
-            progress(done, len(todo))
-    bar.close()
