@@ -212,6 +212,11 @@ def _worker_read(images: list[Image.Image]) -> list[str]:
     return list(_WORKER_ENGINE.read_many(images))
 
 
+def _worker_engine_settings() -> tuple[int, float | None, int | None, str]:
+    engine = _WORKER_ENGINE
+    return engine.det_side, engine.det_upscale, engine.threads, engine.runtime
+
+
 class ProcessFannedEngine:
     """The fast engine as ``run_ocr(workers=N)`` runs it: N spawned processes with cores ÷ N threads each, every
     chunk of images split among them (in order); ``read_many`` returns the texts in input order."""
@@ -249,14 +254,16 @@ def _fast(spec: str) -> tuple[str, Any]:
         "runtime": runtime or None,
         "precision": precision or "f32",
     }
-    engine = RapidOcrEngine(**kwargs)
-    cap = f", upscale <= {engine.det_upscale:g}" if engine.det_upscale else ""
-    runs_on = engine.runtime + (f"~{precision}" if precision else "")
-    label = f"fast (det {engine.det_side}{cap}, {engine.threads} thr, {runs_on})"
-    if not processes:
-        return label, engine
-    engine.close()  # only built for its label; each process builds its own
-    return f"{label} x {n} processes", ProcessFannedEngine(n, **kwargs)
+    engine: Any = RapidOcrEngine(**kwargs) if not processes else ProcessFannedEngine(n, **kwargs)
+    det_side, det_upscale, threads, runtime = (
+        engine.pool.submit(_worker_engine_settings).result()  # as a worker built it (the parent builds none)
+        if processes
+        else (engine.det_side, engine.det_upscale, engine.threads, engine.runtime)
+    )
+    cap = f", upscale <= {det_upscale:g}" if det_upscale else ""
+    runs_on = runtime + (f"~{precision}" if precision else "")
+    label = f"fast (det {det_side}{cap}, {threads} thr, {runs_on})"
+    return (f"{label} x {n} processes" if processes else label), engine
 
 
 def main() -> None:
