@@ -218,3 +218,21 @@ def test_rows_with_characters_newer_than_pythons_unicode_database_take_the_defin
     only_newer: list[str | None] = ["lion " + newer[1] + " x", "tiger"]  # no other non-ASCII row in the batch
     expected = [str(w).split() for w in default_normalize_array(pa.array(only_newer)).to_pylist()]
     assert _haystack_rows(only_newer) == expected
+
+
+def test_space_collapse_keeps_every_other_byte_in_order() -> None:
+    """``_collapse_spaces`` (Arrow's filter over a packed mask) against a regex: random buffers of spaces, NULs,
+    letters and high bytes, lengths around the mask's 8-bit packing boundaries, all-space and empty buffers."""
+    import re
+
+    import numpy as np
+
+    from laionet.text.normalize import _collapse_spaces
+
+    rng = random.Random(7)
+    buffers = [b"", b" ", b"  ", b"a", b"  a  \x00 ", b" " * 17, bytes(range(256))]
+    buffers += [bytes(rng.choice(b"   a\x00\xc3\xa9z") for _ in range(n)) for n in (*range(1, 40), 1000, 4097)]
+    for raw in buffers:
+        got = _collapse_spaces(np.frombuffer(raw, dtype=np.uint8))
+        assert got.dtype == np.uint8
+        assert got.tobytes() == re.sub(b" +", b" ", raw), raw
