@@ -236,3 +236,16 @@ def test_space_collapse_keeps_every_other_byte_in_order() -> None:
         got = _collapse_spaces(np.frombuffer(raw, dtype=np.uint8))
         assert got.dtype == np.uint8
         assert got.tobytes() == re.sub(b" +", b" ", raw), raw
+
+
+def test_a_haystack_that_loses_a_row_raises_instead_of_retrying(monkeypatch) -> None:
+    """The haystack retries once with NULs replaced when a caption holds one; a row count that is wrong for any other
+    reason (a broken normalisation step) is an error, not an endless retry."""
+    import laionet.text.normalize as normalize
+
+    collapse = normalize._collapse_spaces
+    monkeypatch.setattr(normalize, "_collapse_spaces", lambda buf: collapse(buf)[:-1])  # loses the last row's NUL
+    with pytest.raises(AssertionError, match="1 rows in the haystack of 2 captions"):
+        normalize.default_haystack(pa.array(["a lion", "a tiger"]))
+    with pytest.raises(AssertionError, match="rows in the haystack of 2 captions"):
+        normalize.default_haystack(pa.array(["a\x00\x00lion", "a tiger"]))  # after the one retry for its NULs
