@@ -178,6 +178,21 @@ def write_class_file(path: Path, wnids: list[str]) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _caches_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The pipeline's own caches (the rendered-SVG cache of ``images.serve``, ``$LAIONET_CACHE``) live in the session's
+    tmp directory: tests never write to the user's ``~/.cache`` (child processes inherit the variable)."""
+    import os
+
+    before = os.environ.get("LAIONET_CACHE")
+    os.environ["LAIONET_CACHE"] = str(tmp_path_factory.mktemp("laionet-cache"))
+    yield
+    if before is None:
+        os.environ.pop("LAIONET_CACHE", None)
+    else:
+        os.environ["LAIONET_CACHE"] = before
+
+
 @pytest.fixture(autouse=True)
 def _openvino_stays_out_of_the_test_process() -> Iterator[None]:
     """OpenVINO is loaded only in child processes (``in_child``; the OCR stage's spawned workers): a test that loads it

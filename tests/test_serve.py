@@ -140,3 +140,21 @@ def test_a_render_process_that_dies_is_replaced_and_nothing_is_remembered(tmp_pa
         assert not list(cache.rglob("*.err"))
         assert urllib.request.urlopen(f"{base}/b.svg").read()[:4] == b"\x89PNG"
         assert server.cache._pool is not pool and server.cache.renders == 3
+
+
+def test_render_cache_location_follows_laionet_cache_then_xdg(monkeypatch, tmp_path) -> None:
+    from laionet.images.serve import default_cache_dir
+
+    monkeypatch.setenv("LAIONET_CACHE", str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "mine" / "svg-png"
+    monkeypatch.delenv("LAIONET_CACHE")
+    assert default_cache_dir() == tmp_path / "xdg" / "laionet" / "svg-png"
+
+
+def test_the_suite_never_renders_into_the_users_cache() -> None:
+    """conftest points ``$LAIONET_CACHE`` at the session's tmp directory, so servers started by tests (and their child
+    processes) never write rendered SVGs into ``~/.cache``."""
+    from laionet.images.serve import default_cache_dir
+
+    assert not default_cache_dir().is_relative_to(Path.home())
