@@ -66,6 +66,19 @@ def test_minilm_offline_ranks_the_animal_above_the_brand() -> None:
     assert animal > 0.4 > brand
 
 
+def test_sentence_transformer_batches_are_small_on_the_cpu_and_do_not_change_embeddings() -> None:
+    """Without a batch size the CPU gets ST_BATCH_CPU (small batches ran ~2x faster there); any batch size gives the
+    same embeddings, as the cache key (which leaves the batch size out) assumes."""
+    from laionet.selection.encoders import ST_BATCH_CPU
+
+    encoder = create_text_encoder("minilm", device="cpu")
+    assert getattr(encoder, "batch_size", None) == ST_BATCH_CPU < 256
+    texts = [f"photo {i} of a {'very ' * (i % 9)}small cougar near a lake" for i in range(70)]
+    small = encoder.encode(texts)
+    large = create_text_encoder("minilm", device="cpu", batch_size=256).encode(texts)
+    np.testing.assert_allclose(small, large, atol=1e-5)
+
+
 def test_sentence_transformer_that_cannot_load_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(EncoderError, match="cannot load sentence-transformers model"):
         create_text_encoder(f"st:{tmp_path / 'missing-model'}", device="cpu")
