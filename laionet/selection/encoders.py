@@ -300,7 +300,8 @@ def create_text_encoder(
         model = _load_sentence_transformer(target, device)
         if precision != "fp32":
             model = model.half() if precision == "fp16" else model.bfloat16()
-        return SentenceTransformerEncoder(spec, model, batch_size or (ST_BATCH_GPU if device != "cpu" else ST_BATCH_CPU))
+        default_batch = ST_BATCH_GPU if device != "cpu" else ST_BATCH_CPU
+        return SentenceTransformerEncoder(spec, model, batch_size or default_batch)
     model, tokenizer = _load_open_clip(target, device)
     batch = batch_size or (1024 if device != "cpu" else 256)
     return OpenClipTextEncoder(
