@@ -317,3 +317,14 @@ def test_decode_workers_start_in_a_process_that_ran_a_prefect_flow(prefect_harne
             serial.rows_out,
             serial.dropped,
         )
+
+
+def test_streaming_nothing_only_reports_done() -> None:
+    """``stream.run`` with no shard left (a fanned-out group whose shards are done) builds no loader and reports the
+    progress as complete."""
+    from laionet.inference.stream import InferConfig, run
+
+    seen: list[tuple[int, int]] = []
+    run({}, {}, {}, {}, set(), InferConfig(), "cpu", lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 1)]
+    run({}, {}, {}, {}, set(), InferConfig(), "cpu")  # and without a progress callback

@@ -159,7 +159,7 @@ def run_inference(
         if todo:  # visibly incomplete until the final call writes the manifests (untouched when nothing changes)
             for target in targets:
                 begin(target, "", locked=False)
-        _run_or_report(todo, runners, out_dirs, hashes, skip, config, device, progress)
+        run(todo, runners, out_dirs, hashes, skip, config, device, progress)
         return {}
     with stage_lock(out_root, "infer"):
         if not todo:  # every shard done: the manifests stand if they are those of these records (cached re-runs)
@@ -170,25 +170,9 @@ def run_inference(
                 return current
         for target in targets:
             begin(target, "")
-        _run_or_report(todo, runners, out_dirs, hashes, skip, config, device, progress)
+        run(todo, runners, out_dirs, hashes, skip, config, device, progress)
         return _write_manifests(shards, all_shards, specs, out_root, out_dirs, skip, quarantine, config, device,
                                 precision, timer)  # fmt: skip
-
-
-def _run_or_report(
-    todo: dict[str, list[str]],
-    runners: dict[str, Runner],
-    out_dirs: dict[str, str],
-    hashes: dict[tuple[str, str], str],
-    skip: set[str],
-    config: InferConfig,
-    device: str,
-    progress: Callable[[int, int], None] | None,
-) -> None:
-    if todo:
-        run(todo, runners, out_dirs, hashes, skip, config, device, progress)
-    elif progress:  # nothing left to do: done
-        progress(1, 1)
 
 
 def _prepare(

@@ -88,7 +88,12 @@ def run(
     device: str,
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Stream the shards of ``todo`` through the models each still needs; write outputs and records per shard."""
+    """Stream the shards of ``todo`` through the models each still needs; write outputs and records per shard. With
+    nothing to do it only reports ``progress`` as done."""
+    if not todo:
+        if progress:
+            progress(1, 1)
+        return
     batch_size = config.batch_size or (256 if device.startswith("cuda") else 32)
     workers = config.workers if config.workers is not None else default_workers(device)
     recipes = list(dict.fromkeys(r.model.recipe for r in runners.values()))
