@@ -8,7 +8,7 @@ engine's images/s, the ratio, and how many images get the same flag (the paper's
 recognised text) and the same text.
 
     .venv/bin/python benchmarks/bench_ocr.py [--shards runs/demo/shards] [--generated 120] [--chunk 10] \\
-        [--fast 736 --fast 640:2@1 ...]
+        [--fast 736 --fast '736!' --fast lib --fast '736*2' --fast '736~bf16' ...]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from laionet.core.runtime import cores
-from laionet.images.ocr import DET_SIDE, RapidOcrEngine, shows_name
+from laionet.images.ocr import DET_SIDE, RapidOcrEngine, read_texts, shows_name
 
 CLASS_NAMES = [
     "golden retriever",
@@ -166,19 +166,18 @@ def demo_images(shards_dir: str, catalog_path: str | None) -> list[tuple[Image.I
     return out
 
 
-def compare(
-    label: str, images: list[tuple[Image.Image, str]], engines: dict[str, RapidOcrEngine], chunk: int
-) -> dict[str, Any]:
+def compare(label: str, images: list[tuple[Image.Image, str]], engines: dict[str, Any], chunk: int) -> dict[str, Any]:
     """All engines over ``images`` in turns of ``chunk`` images (the order reversed every other turn); print and
     return each one's images/s and its agreement with the first (the reference)."""
     texts: dict[str, list[str]] = {name: [] for name in engines}
     seconds = dict.fromkeys(engines, 0.0)
     for start in range(0, len(images), chunk):
         batch = [image for image, _ in images[start : start + chunk]]
+        classes = [name for _, name in images[start : start + chunk]]
         order = list(engines) if (start // chunk) % 2 == 0 else list(reversed(engines))
         for name in order:
             t = time.perf_counter()
-            texts[name].extend(engines[name].read_many(batch))
+            texts[name].extend(read_texts(engines[name], batch, classes))  # as the stage reads
             seconds[name] += time.perf_counter() - t
     ref = next(iter(engines))
     flags = {e: [bool(c and shows_name(c, t)) for (_, c), t in zip(images, texts[e], strict=True)] for e in engines}
@@ -212,7 +211,11 @@ def _worker_read(images: list[Image.Image]) -> list[str]:
     return list(_WORKER_ENGINE.read_many(images))
 
 
-def _worker_engine_settings() -> tuple[int, float | None, int | None, str]:
+def _worker_read_exact(images: list[Image.Image]) -> list[str]:
+    return list(_WORKER_ENGINE.read_exact(images))
+
+
+def _worker_engine_settings() -> tuple[int | None, float | None, int | None, str]:
     engine = _WORKER_ENGINE
     return engine.det_side, engine.det_upscale, engine.threads, engine.runtime
 
@@ -230,17 +233,36 @@ class ProcessFannedEngine:
             processes, multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(kwargs,)
         )
         list(self.pool.map(_worker_read, [[] for _ in range(processes)]))  # start them (engines built)
+        self.exact = kwargs.get("det_side") is None
 
     def read_many(self, images: list[Image.Image]) -> list[str]:
-        size = -(-len(images) // self.processes)
+        return self._fanned(_worker_read, images)
+
+    def read_exact(self, images: list[Image.Image]) -> list[str]:
+        return self._fanned(_worker_read_exact, images)
+
+    def _fanned(self, read: Any, images: list[Image.Image]) -> list[str]:
+        size = max(1, -(-len(images) // self.processes))
         parts = [images[i : i + size] for i in range(0, len(images), size)]
-        return [text for part in self.pool.map(_worker_read, parts) for text in part]
+        return [text for part in self.pool.map(read, parts) for text in part]
+
+
+class Unchecked:
+    """An engine read as it is, without the stage's exact re-reading of possible flags (``SPEC!``)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def read_many(self, images: list[Image.Image]) -> list[str]:
+        return list(self.engine.read_many(images))
 
 
 def _fast(spec: str) -> tuple[str, Any]:
-    """``SIDE[:UPSCALE][@THREADS][/RUNTIME][~PRECISION][*PROCESSES]`` → a labelled fast engine (``*N``: N processes of
-    THREADS threads, default cores ÷ N, each reading its share of every chunk)."""
-    spec, _, processes = spec.partition("*")
+    """``SIDE[:UPSCALE][@THREADS][/RUNTIME][~PRECISION][*PROCESSES][!]`` → a labelled fast engine (SIDE ``lib``:
+    the library's detector input; ``*N``: N processes of THREADS threads, default cores ÷ N, each reading its share of
+    every chunk; ``!``: the quick reading alone, without the stage's exact re-reading of possible flags)."""
+    unchecked = spec.endswith("!")
+    spec, _, processes = spec.removesuffix("!").partition("*")
     spec, _, precision = spec.partition("~")
     spec, _, runtime = spec.partition("/")
     spec, _, threads = spec.partition("@")
@@ -249,7 +271,7 @@ def _fast(spec: str) -> tuple[str, Any]:
     kwargs: dict[str, Any] = {
         "engine": "fast",
         "threads": int(threads) if threads else (max(1, cores() // n) if processes else None),
-        "det_side": int(side),
+        "det_side": None if side == "lib" else int(side),
         "det_upscale": float(upscale) if upscale else None,
         "runtime": runtime or None,
         "precision": precision or "f32",
@@ -262,8 +284,8 @@ def _fast(spec: str) -> tuple[str, Any]:
     )
     cap = f", upscale <= {det_upscale:g}" if det_upscale else ""
     runs_on = runtime + (f"~{precision}" if precision else "")
-    label = f"fast (det {det_side}{cap}, {threads} thr, {runs_on})"
-    return (f"{label} x {n} processes" if processes else label), engine
+    label = f"fast (det {det_side or 'lib'}{cap}, {threads} thr, {runs_on}{', unchecked' if unchecked else ''})"
+    return (f"{label} x {n} processes" if processes else label), (Unchecked(engine) if unchecked else engine)
 
 
 def main() -> None:
@@ -276,9 +298,11 @@ def main() -> None:
     parser.add_argument(
         "--fast",
         action="append",
-        help=f"a fast engine to compare, SIDE[:UPSCALE][@THREADS][/RUNTIME][~PRECISION][*PROCESSES] (RUNTIME: "
-        f"openvino or onnxruntime; PRECISION: OpenVINO's f32 or bf16; *N: N processes, each with THREADS (default "
-        f"cores / N) threads, as run_ocr(workers=N); repeatable; default {DET_SIDE}: the defaults)",
+        help=f"a fast engine to compare, SIDE[:UPSCALE][@THREADS][/RUNTIME][~PRECISION][*PROCESSES][!] (SIDE: lib, "
+        f"the library's detector input, or the detector's longer side in pixels; RUNTIME: openvino or onnxruntime; "
+        f"PRECISION: OpenVINO's f32 or bf16; *N: N processes, each with THREADS (default cores / N) threads, as "
+        f"run_ocr(workers=N); !: without the stage's exact re-reading of possible flags; repeatable; default "
+        f"{DET_SIDE}: the defaults)",
     )
     args = parser.parse_args()
     t = time.perf_counter()

@@ -3,12 +3,13 @@ import os
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from laionet.images import ocr
-from laionet.images.ocr import RapidOcrEngine, run_ocr, shows_name
+from laionet.images.ocr import RapidOcrEngine, could_show_name, read_texts, run_ocr, shows_name
 from laionet.images.shard_writer import ShardWriter, encode_rgb_jpeg
 from laionet.text.catalog import run_catalog
 from tests.conftest import in_child
@@ -136,11 +137,124 @@ def test_fast_engine_flags_what_the_full_pipeline_flags(runtime) -> None:
 def _fast_flags_full(runtime: str) -> None:
     images = _text_set()
     full = RapidOcrEngine(engine="full").read_many([image for image, _ in images])
-    fast = RapidOcrEngine(engine="fast", runtime=runtime).read_many([image for image, _ in images])
+    fast = read_texts(RapidOcrEngine(engine="fast", runtime=runtime), [i for i, _ in images], [n for _, n in images])
     flags_full = [shows_name(name, text) for (_, name), text in zip(images, full, strict=True)]
     flags_fast = [shows_name(name, text) for (_, name), text in zip(images, fast, strict=True)]
     assert sum(flags_full) >= 8 and not all(flags_full)  # the set has both kinds, small text included
     assert flags_fast == flags_full, [(n, a, b) for (_, n), a, b in zip(images, full, fast, strict=True) if a != b]
+
+
+class _Recording:
+    """A model session wrapper that keeps every input it is given."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.inputs = inner, []
+
+    def __call__(self, tensor, *args, **kwargs):
+        self.inputs.append(np.array(tensor))
+        return self.inner(tensor, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("size", [(448, 634), (634, 448), (512, 343), (224, 224), (1200, 300), (960, 720), (500, 30)])
+def test_the_exact_reading_gives_the_detector_the_full_pipelines_input(size) -> None:
+    """``read_exact`` (and ``det_side=None``) feed the detector the very tensor the library's pipeline gives it
+    (shorter side up to 736, rounded to 32; thin images letterboxed; large ones shrunk), so its boxes and text are
+    the full pipeline's. The quick reading scales the longer side to 736 instead: a 448x634 image runs at 512x736
+    rather than 736x1056, which moved the recogniser's spacing and 1.5 % of the flags on generated text images."""
+    rng = np.random.default_rng(sum(size))
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    full = RapidOcrEngine(engine="full")
+    full._engine.text_det.infer = seen_full = _Recording(full._engine.text_det.infer)
+    full.read(image)
+    for engine, read in [(quick := RapidOcrEngine(runtime="onnxruntime"), "read_exact"),
+                         (RapidOcrEngine(runtime="onnxruntime", det_side=None), "read_many")]:  # fmt: skip
+        engine._det.infer = seen = _Recording(engine._det.infer)
+        getattr(engine, read)([image])
+        assert len(seen_full.inputs) == len(seen.inputs) == 1
+        assert seen.inputs[0].shape == seen_full.inputs[0].shape
+        assert np.array_equal(seen.inputs[0], seen_full.inputs[0])
+    assert not quick.exact and RapidOcrEngine(runtime="onnxruntime", det_side=None).exact and full.exact
+
+
+def test_could_show_name_catches_what_a_second_reading_may_flag() -> None:
+    """The quick reading's near misses: spacing inside or around the name, or one letter off (seen between the
+    quick and the exact reading on generated text images); text with nothing like the name is settled."""
+    for text in ["mailbox76", "themailbox", "SchoolBus", "Lemo", "ptetzel", "jetlyfish", "mail-box", "MAILBOX 7"]:
+        name = {"Lemo": "lemon", "ptetzel": "pretzel", "jetlyfish": "jellyfish", "SchoolBus": "school bus"}.get(
+            text, "mailbox"
+        )
+        assert could_show_name(name, text), (name, text)
+    assert could_show_name("school bus", "the school bus") and shows_name("school bus", "the school bus")
+    for name, text in [("mailbox", ""), ("mailbox", "summer sale 2019"), ("lion", "lemon"), ("ox", "xo"),
+                       ("ox", "o x"[:1]), ("", "anything"), ("jellyfish", "jelly")]:  # fmt: skip
+        assert not could_show_name(name, text), (name, text)
+    assert (
+        could_show_name("ox", "oxen") and could_show_name("lion", "lio n") and could_show_name("lion", "loin") is False
+    )
+
+
+class _QuickAndExact:
+    """An engine whose quick reading spaces words differently from its exact one, as the fast engine's may."""
+
+    exact = False
+
+    def __init__(self, quick: dict[str, str], careful: dict[str, str]) -> None:
+        self.quick, self.careful, self.reread = quick, careful, []
+
+    def read(self, image) -> str:
+        return self.quick[image]
+
+    def read_many(self, images) -> list[str]:
+        return [self.quick[i] for i in images]
+
+    def read_exact(self, images) -> list[str]:
+        self.reread.extend(images)
+        return [self.careful[i] for i in images]
+
+
+def test_possible_flags_are_decided_on_the_exact_reading() -> None:
+    quick = {"a": "mailbox76", "b": "the mailbox", "c": "summer sale", "d": "", "e": "Lemo", "f": "lemon"}
+    careful = {"a": "mailbox 76", "b": "themailbox", "c": "summer sale", "d": "", "e": "Lemon", "f": "lemon"}
+    engine = _QuickAndExact(quick, careful)
+    names = ["mailbox", "mailbox", "mailbox", "mailbox", "lemon", None]
+    texts = read_texts(engine, list("abcdef"), names)
+    assert texts == ["mailbox 76", "themailbox", "summer sale", "", "Lemon", "lemon"]
+    assert [shows_name(n or "", t) for n, t in zip(names, texts, strict=True)] == [
+        True,
+        False,
+        False,
+        False,
+        True,
+        False,
+    ]
+    assert engine.reread == ["a", "b", "e"]  # the rest is settled by the quick reading: nothing like the name
+    engine.exact = True
+    assert read_texts(engine, list("abc"), names[:3]) == ["mailbox76", "the mailbox", "summer sale"]
+
+
+def test_the_stage_flags_on_the_exact_reading(tmp_path) -> None:
+    """Through ``run_ocr``: a sample whose quick text misses its class name by a space is flagged as the exact
+    reading decides, and keeps that reading's text; one whose quick text shows nothing like it is not read again."""
+    catalog, shards = _tiny_stage(tmp_path, shards=1)  # k0: golden retriever (ink 0), k1: lion (ink 1)
+    quick, careful = {0: "goldenretriever", 1: "summer sale"}, {0: "golden retriever", 1: "lion"}
+
+    class Inked(_QuickAndExact):
+        def read_many(self, images):
+            return [quick[i.getpixel((0, 0))[0] // 100] for i in images]
+
+        def read_exact(self, images):
+            self.reread.extend(images)
+            return [careful[i.getpixel((0, 0))[0] // 100] for i in images]
+
+    engine = Inked({}, {})
+    manifest = run_ocr(shards, catalog, str(tmp_path / "ocr"), lambda: engine)
+    flags = pd.concat([pd.read_parquet(p) for p in manifest.outputs]).set_index("key")
+    assert flags["flagged"].to_dict() == {"k0": True, "k1": False}
+    assert flags["text"].to_dict() == {"k0": "golden retriever", "k1": "summer sale"}
+    assert len(engine.reread) == 1 and manifest.extra["flagged"] == 1
 
 
 class _Counting:
@@ -525,7 +639,7 @@ def _openvino_against_onnxruntime() -> None:
     images = [image for image, _ in _text_set()[:12]]
     default, onnx = RapidOcrEngine(), RapidOcrEngine(runtime="onnxruntime")
     assert (default.runtime, onnx.runtime) == ("openvino", "onnxruntime")
-    tensor = np.stack([default._det_input(default._prepared(image)) for image in images[:2]])
+    tensor = np.stack([default._det_input(default._prepared(image), default.det_side) for image in images[:2]])
     maps = [engine._det.infer(tensor)[0] for engine in (default, onnx)]
     assert maps[0].shape == maps[1].shape == (2, 1, *tensor.shape[2:])
     assert np.abs(maps[0] - maps[1]).max() < 1e-3 and maps[1].max() > 0.5  # text found, in both

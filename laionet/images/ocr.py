@@ -49,8 +49,8 @@ from laionet.images.shards import ErrorLog, iter_raw, original_key
 from laionet.text.catalog import read_catalog
 from laionet.text.normalize import paper_normalize
 
-__all__ = ["DET_SIDE", "ENGINES", "OCR_DEVICES", "OcrEngine", "RapidOcrEngine", "ocr_providers", "run_ocr",
-           "run_ocr_shards", "shows_name"]  # fmt: skip
+__all__ = ["DET_SIDE", "ENGINES", "OCR_DEVICES", "OcrEngine", "RapidOcrEngine", "could_show_name", "ocr_providers",
+           "read_texts", "run_ocr", "run_ocr_shards", "shows_name"]  # fmt: skip
 
 
 def shows_name(name: str, text: str) -> bool:
@@ -58,6 +58,52 @@ def shows_name(name: str, text: str) -> bool:
     needle = " " + " ".join(paper_normalize(name.lower()).split()) + " "
     haystack = " " + " ".join(paper_normalize(text.lower()).split()) + " "
     return needle.strip() != "" and needle in haystack
+
+
+def could_show_name(name: str, text: str) -> bool:
+    """Whether ``text`` might show ``name`` when read again more carefully: the name's letters and digits occur in
+    the text's, spaces and punctuation ignored, up to one edit for a name of four or more of them. A quick reading
+    that misses the name only by its spacing ('mailbox76', 'thecandle') or by one letter ('Lemo', 'ptetzel') is
+    one; the rule itself (``shows_name``) stays exact."""
+    needle = _letters(name)
+    if not needle:
+        return False
+    hay = _letters(text)
+    if needle in hay:
+        return True
+    return len(needle) >= 4 and _edits_to_a_substring(needle, hay) <= 1
+
+
+def _letters(text: str) -> str:
+    return "".join(c for c in paper_normalize(text.lower()) if c.isalnum())
+
+
+def _edits_to_a_substring(needle: str, hay: str) -> int:
+    """The fewest edits (insertions, deletions, substitutions) that turn ``needle`` into some substring of ``hay``
+    (Sellers' dynamic programme: the match may start anywhere in ``hay``)."""
+    previous = [0] * (len(hay) + 1)
+    for i, c in enumerate(needle, 1):
+        current = [i] + [0] * len(hay)
+        for j, h in enumerate(hay, 1):
+            current[j] = min(previous[j - 1] + (c != h), previous[j] + 1, current[j - 1] + 1)
+        previous = current
+    return min(previous)
+
+
+def read_texts(engine: OcrEngine, images: list[Any], names: Sequence[str | None]) -> list[str]:
+    """The texts the rule decides on for ``images`` of classes ``names``: the engine's reading (``read_many`` where
+    it has one), then, where the engine is not ``exact`` (the fast engine's quick detector input) and offers
+    ``read_exact``, an exact re-reading of every image whose quick text could show its class name
+    (``could_show_name``). The quick pass then only settles images that show nothing like the name; every flag
+    is decided on the library's own reading. An engine without these attributes is taken as it reads."""
+    texts = list(engine.read_many(images)) if hasattr(engine, "read_many") else [engine.read(i) for i in images]
+    if getattr(engine, "exact", True) or not hasattr(engine, "read_exact"):
+        return texts
+    again = [i for i, (name, text) in enumerate(zip(names, texts, strict=True)) if name and could_show_name(name, text)]
+    if again:
+        for i, text in zip(again, engine.read_exact([images[i] for i in again]), strict=True):
+            texts[i] = text
+    return texts
 
 
 _log = logging.getLogger("laionet.ocr")
@@ -340,10 +386,9 @@ def _ocr_shard(shard: str, out_dir: str, engine: OcrEngine, names: dict[str, str
     pending: list[tuple[str, Any, Any]] = []  # decoded, waiting for the engine: (key, wnid, image)
 
     def flush() -> None:
-        images = [image for _, _, image in pending]
-        texts = engine.read_many(images) if hasattr(engine, "read_many") else [engine.read(i) for i in images]
-        for (key, wnid, _), text in zip(pending, texts, strict=True):
-            name = names.get(str(wnid)) if wnid is not None else None
+        classes = [names.get(str(wnid)) if wnid is not None else None for _, wnid, _ in pending]
+        texts = read_texts(engine, [image for _, _, image in pending], classes)
+        for (key, wnid, _), name, text in zip(pending, classes, texts, strict=True):
             rows.append({"key": key, "wnid": wnid, "flagged": bool(name and shows_name(name, text)), "text": text})
         pending.clear()
 
