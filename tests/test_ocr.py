@@ -144,6 +144,27 @@ def _fast_flags_full(runtime: str) -> None:
     assert flags_fast == flags_full, [(n, a, b) for (_, n), a, b in zip(images, full, fast, strict=True) if a != b]
 
 
+def test_a_new_reading_ocrs_every_shard_again(tmp_path, monkeypatch) -> None:
+    """Part records name the reading they were made with: after it changes, no shard keeps flags from the old one
+    beside the new ones' (a re-run would otherwise reuse every shard already done)."""
+    catalog, shards = _tiny_stage(tmp_path, shards=3)
+    out = str(tmp_path / "ocr")
+    reads: list[int] = []
+
+    class Counting(InkOcr):
+        def read(self, image) -> str:
+            reads.append(1)
+            return super().read(image)
+
+    run_ocr(shards, catalog, out, Counting)
+    assert len(reads) == 8
+    run_ocr(shards, catalog, out, Counting)
+    assert len(reads) == 8  # nothing changed: every shard reused
+    monkeypatch.setattr(ocr, "READING", ocr.READING + 1)
+    manifest = run_ocr(shards, catalog, out, Counting)
+    assert len(reads) == 16 and manifest.rows_out == 8
+
+
 class _Recording:
     """A model session wrapper that keeps every input it is given."""
 

@@ -8,8 +8,10 @@ name, punctuation-normalised and space-padded, occurs in the punctuation-normali
 The OCR engine is pluggable (``OcrEngine``; one with ``read_many`` gets a shard's images in batches); the offline
 default is RapidOCR (PP-OCRv4 detection + recognition ONNX models shipped inside the ``rapidocr-onnxruntime`` wheel),
 run by ``RapidOcrEngine``'s fast engine (``engine="full"`` is the library's own pipeline, kept as the reference that
-``benchmarks/bench_ocr.py`` and the tests compare it with; both in ``laionet.images.ocr_engine``). ``workers`` > 1
-OCRs shards in parallel processes.
+``benchmarks/bench_ocr.py`` and the tests compare it with; both in ``laionet.images.ocr_engine``). The fast engine
+reads each image quickly (a smaller detector input) and reads again, as the library does, every image whose quick
+text could show its class name (``read_texts``), so every flag is decided on the library's own reading. ``workers``
+> 1 OCRs shards in parallel processes.
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ def shows_name(name: str, text: str) -> bool:
     needle = " " + " ".join(paper_normalize(name.lower()).split()) + " "
     haystack = " " + " ".join(paper_normalize(text.lower()).split()) + " "
     return needle.strip() != "" and needle in haystack
+
+
+# How the stage reads an image for its flag. Part records hold it (through the part hash), so a re-run after the reading
+# changes OCRs every shard again rather than keeping some shards' flags from the old reading beside the new ones'.
+# 2: the fast engine's quick pass plus the exact re-reading of possible flags (``read_texts``; 2026-12-01).
+READING = 2
 
 
 def could_show_name(name: str, text: str) -> bool:
@@ -253,7 +261,11 @@ def _plan(shards_dir: str, catalog_path: str, quarantine: str | None, only: Sequ
         require_file_input(quarantine, "verify", hint="re-run `laionet verify`")
         bad = set(read_columns(quarantine, ["key"])["key"].astype(str)) - {"*"}
     part_hash = config_hash(
-        {"catalog": file_digest(catalog_path), "quarantine": file_digest(quarantine) if quarantine else None}
+        {
+            "catalog": file_digest(catalog_path),
+            "quarantine": file_digest(quarantine) if quarantine else None,
+            "reading": READING,
+        }
     )
     identities = {shard: input_identity(shard) for shard in shards}
     chash = (
