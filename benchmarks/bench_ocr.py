@@ -211,13 +211,17 @@ def _worker_read(images: list[Image.Image]) -> list[str]:
     return list(_WORKER_ENGINE.read_many(images))
 
 
+def _worker_exact() -> bool:
+    return bool(_WORKER_ENGINE.exact)
+
+
 def _worker_read_exact(images: list[Image.Image]) -> list[str]:
     return list(_WORKER_ENGINE.read_exact(images))
 
 
-def _worker_engine_settings() -> tuple[int | None, float | None, int | None, str]:
+def _worker_engine_settings() -> tuple[int | None, float | None, int | None, str, str]:
     engine = _WORKER_ENGINE
-    return engine.det_side, engine.det_upscale, engine.threads, engine.runtime
+    return engine.det_side, engine.det_upscale, engine.threads, engine.runtime, engine.precision
 
 
 class ProcessFannedEngine:
@@ -233,7 +237,7 @@ class ProcessFannedEngine:
             processes, multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(kwargs,)
         )
         list(self.pool.map(_worker_read, [[] for _ in range(processes)]))  # start them (engines built)
-        self.exact = kwargs.get("det_side") is None
+        self.exact = self.pool.submit(_worker_exact).result()
 
     def read_many(self, images: list[Image.Image]) -> list[str]:
         return self._fanned(_worker_read, images)
@@ -274,16 +278,16 @@ def _fast(spec: str) -> tuple[str, Any]:
         "det_side": None if side == "lib" else int(side),
         "det_upscale": float(upscale) if upscale else None,
         "runtime": runtime or None,
-        "precision": precision or "f32",
+        "precision": precision or "auto",
     }
     engine: Any = RapidOcrEngine(**kwargs) if not processes else ProcessFannedEngine(n, **kwargs)
-    det_side, det_upscale, threads, runtime = (
+    det_side, det_upscale, threads, runtime, resolved = (
         engine.pool.submit(_worker_engine_settings).result()  # as a worker built it (the parent builds none)
         if processes
-        else (engine.det_side, engine.det_upscale, engine.threads, engine.runtime)
+        else (engine.det_side, engine.det_upscale, engine.threads, engine.runtime, engine.precision)
     )
     cap = f", upscale <= {det_upscale:g}" if det_upscale else ""
-    runs_on = runtime + (f"~{precision}" if precision else "")
+    runs_on = f"{runtime} {resolved}"
     label = f"fast (det {det_side or 'lib'}{cap}, {threads} thr, {runs_on}{', unchecked' if unchecked else ''})"
     return (f"{label} x {n} processes" if processes else label), (Unchecked(engine) if unchecked else engine)
 
@@ -300,9 +304,9 @@ def main() -> None:
         action="append",
         help=f"a fast engine to compare, SIDE[:UPSCALE][@THREADS][/RUNTIME][~PRECISION][*PROCESSES][!] (SIDE: lib, "
         f"the library's detector input, or the detector's longer side in pixels; RUNTIME: openvino or onnxruntime; "
-        f"PRECISION: OpenVINO's f32 or bf16; *N: N processes, each with THREADS (default cores / N) threads, as "
-        f"run_ocr(workers=N); !: without the stage's exact re-reading of possible flags; repeatable; default "
-        f"{DET_SIDE}: the defaults)",
+        f"PRECISION: the quick pass's on OpenVINO, auto (bf16 where native), f32 or bf16; *N: N processes, each "
+        f"with THREADS (default cores / N) threads, as run_ocr(workers=N); !: without the stage's exact re-reading "
+        f"of possible flags; repeatable; default {DET_SIDE}: the defaults)",
     )
     args = parser.parse_args()
     t = time.perf_counter()

@@ -316,12 +316,54 @@ def test_thread_settings_reach_every_session(monkeypatch) -> None:
 
 def _openvino_settings() -> None:
     for threads in (1, 2):
-        engine = RapidOcrEngine(threads=threads, runtime="openvino")
+        engine = RapidOcrEngine(threads=threads, runtime="openvino", precision="f32")
         for wrapper in engine.sessions():
             assert wrapper.session.setting("INFERENCE_NUM_THREADS") == threads
             assert wrapper.session.setting("NUM_STREAMS") == 1
             assert wrapper.session.setting("ENABLE_CPU_PINNING") is False  # processes share the machine's cores
             assert str(wrapper.session.setting("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_the_quick_pass_runs_in_bf16_where_native_and_the_exact_reading_in_fp32(native_bf16) -> None:
+    in_child(_precisions, native_bf16)
+
+
+def _precisions(native_bf16: bool) -> None:
+    from laionet.images import ocr_engine
+
+    really = ocr_engine.cpu_has_bf16()
+    ocr_engine.cpu_has_bf16 = lambda: native_bf16  # this child process only
+    engine = RapidOcrEngine(threads=1, runtime="openvino")
+    quick = "bf16" if native_bf16 else "f32"
+    assert engine.precision == quick and engine.exact is False
+    assert (engine._quick is engine._exact) == (quick == "f32")  # fp32 sessions of their own only when needed
+    hint = {"bf16": "<Type: 'bfloat16'>", "f32": "<Type: 'float32'>"}
+    # a CPU without bf16 units may compile a bf16 request as fp32
+    hints = {hint["bf16"], hint["f32"]} if native_bf16 and not really else {hint[quick]}
+    assert {str(w.session.setting("INFERENCE_PRECISION_HINT")) for w in engine.sessions()} <= hints
+    seen: list[str] = []
+
+    def recording(session):
+        run = session.run
+
+        def recorded(names, feed):
+            seen.append(str(session.setting("INFERENCE_PRECISION_HINT")))
+            return run(names, feed)
+
+        return recorded
+
+    for session in {id(s): s for s in [*engine._quick, *engine._exact]}.values():
+        session.run = recording(session)  # type: ignore[method-assign]
+    image = Image.open(io.BytesIO(_picture("Golden Retriever"))).convert("RGB")
+    assert shows_name("golden retriever", engine.read_exact([image])[0])
+    assert len(seen) == 3  # detection, direction, recognition
+    assert set(seen) == {hint["f32"]}  # the exact reading ran on fp32 sessions, whatever the quick pass's
+    assert all(w.session is q for w, q in zip(engine.sessions(), engine._quick, strict=True))  # quick ones again
+    assert RapidOcrEngine(threads=1, runtime="onnxruntime").precision == "f32"  # ONNX Runtime: fp32 throughout
+    with pytest.raises(ValueError, match="unknown OCR precision"):
+        RapidOcrEngine(precision="fp8")
+    engine.close()
 
 
 class InlinePool:
@@ -658,7 +700,7 @@ def _openvino_against_onnxruntime() -> None:
     import numpy as np
 
     images = [image for image, _ in _text_set()[:12]]
-    default, onnx = RapidOcrEngine(), RapidOcrEngine(runtime="onnxruntime")
+    default, onnx = RapidOcrEngine(precision="f32"), RapidOcrEngine(runtime="onnxruntime")
     assert (default.runtime, onnx.runtime) == ("openvino", "onnxruntime")
     tensor = np.stack([default._det_input(default._prepared(image), default.det_side) for image in images[:2]])
     maps = [engine._det.infer(tensor)[0] for engine in (default, onnx)]

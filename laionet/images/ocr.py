@@ -64,7 +64,8 @@ def shows_name(name: str, text: str) -> bool:
 
 # How the stage reads an image for its flag. Part records hold it (through the part hash), so a re-run after the reading
 # changes OCRs every shard again rather than keeping some shards' flags from the old reading beside the new ones'.
-# 2: the fast engine's quick pass plus the exact re-reading of possible flags (``read_texts``; 2026-12-01).
+# 2: the fast engine's quick pass (bf16 where the CPU has it natively) plus the exact fp32 re-reading of possible
+# flags (``read_texts``; 2026-12-01).
 READING = 2
 
 

@@ -27,6 +27,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from laionet.core.runtime import cpu_has_bf16
+
 PRESETS = {
     "minilm": "st:all-MiniLM-L6-v2",
     "mpnet": "st:sentence-transformers/all-mpnet-base-v2",
@@ -246,16 +248,6 @@ def _load_open_clip(target: str, device: str) -> tuple[Any, Any]:
 
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 inference is ~2x fp32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def resolve_precision(precision: str, device: str) -> str:
