@@ -44,12 +44,15 @@ class RapidOcrEngine:
       the engine is not ``exact``: ``read_exact`` reads as the library does (its detector input, the same boxes and
       text as ``engine="full"``), and ``run_ocr`` re-reads with it every image whose quick text could show its class
       name (``laionet.images.ocr.read_texts``): the quick pass only settles the images that do not show it.
-      ``det_side=None`` runs every image at the library's input (``exact``; 1.5x slower on text images);
+      ``det_side=None`` runs every image at the library's input (``exact`` in fp32; 1.5x slower than the quick pass
+      alone on text images);
     - recognition (and the direction classifier) runs only on detected boxes, and not at all without one;
     - ``read_many`` detects a batch of images at once (images whose detector input has the same shape run as one
       tensor);
     - the models run on OpenVINO's CPU plugin where it is installed (``runtime``, see ``ocr_runtime``): in fp32 it
       gives the detector's probability map within 1e-4 of ONNX Runtime's at 1.6x its speed on this project's CPUs;
+    - on OpenVINO the quick pass runs in bf16 where the CPU computes it natively (``precision="auto"``, see
+      ``quick_precision``); the exact reading always runs in fp32, on sessions of its own;
     - ``threads`` sets each session's threads (ONNX Runtime's ``intra_op_num_threads``, OpenVINO's
       ``INFERENCE_NUM_THREADS``; one stream, sequential execution, threads not pinned): give it the cores this process
       owns (``run_ocr`` divides the cores among its workers).
