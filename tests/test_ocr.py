@@ -217,6 +217,32 @@ def test_could_show_name_catches_what_a_second_reading_may_flag() -> None:
     )
 
 
+def test_could_show_name_is_one_edit_from_a_substring_on_random_text() -> None:
+    """Against brute force (Levenshtein distance to every substring) on random short strings over a small alphabet,
+    so that near misses are common: the half-match shortcut before the dynamic programme loses none."""
+    import random
+
+    def distance(a: str, b: str) -> int:
+        row = list(range(len(b) + 1))
+        for i, ca in enumerate(a, 1):
+            previous, row[0] = row[0], i
+            for j, cb in enumerate(b, 1):
+                previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ca != cb))
+        return row[-1]
+
+    rng = random.Random(3)
+    agree = 0
+    for _ in range(1500):
+        name = "".join(rng.choice("abc") for _ in range(rng.randrange(1, 7)))
+        text = "".join(rng.choice("abc ") for _ in range(rng.randrange(0, 12)))
+        letters = text.replace(" ", "")
+        best = min(distance(name, letters[i:j]) for i in range(len(letters) + 1) for j in range(i, len(letters) + 1))
+        expected = best == 0 or (len(name) >= 4 and best <= 1)
+        assert could_show_name(name, text) == expected, (name, text)
+        agree += expected
+    assert 200 < agree < 1300  # both outcomes well represented
+
+
 class _QuickAndExact:
     """An engine whose quick reading spaces words differently from its exact one, as the fast engine's may."""
 

@@ -80,7 +80,10 @@ def could_show_name(name: str, text: str) -> bool:
     hay = _letters(text)
     if needle in hay:
         return True
-    return len(needle) >= 4 and _edits_to_a_substring(needle, hay) <= 1
+    if len(needle) < 4:
+        return False
+    half = len(needle) // 2  # one edit leaves one half untouched: without either half in the text, no DP is needed
+    return (needle[:half] in hay or needle[half:] in hay) and _edits_to_a_substring(needle, hay) <= 1
 
 
 def _letters(text: str) -> str:
