@@ -211,17 +211,16 @@ def _worker_read(images: list[Image.Image]) -> list[str]:
     return list(_WORKER_ENGINE.read_many(images))
 
 
-def _worker_exact() -> bool:
-    return bool(_WORKER_ENGINE.exact)
-
-
 def _worker_read_exact(images: list[Image.Image]) -> list[str]:
     return list(_WORKER_ENGINE.read_exact(images))
 
 
-def _worker_engine_settings() -> tuple[int | None, float | None, int | None, str, str]:
-    engine = _WORKER_ENGINE
-    return engine.det_side, engine.det_upscale, engine.threads, engine.runtime, engine.precision
+def _engine_settings(engine: Any) -> tuple[int | None, float | None, int | None, str, str, bool]:
+    return engine.det_side, engine.det_upscale, engine.threads, engine.runtime, engine.precision, bool(engine.exact)
+
+
+def _worker_engine_settings() -> tuple[int | None, float | None, int | None, str, str, bool]:
+    return _engine_settings(_WORKER_ENGINE)
 
 
 class ProcessFannedEngine:
@@ -237,7 +236,8 @@ class ProcessFannedEngine:
             processes, multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(kwargs,)
         )
         list(self.pool.map(_worker_read, [[] for _ in range(processes)]))  # start them (engines built)
-        self.exact = self.pool.submit(_worker_exact).result()
+        self.settings = self.pool.submit(_worker_engine_settings).result()  # as a worker built it
+        self.exact = self.settings[-1]
 
     def read_many(self, images: list[Image.Image]) -> list[str]:
         return self._fanned(_worker_read, images)
@@ -281,11 +281,8 @@ def _fast(spec: str) -> tuple[str, Any]:
         "precision": precision or "auto",
     }
     engine: Any = RapidOcrEngine(**kwargs) if not processes else ProcessFannedEngine(n, **kwargs)
-    det_side, det_upscale, threads, runtime, resolved = (
-        engine.pool.submit(_worker_engine_settings).result()  # as a worker built it (the parent builds none)
-        if processes
-        else (engine.det_side, engine.det_upscale, engine.threads, engine.runtime, engine.precision)
-    )
+    # a fanned engine reports its workers' settings (the parent builds none)
+    det_side, det_upscale, threads, runtime, resolved, _ = engine.settings if processes else _engine_settings(engine)
     cap = f", upscale <= {det_upscale:g}" if det_upscale else ""
     runs_on = f"{runtime} {resolved}"
     label = f"fast (det {det_side or 'lib'}{cap}, {threads} thr, {runs_on}{', unchecked' if unchecked else ''})"
