@@ -8,7 +8,7 @@ engine's images/s, the ratio, and how many images get the same flag (the paper's
 recognised text) and the same text.
 
     .venv/bin/python benchmarks/bench_ocr.py [--shards runs/demo/shards] [--generated 120] [--chunk 10] \\
-        [--fast 736 --fast '736!' --fast lib --fast '736*2' --fast '736~bf16' ...]
+        [--seed 0] [--fast 736 --fast '736!' --fast '736=' --fast lib --fast '736*2' --fast '736~bf16' ...]
 """
 
 from __future__ import annotations
@@ -117,15 +117,25 @@ def _background(rng: random.Random, width: int, height: int) -> Image.Image:
     return image
 
 
+_KINDS = ("name", "other", "none", "name", "other")
+
+
+def drawn_names(count: int) -> list[bool]:
+    """Whether ``text_images(count)``'s i-th image has its class name drawn on it: the truth its flags can be
+    checked against (a drawn name may still be too small or too faint to read)."""
+    return [_KINDS[i % len(_KINDS)] == "name" for i in range(count)]
+
+
 def text_images(count: int, seed: int = 0) -> list[tuple[Image.Image, str]]:
-    """``count`` (image, class name) pairs: the name drawn in about half, other words or no text in the rest."""
+    """``count`` (image, class name) pairs: the name drawn in two of five, other words or no text in the rest (which
+    is which: ``drawn_names``)."""
     rng = random.Random(seed)
     out = []
     for i in range(count):
         width, height = rng.choice([(224, 224), (256, 256), (448, 448), (448, 634), (512, 343), (640, 480)])
         image = _background(rng, width, height)
         name = rng.choice(CLASS_NAMES)
-        kind = ("name", "other", "none", "name", "other")[i % 5]
+        kind = _KINDS[i % len(_KINDS)]
         if kind != "none":
             words = name if kind == "name" else rng.choice(OTHER_WORDS)
             words = rng.choice([words, words.upper(), words.title(), f"the {words}", f"{words} {rng.randrange(99)}"])
@@ -166,9 +176,17 @@ def demo_images(shards_dir: str, catalog_path: str | None) -> list[tuple[Image.I
     return out
 
 
-def compare(label: str, images: list[tuple[Image.Image, str]], engines: dict[str, Any], chunk: int) -> dict[str, Any]:
+def compare(
+    label: str,
+    images: list[tuple[Image.Image, str]],
+    engines: dict[str, Any],
+    chunk: int,
+    drawn: list[bool] | None = None,
+) -> dict[str, Any]:
     """All engines over ``images`` in turns of ``chunk`` images (the order reversed every other turn); print and
-    return each one's images/s and its agreement with the first (the reference)."""
+    return each one's images/s and its agreement with the first (the reference). With ``drawn`` (whether each
+    image's class name is drawn on it), also how many drawn names each engine flags and how many it flags that are
+    not drawn."""
     texts: dict[str, list[str]] = {name: [] for name in engines}
     seconds = dict.fromkeys(engines, 0.0)
     for start in range(0, len(images), chunk):
@@ -177,7 +195,8 @@ def compare(label: str, images: list[tuple[Image.Image, str]], engines: dict[str
         order = list(engines) if (start // chunk) % 2 == 0 else list(reversed(engines))
         for name in order:
             t = time.perf_counter()
-            texts[name].extend(read_texts(engines[name], batch, classes))  # as the stage reads
+            keep = getattr(engines[name], "keep_shown", True)
+            texts[name].extend(read_texts(engines[name], batch, classes, keep))  # as the stage reads
             seconds[name] += time.perf_counter() - t
     ref = next(iter(engines))
     flags = {e: [bool(c and shows_name(c, t)) for (_, c), t in zip(images, texts[e], strict=True)] for e in engines}
@@ -189,9 +208,15 @@ def compare(label: str, images: list[tuple[Image.Image, str]], engines: dict[str
         same_flag = sum(a == b for a, b in zip(flags[ref], flags[name], strict=True))
         same_text = sum(a == b for a, b in zip(texts[ref], texts[name], strict=True))
         result[name] = {"same_flag": same_flag, "same_text": same_text}
+        truth = ""
+        if drawn is not None:
+            hits = sum(f and d for f, d in zip(flags[name], drawn, strict=True))
+            false = sum(f and not d for f, d in zip(flags[name], drawn, strict=True))
+            result[name].update(drawn_flagged=hits, undrawn_flagged=false)
+            truth = f"  drawn names flagged {hits}/{sum(drawn)}, undrawn flagged {false}"
         print(
             f"  {name:<44} {rate[name]:6.2f} images/s  {rate[name] / rate[ref]:5.2f}x  flagged {sum(flags[name]):3d}  "
-            f"same flag {100 * same_flag / n:5.1f} %  same text {100 * same_text / n:5.1f} %"
+            f"same flag {100 * same_flag / n:5.1f} %  same text {100 * same_text / n:5.1f} %{truth}"
         )
         for (_, cls), a, b, fa, fb in zip(images, texts[ref], texts[name], flags[ref], flags[name], strict=True):
             if fa != fb:
@@ -251,6 +276,23 @@ class ProcessFannedEngine:
         return [text for part in self.pool.map(read, parts) for text in part]
 
 
+class Strict:
+    """An engine whose possible flags are all read again exactly, the quick reading's shown names included (``SPEC=``:
+    ``read_texts(keep_shown=False)``, the stage's rule before 2026-12-01 night)."""
+
+    keep_shown = False
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.exact = engine.exact
+
+    def read_many(self, images: list[Image.Image]) -> list[str]:
+        return list(self.engine.read_many(images))
+
+    def read_exact(self, images: list[Image.Image]) -> list[str]:
+        return list(self.engine.read_exact(images))
+
+
 class Unchecked:
     """An engine read as it is, without the stage's exact re-reading of possible flags (``SPEC!``)."""
 
@@ -264,9 +306,11 @@ class Unchecked:
 def _fast(spec: str) -> tuple[str, Any]:
     """``SIDE[:UPSCALE][@THREADS][/RUNTIME][~PRECISION][*PROCESSES][!]`` → a labelled fast engine (SIDE ``lib``:
     the library's detector input; ``*N``: N processes of THREADS threads, default cores ÷ N, each reading its share of
-    every chunk; ``!``: the quick reading alone, without the stage's exact re-reading of possible flags)."""
+    every chunk; ``!``: the quick reading alone, without the stage's exact re-reading of possible flags; ``=``: the
+    quick reading's shown names are read again too, ``read_texts(keep_shown=False)``)."""
     unchecked = spec.endswith("!")
-    spec, _, processes = spec.removesuffix("!").partition("*")
+    strict = spec.endswith("=")
+    spec, _, processes = spec.removesuffix("!").removesuffix("=").partition("*")
     spec, _, precision = spec.partition("~")
     spec, _, runtime = spec.partition("/")
     spec, _, threads = spec.partition("@")
@@ -285,8 +329,10 @@ def _fast(spec: str) -> tuple[str, Any]:
     det_side, det_upscale, threads, runtime, resolved, _ = engine.settings if processes else _engine_settings(engine)
     cap = f", upscale <= {det_upscale:g}" if det_upscale else ""
     runs_on = f"{runtime} {resolved}"
-    label = f"fast (det {det_side or 'lib'}{cap}, {threads} thr, {runs_on}{', unchecked' if unchecked else ''})"
-    return (f"{label} x {n} processes" if processes else label), (Unchecked(engine) if unchecked else engine)
+    how = ", unchecked" if unchecked else ", strict" if strict else ""
+    label = f"fast (det {det_side or 'lib'}{cap}, {threads} thr, {runs_on}{how})"
+    wrapped = Unchecked(engine) if unchecked else Strict(engine) if strict else engine
+    return (f"{label} x {n} processes" if processes else label), wrapped
 
 
 def main() -> None:
@@ -295,15 +341,17 @@ def main() -> None:
     parser.add_argument("--catalog", default=None, help="its catalog (default: <shards>/../catalog.parquet)")
     parser.add_argument("--limit", type=int, default=0, help="read at most this many demo images (0: all)")
     parser.add_argument("--generated", type=int, default=120)
+    parser.add_argument("--seed", type=int, default=0, help="the generated images' seed")
     parser.add_argument("--chunk", type=int, default=10, help="images per turn of each engine")
     parser.add_argument(
         "--fast",
         action="append",
-        help=f"a fast engine to compare, SIDE[:UPSCALE][@THREADS][/RUNTIME][~PRECISION][*PROCESSES][!] (SIDE: lib, "
+        help=f"a fast engine to compare, SIDE[:UPSCALE][@THREADS][/RUNTIME][~PRECISION][*PROCESSES][!|=] (SIDE: lib, "
         f"the library's detector input, or the detector's longer side in pixels; RUNTIME: openvino or onnxruntime; "
         f"PRECISION: the quick pass's on OpenVINO, auto (bf16 where native), f32 or bf16; *N: N processes, each "
         f"with THREADS (default cores / N) threads, as run_ocr(workers=N); !: without the stage's exact re-reading "
-        f"of possible flags; repeatable; default {DET_SIDE}: the defaults)",
+        f"of possible flags; =: the quick reading's shown names are read again too; repeatable; default "
+        f"{DET_SIDE}: the defaults)",
     )
     args = parser.parse_args()
     t = time.perf_counter()
@@ -322,7 +370,9 @@ def main() -> None:
     else:
         print(f"no demo shards at {args.shards}: run `make demo` or pass --shards")
     if args.generated:
-        compare("generated text images (seed 0)", text_images(args.generated), engines, args.chunk)
+        generated = text_images(args.generated, args.seed)
+        drawn = drawn_names(args.generated)
+        compare(f"generated text images (seed {args.seed})", generated, engines, args.chunk, drawn)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 

@@ -262,12 +262,12 @@ class _QuickAndExact:
         return [self.careful[i] for i in images]
 
 
-def test_possible_flags_are_decided_on_the_exact_reading() -> None:
+def test_strict_reading_decides_every_possible_flag_on_the_exact_reading() -> None:
     quick = {"a": "mailbox76", "b": "the mailbox", "c": "summer sale", "d": "", "e": "Lemo", "f": "lemon"}
     careful = {"a": "mailbox 76", "b": "themailbox", "c": "summer sale", "d": "", "e": "Lemon", "f": "lemon"}
     engine = _QuickAndExact(quick, careful)
     names = ["mailbox", "mailbox", "mailbox", "mailbox", "lemon", None]
-    texts = read_texts(engine, list("abcdef"), names)
+    texts = read_texts(engine, list("abcdef"), names, keep_shown=False)
     assert texts == ["mailbox 76", "themailbox", "summer sale", "", "Lemon", "lemon"]
     assert [shows_name(n or "", t) for n, t in zip(names, texts, strict=True)] == [
         True,
@@ -282,11 +282,27 @@ def test_possible_flags_are_decided_on_the_exact_reading() -> None:
     assert read_texts(engine, list("abc"), names[:3]) == ["mailbox76", "the mailbox", "summer sale"]
 
 
-def test_the_stage_flags_on_the_exact_reading(tmp_path) -> None:
+def test_a_quick_reading_that_shows_the_name_settles_its_image() -> None:
+    """The default (``keep_shown``): a quick reading that shows the name settles the image (flagged, whatever a
+    second reading would space differently); one that comes near the name without showing it is read again and
+    decides on that."""
+    quick = {"a": "mailbox76", "b": "the mailbox", "c": "summer sale", "e": "Lemo", "g": "goldenretriever"}
+    careful = {"a": "mailbox 76", "b": "themailbox", "c": "summer sale", "e": "Lemo", "g": "goldenretriever"}
+    engine = _QuickAndExact(quick, careful)
+    names = ["mailbox", "mailbox", "mailbox", "lemon", "golden retriever"]
+    texts = read_texts(engine, list("abceg"), names)
+    assert texts == ["mailbox 76", "the mailbox", "summer sale", "Lemo", "goldenretriever"]
+    assert [shows_name(n, t) for n, t in zip(names, texts, strict=True)] == [True, True, False, False, False]
+    assert engine.reread == ["a", "e", "g"]  # "b" shows its name in the quick reading: not read again
+
+
+@pytest.mark.parametrize("lion", ["summer sale", "the lion"])
+def test_the_stage_flags_near_misses_on_the_exact_reading(tmp_path, lion) -> None:
     """Through ``run_ocr``: a sample whose quick text misses its class name by a space is flagged as the exact
-    reading decides, and keeps that reading's text; one whose quick text shows nothing like it is not read again."""
+    reading decides, and keeps that reading's text; one whose quick text shows nothing like it, or shows the name,
+    is not read again."""
     catalog, shards = _tiny_stage(tmp_path, shards=1)  # k0: golden retriever (ink 0), k1: lion (ink 1)
-    quick, careful = {0: "goldenretriever", 1: "summer sale"}, {0: "golden retriever", 1: "lion"}
+    quick, careful = {0: "goldenretriever", 1: lion}, {0: "golden retriever", 1: "thelion"}
 
     class Inked(_QuickAndExact):
         def read_many(self, images):
@@ -299,9 +315,10 @@ def test_the_stage_flags_on_the_exact_reading(tmp_path) -> None:
     engine = Inked({}, {})
     manifest = run_ocr(shards, catalog, str(tmp_path / "ocr"), lambda: engine)
     flags = pd.concat([pd.read_parquet(p) for p in manifest.outputs]).set_index("key")
-    assert flags["flagged"].to_dict() == {"k0": True, "k1": False}
-    assert flags["text"].to_dict() == {"k0": "golden retriever", "k1": "summer sale"}
-    assert len(engine.reread) == 1 and manifest.extra["flagged"] == 1
+    shown = lion == "the lion"
+    assert flags["flagged"].to_dict() == {"k0": True, "k1": shown}
+    assert flags["text"].to_dict() == {"k0": "golden retriever", "k1": lion}
+    assert len(engine.reread) == 1 and manifest.extra["flagged"] == 1 + shown
 
 
 class _Counting:

@@ -42,8 +42,8 @@ class RapidOcrEngine:
       512x736. The smaller input moves a box by a pixel or two, and the recogniser's spacing with it ('mailbox 76'
       read as 'mailbox76'), which alone changed 1.5 % of the flags on 1,000 generated text images (2026-12-01). So
       the engine is not ``exact``: ``read_exact`` reads as the library does (its detector input, the same boxes and
-      text as ``engine="full"``), and ``run_ocr`` re-reads with it every image whose quick text could show its class
-      name (``laionet.images.ocr.read_texts``): the quick pass only settles the images that do not show it.
+      text as ``engine="full"``), and ``run_ocr`` re-reads with it every image whose quick text comes near its class
+      name without showing it (``laionet.images.ocr.read_texts``).
       ``det_side=None`` runs every image at the library's input (``exact`` in fp32; 1.5x slower than the quick pass
       alone on text images);
     - recognition (and the direction classifier) runs only on detected boxes, and not at all without one;
