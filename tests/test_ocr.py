@@ -85,12 +85,14 @@ def test_rendered_class_names_are_flagged_by_the_real_ocr(tmp_path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# the fast engine decides as the library's full pipeline does, and costs less
+# the fast engine flags what the library's full pipeline flags, and costs less
+
+_KINDS = ["name", "other", "none", "name", "small", "other"]  # the i-th image of ``_text_set`` shows _KINDS[i % 6]
 
 
 def _text_set() -> list[tuple[Image.Image, str]]:
     """A few dozen (image, class name) pairs: class names in several sizes and cases, other words, small text,
-    no text; plain, noisy and busy backgrounds; square and oblong images."""
+    no text; plain, noisy and busy backgrounds; square and oblong images (what each shows: ``_KINDS``)."""
     import io
     import random
 
@@ -107,7 +109,7 @@ def _text_set() -> list[tuple[Image.Image, str]]:
                 x, y = rng.randrange(width), rng.randrange(height)
                 draw.ellipse([x, y, x + rng.randrange(20, 90), y + rng.randrange(20, 90)], fill=(90, 140, 200))
         name = names[i % len(names)]
-        kind = ["name", "other", "none", "name", "small", "other"][i % 6]
+        kind = _KINDS[i % 6]
         if kind != "none":
             words = {"name": name, "small": name, "other": rng.choice(others)}[kind]
             words = rng.choice([words, words.upper(), words.title()])
@@ -127,7 +129,7 @@ def _text_set() -> list[tuple[Image.Image, str]]:
 
 
 @pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
-def test_fast_engine_flags_what_the_full_pipeline_flags(runtime) -> None:
+def test_fast_engine_flags_what_the_full_pipeline_flags_and_only_drawn_names(runtime) -> None:
     if runtime == "openvino":
         in_child(_fast_flags_full, runtime)
     else:
@@ -137,11 +139,20 @@ def test_fast_engine_flags_what_the_full_pipeline_flags(runtime) -> None:
 def _fast_flags_full(runtime: str) -> None:
     images = _text_set()
     full = RapidOcrEngine(engine="full").read_many([image for image, _ in images])
-    fast = read_texts(RapidOcrEngine(engine="fast", runtime=runtime), [i for i, _ in images], [n for _, n in images])
+    engine = RapidOcrEngine(engine="fast", runtime=runtime)
+    fast = read_texts(engine, [i for i, _ in images], [n for _, n in images])
+    strict = read_texts(engine, [i for i, _ in images], [n for _, n in images], keep_shown=False)
     flags_full = [shows_name(name, text) for (_, name), text in zip(images, full, strict=True)]
     flags_fast = [shows_name(name, text) for (_, name), text in zip(images, fast, strict=True)]
+    drawn = [_KINDS[i % 6] in ("name", "small") for i in range(len(images))]
     assert sum(flags_full) >= 8 and not all(flags_full)  # the set has both kinds, small text included
-    assert flags_fast == flags_full, [(n, a, b) for (_, n), a, b in zip(images, full, fast, strict=True) if a != b]
+    texts = [(n, a, b) for (_, n), a, b in zip(images, full, fast, strict=True) if a != b]
+    # where the two differ, the fast engine flags a drawn name the library glues to a neighbour ('GOLDENRETRIEVER')
+    assert all(d for f, d in zip(flags_fast, drawn, strict=True) if f), texts  # never a name that is not there
+    missed = [i for i, (a, b) in enumerate(zip(flags_full, flags_fast, strict=True)) if a and not b]
+    assert not missed, texts
+    # re-reading every possible flag exactly gives the library's flags
+    assert [shows_name(name, text) for (_, name), text in zip(images, strict, strict=True)] == flags_full
 
 
 def test_a_new_reading_ocrs_every_shard_again(tmp_path, monkeypatch) -> None:

@@ -110,10 +110,11 @@ def read_texts(engine: OcrEngine, images: list[Any], names: Sequence[str | None]
     (``could_show_name``) without showing it (``shows_name``). The quick reading thus settles an image either way
     when it shows the name (flagged) or nothing like it (not flagged); a near miss ('mailbox76', 'thecandle', 'Lemo')
     is decided on the library's own reading. ``keep_shown=False`` re-reads the images that show the name too, so
-    every possible flag is the library's (the rule before 2026-12-01 night, ``READING`` 2): on 1,000 generated images of
-    known text (``benchmarks/bench_ocr.py``), the 12 that the quick reading showed the name in and the library's did
-    not ('the candle' read 'thecandle', 'bagel 49' read 'bagel49') all had the name drawn on them: this rule flagged
-    294 of the 400 drawn names, the library's reading 285, and neither any undrawn one.
+    every possible flag is the library's (``READING`` 2). Why not by default: on 3,000 generated images of known text
+    (``benchmarks/bench_ocr.py``, three seeds), all 36 that the quick reading showed the name in and the library's did
+    not ('the candle' read 'thecandle', 'bagel 49' read 'bagel49') had the name drawn on them. This rule flagged 887
+    of the 1,200 drawn names, the library's reading 855, neither any undrawn one; re-reading only near misses was
+    1.6x faster there (2026-12-01 night).
     An engine without these attributes is taken as it reads."""
     texts = list(engine.read_many(images)) if hasattr(engine, "read_many") else [engine.read(i) for i in images]
     if getattr(engine, "exact", True) or not hasattr(engine, "read_exact"):
