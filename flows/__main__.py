@@ -21,4 +21,9 @@ if len(sys.argv) < 2 or sys.argv[1] != "demo":
     print(f"usage: python -m flows demo [--run-dir DIR] [--image-limit N]  (got {given})", file=sys.stderr)
     sys.exit(2)
 sys.argv = ["python -m flows demo", *sys.argv[2:]]  # argparse's program name in --help
+if not {"-h", "--help"} & set(sys.argv):
+    api_ready = demo.start_ephemeral_api()
+    import flows.reproduce  # noqa: F401 - the demo flow's own import, done while the API process boots
+
+    api_ready()
 demo.main()

@@ -53,3 +53,37 @@ def test_the_flows_package_launches_the_demo_flow_and_names_its_one_command() ->
     wrong = subprocess.run([sys.executable, "-m", "flows", "dmeo"], cwd=root, capture_output=True, text=True)
     assert wrong.returncode == 2 and "python -m flows demo" in wrong.stderr and "(got dmeo)" in wrong.stderr
     assert "python -m flows demo" in (root / "Makefile").read_text()
+
+
+def test_the_demo_starts_prefects_ephemeral_api_early_and_the_flows_use_that_one(tmp_path) -> None:
+    """``python -m flows demo`` starts the ephemeral API server before importing the flows (its process boots
+    meanwhile): the client the flow runs get is that server, not a second one; with an API URL set, none starts."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import json, sys\n"
+        "from flows.demo import start_ephemeral_api\n"
+        "start_ephemeral_api()()\n"
+        "server_module = sys.modules.get('prefect.server.api.server')\n"
+        "if server_module is None:\n    print('no server'); sys.exit(0)\n"
+        "from prefect.client.orchestration import get_client\n"
+        "servers = server_module.SubprocessASGIServer._instances\n"
+        "started = [s.api_url for s in servers.values() if s.running]\n"
+        "with get_client(sync_client=True) as client:\n"
+        "    client.api_healthcheck()\n"
+        "    print(json.dumps([str(client.api_url).rstrip('/'), started, len(servers)]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path / "home")
+    ran = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    url, started, count = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert url.startswith("http://127.0.0.1:") and started == [url] and count == 1, ran.stdout
+    env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"  # a server of the user's: the demo starts none
+    ran = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0 and ran.stdout.strip().splitlines()[-1] == "no server", ran.stdout + ran.stderr
