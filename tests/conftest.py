@@ -214,3 +214,19 @@ def in_child(fn: Any, *args: Any) -> Any:
 
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         return pool.submit(fn, *args).result()
+
+
+def run_without_prefect_settings(code: str, tmp_path: Path, **env: str) -> Any:
+    """``python -c code`` at the project's root in a fresh interpreter that sees none of this environment's
+    ``PREFECT_*`` variables (the test harness's API, say), with Prefect's home under ``tmp_path`` and ``env`` added:
+    as ``make demo`` starts on a machine without Prefect settings. Returns the ``subprocess.CompletedProcess``."""
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    clean["PREFECT_HOME"] = str(tmp_path / "home")
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env={**clean, **env}, capture_output=True, text=True, timeout=300
+    )

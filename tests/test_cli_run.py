@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from laionet.cli import app
 from laionet.core.manifest import read_manifest
 from laionet.core.runtime import PREFECT_DEFAULTS
-from tests.conftest import final_task_runs, write_class_file, write_corpus_part
+from tests.conftest import final_task_runs, run_without_prefect_settings, write_class_file, write_corpus_part
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,9 +160,6 @@ def test_make_demos_launcher_runs_with_laionet_runs_prefect_settings(tmp_path: P
     run``'s settings: in a fresh interpreter with no Prefect variables, the launcher (stopped at ``--help``) leaves
     the task-run recorder batched and the library's logger wired to Prefect's log API — which only happens when the
     variable is set before Prefect is imported. A variable the user set wins."""
-    import subprocess
-    import sys
-
     code = (
         "import logging, runpy, sys\n"
         "sys.argv = ['flows', 'demo', '--help']\n"
@@ -172,16 +169,13 @@ def test_make_demos_launcher_runs_with_laionet_runs_prefect_settings(tmp_path: P
         "handlers = [type(h).__name__ for h in logging.getLogger('laionet').handlers]\n"
         "print(recorder.batch_size, recorder.flush_interval, 'APILogHandler' in handlers)\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["PREFECT_HOME"] = str(tmp_path / "home")
-    ran = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    ran = run_without_prefect_settings(code, tmp_path)
     assert ran.returncode == 0, ran.stderr
     batch, flush = (
         PREFECT_DEFAULTS[f"PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_{k}"] for k in ("BATCH_SIZE", "FLUSH_INTERVAL")
     )
     assert ran.stdout.split()[-3:] == [batch, f"{float(flush)}", "True"], ran.stdout
-    env["PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE"] = "7"
-    ran = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    ran = run_without_prefect_settings(code, tmp_path, PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE="7")
     assert ran.stdout.split()[-3] == "7", ran.stdout + ran.stderr
     makefile = (ROOT / "Makefile").read_text()
     assert "python -m flows demo" in makefile[makefile.index("\ndemo:") :].split("\n\n")[0]

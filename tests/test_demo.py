@@ -3,6 +3,7 @@ import json
 from laionet.core.manifest import read_manifest
 from laionet.demo import run_demo
 from laionet.text.match import MatchConfig, run_match
+from tests.conftest import run_without_prefect_settings
 
 
 def test_demo_runs_every_built_stage_on_the_real_openclipart_corpus(tmp_path) -> None:
@@ -59,12 +60,7 @@ def test_the_demo_starts_prefects_ephemeral_api_early_and_the_flows_use_that_one
     """``python -m flows demo`` starts the ephemeral API server before importing the flows (its process boots
     meanwhile): the client the flow runs get is that server, not a second one; with an API URL set, none starts."""
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
     code = (
         "import json, sys\n"
         "from flows.demo import start_ephemeral_api\n"
@@ -78,12 +74,9 @@ def test_the_demo_starts_prefects_ephemeral_api_early_and_the_flows_use_that_one
         "    client.api_healthcheck()\n"
         "    print(json.dumps([str(client.api_url).rstrip('/'), started, len(servers)]))\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["PREFECT_HOME"] = str(tmp_path / "home")
-    ran = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    ran = run_without_prefect_settings(code, tmp_path)
     assert ran.returncode == 0, ran.stderr
     url, started, count = json.loads(ran.stdout.strip().splitlines()[-1])
     assert url.startswith("http://127.0.0.1:") and started == [url] and count == 1, ran.stdout
-    env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"  # a server of the user's: the demo starts none
-    ran = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    ran = run_without_prefect_settings(code, tmp_path, PREFECT_API_URL="http://127.0.0.1:9/api")  # the user's own
     assert ran.returncode == 0 and ran.stdout.strip().splitlines()[-1] == "no server", ran.stdout + ran.stderr
