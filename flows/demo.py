@@ -38,8 +38,9 @@ def start_ephemeral_api() -> Callable[[], None]:
     thread now, so that its process boots on another core while this one imports the flows; returns a function
     that waits until it answers (and raises what starting it raised). With an API URL set, nothing is started.
 
-    A cached ``make demo`` spent 5.3 s waiting for that process after importing the server module, then 5.9 s
-    importing the flows inside the first flow run (2026-12-01, a 2-core Intel Xeon: 23 s in all)."""
+    A profiled cached ``make demo`` spent 5.3 s waiting for that process after importing the server module, then
+    5.9 s importing the flows inside the first flow run (2026-12-01, a 2-core Intel Xeon: 26 s in all under cProfile,
+    19-23 s without; 17-21 s with this)."""
     from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value():

@@ -15,7 +15,7 @@ from laionet.core.runtime import cores, cpu_has_bf16
 class OcrEngine(Protocol):
     """What the OCR stage needs of an engine: ``read``. It also uses, where an engine has them, ``read_many``
     (a batch of images), ``close``, and ``exact`` with ``read_exact`` (an engine whose ``read`` is a quick
-    approximation re-reads the images that could be flagged: ``laionet.images.ocr.read_texts``)."""
+    approximation re-reads the images that could be flagged: ``laionet.images.ocr_rule.read_texts``)."""
 
     def read(self, image: Any) -> str:
         """All text recognised in a PIL RGB image, joined by spaces."""
@@ -43,7 +43,7 @@ class RapidOcrEngine:
       read as 'mailbox76'), which alone changed 1.5 % of the flags on 1,000 generated text images (2026-12-01). So
       the engine is not ``exact``: ``read_exact`` reads as the library does (its detector input, the same boxes and
       text as ``engine="full"``), and ``run_ocr`` re-reads with it every image whose quick text comes near its class
-      name without showing it (``laionet.images.ocr.read_texts``).
+      name without showing it (``laionet.images.ocr_rule.read_texts``).
       ``det_side=None`` runs every image at the library's input (``exact`` in fp32; 1.5x slower than the quick pass
       alone on text images);
     - recognition (and the direction classifier) runs only on detected boxes, and not at all without one;
