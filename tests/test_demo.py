@@ -63,6 +63,8 @@ def test_the_demo_starts_prefects_ephemeral_api_early_and_the_flows_use_that_one
 
     code = (
         "import json, sys\n"
+        "from laionet.core.runtime import apply_prefect_defaults\n"
+        "apply_prefect_defaults()\n"  # as the launcher does first (no telemetry; the server's start-up time limit)
         "from flows.demo import start_ephemeral_api\n"
         "start_ephemeral_api()()\n"
         "server_module = sys.modules.get('prefect.server.api.server')\n"
